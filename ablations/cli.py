@@ -1,0 +1,269 @@
+"""The `ablate` command line: run-all, report, list, train, caption, data check."""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table as RichTable
+
+from vlm_core.errors import BackboneUnavailable, UserError
+
+app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True,
+                  help="Ablation-study harness for a minimal BLIP-2-style image captioner.")
+data_app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, help="Data set tools.")
+app.add_typer(data_app, name="data")
+console = Console()
+err_console = Console(stderr=True)
+
+RUNS = typer.Option(Path("runs"), "--runs-dir", help="Where run folders go (runs/<table>/<variant>/seed-<k>).")
+CACHE = typer.Option(Path(".cache"), "--cache-dir", envvar="ABLATE_CACHE",
+                     help="Feature and LM caches (Flickr8k EfficientNet features: ~1.0 GiB on disk).")
+DATA_DIR = typer.Option(None, "--data-dir", help="Flickr8k folder (else $ABLATE_FLICKR8K, else the table's data.path).")
+
+
+def _fail(err: Exception, hint: str = "") -> None:
+    err_console.print(f"[bold red]error:[/bold red] {err}{hint}", highlight=False, soft_wrap=True)
+    raise typer.Exit(2)
+
+
+def _progress() -> Progress:
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    TextColumn("ETA"), TimeRemainingColumn(), console=console, transient=False)
+
+
+@app.command("run-all")
+def run_all(
+    table: str = typer.Argument("shapes", help="A shipped table name (see `ablate list`) or a .toml path."),
+    only: Optional[list[str]] = typer.Option(None, "--only", help="Run only this variant (repeatable)."),
+    seeds: Optional[int] = typer.Option(None, "--seeds", help="Use only the table's first N seeds."),
+    force: bool = typer.Option(False, "--force", help="Redo finished (and failed) runs."),
+    runs_dir: Path = RUNS, cache_dir: Path = CACHE, data_dir: Optional[str] = DATA_DIR,
+):
+    """Train every variant x seed of TABLE, then caption, score and probe each run.
+
+    Finished runs are skipped (a run is finished once its DONE/FAILED marker is written, last);
+    a run killed half-way is redone from scratch. A second run-all on the same --runs-dir and
+    table is refused while the first holds the lock.
+    """
+    from .runner import execute_run, prepare, run_dir, run_state, table_lock
+    from .tables import load_table
+
+    try:
+        tbl = load_table(table)
+        variants = tbl.select(only)
+        seed_list = tbl.seeds[:seeds] if seeds else tbl.seeds
+        with table_lock(runs_dir, tbl):
+            todo = []
+            for v in variants:
+                for s in seed_list:
+                    state = run_state(run_dir(runs_dir, tbl, v.name, s))
+                    if state in ("done", "failed") and not force:
+                        console.print(f"skip {v.name} seed {s}: {state} earlier" +
+                                      (" (use --force to retry)" if state == "failed" else ""))
+                    else:
+                        todo.append((v, s))
+            if not todo:
+                console.print(f"[green]nothing to do[/green]: all {len(variants) * len(seed_list)} runs of "
+                              f"'{tbl.name}' are finished; `ablate report {table}` writes the report")
+                return
+            start = time.time()
+            ws = prepare(tbl, cache_dir, data_dir, log=console.print)
+            ws_time = time.time() - start
+            with _progress() as progress:
+                overall = progress.add_task(f"[bold]{tbl.name}[/bold] runs", total=len(todo))
+                for v, s in todo:
+                    task = progress.add_task(f"  {v.name} seed {s}", total=None)
+
+                    def on_step(step, total, loss, task=task):
+                        progress.update(task, total=total, completed=step,
+                                        description=f"  {v.name} seed {s} loss {loss:.3f}")
+
+                    state = execute_run(ws, v, s, run_dir(runs_dir, tbl, v.name, s), on_step=on_step,
+                                        log=progress.console.print)
+                    progress.update(task, description=f"  {v.name} seed {s}: {state}")
+                    progress.advance(overall)
+            _write_table_timing(runs_dir, tbl.name, ws_time, ws.seconds, time.time() - start)
+            console.print(f"[green]finished[/green] {len(todo)} run(s) in {time.time() - start:.0f} s; "
+                          f"next: `ablate report {table}`")
+    except BackboneUnavailable as err:
+        hint = ""
+        try:
+            if tbl.requires:
+                hint = f" (table '{tbl.name}' requires: {tbl.requires})"
+        except NameError:
+            pass
+        _fail(err, hint)
+    except UserError as err:
+        _fail(err)
+
+
+def _write_table_timing(runs_dir: Path, table: str, prepare_s: float, parts: dict, total: float) -> None:
+    from vlm_core.atomic import atomic_write_json
+
+    path = Path(runs_dir) / table / "timing.json"
+    old = json.loads(path.read_text()) if path.exists() else []
+    old.append({"when": time.strftime("%Y-%m-%d %H:%M:%S"), "prepare_seconds": round(prepare_s, 1),
+                "prepare_parts": {k: round(v, 1) for k, v in parts.items()}, "total_seconds": round(total, 1)})
+    atomic_write_json(path, old)
+
+
+@app.command()
+def report(
+    table: str = typer.Argument("shapes", help="A shipped table name or a .toml path."),
+    runs_dir: Path = RUNS,
+    out_dir: Path = typer.Option(Path("reports"), "--out", help="Reports go to <out>/<table>/README.md."),
+    data_dir: Optional[str] = DATA_DIR,
+):
+    """Write reports/<table>/README.md (and plots) from the stored runs only: no retraining."""
+    from .report import write_report
+    from .tables import load_table
+
+    try:
+        path = write_report(load_table(table), runs_dir, out_dir, data_dir=data_dir)
+    except UserError as err:
+        _fail(err)
+    console.print(f"wrote {path}")
+
+
+@app.command("list")
+def list_tables(runs_dir: Path = RUNS):
+    """Show the shipped tables, their variants and which runs exist."""
+    from .runner import run_dir, run_state
+    from .tables import load_table, shipped_tables
+
+    for name in shipped_tables():
+        try:
+            tbl = load_table(name)
+        except UserError as err:
+            console.print(f"[red]{name}: {err}[/red]")
+            continue
+        t = RichTable(title=f"{tbl.name}: {tbl.description}", title_justify="left")
+        t.add_column("variant")
+        t.add_column("expected")
+        for s in tbl.seeds:
+            t.add_column(f"seed {s}")
+        for v in tbl.variants.values():
+            states = [run_state(run_dir(runs_dir, tbl, v.name, s)) for s in tbl.seeds]
+            colour = {"done": "green", "failed": "red", "partial": "yellow", "missing": "dim"}
+            t.add_row(v.name, v.expected, *[f"[{colour[x]}]{x}[/{colour[x]}]" for x in states])
+        console.print(t)
+
+
+@app.command()
+def train(
+    data: str = typer.Option("shapes", "--data", help="shapes | flickr8k (picks the shapes or flickr8k-tiny table)."),
+    variant: str = typer.Option("full", "--variant"),
+    table: Optional[str] = typer.Option(None, "--table", help="Take settings from this table instead."),
+    seed: int = typer.Option(0, "--seed"),
+    epochs: Optional[int] = typer.Option(None, "--epochs", help="Override the table's train.epochs."),
+    dev_images: Optional[int] = typer.Option(None, "--dev-images", help="Caption only the first N dev images."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Run folder (default runs/train/<table>-<variant>-seed<k>)."),
+    cache_dir: Path = CACHE, data_dir: Optional[str] = DATA_DIR,
+):
+    """Train one configuration, print train/dev loss per epoch, save trainable weights and dev captions."""
+    from .runner import execute_run, prepare
+    from .tables import load_table
+
+    try:
+        if data not in ("shapes", "flickr8k"):
+            raise UserError(f"--data must be 'shapes' or 'flickr8k', not {data!r}")
+        tbl = load_table(table or ("shapes" if data == "shapes" else "flickr8k-tiny"))
+        (v,) = tbl.select([variant])
+        if epochs:
+            v.train.epochs = epochs
+        tbl.data.eval_split = "dev"
+        if dev_images:
+            tbl.data.eval_images = dev_images
+        out = out or Path("runs") / "train" / f"{tbl.name}-{variant}-seed{seed}"
+        start = time.time()
+        ws = prepare(tbl, cache_dir, data_dir, splits=("train", "dev"), log=console.print)
+        with _progress() as progress:
+            task = progress.add_task(f"training {variant}", total=None)
+            state = execute_run(ws, v, seed, out, eval_split="dev", log=progress.console.print,
+                                on_step=lambda s, n, loss: progress.update(task, total=n, completed=s))
+        metrics = json.loads((out / "metrics.json").read_text()) if state == "done" else {}
+        if metrics:
+            m = metrics["metrics"]
+            console.print(f"dev ({metrics['images']} images): BLEU-4 {m['BLEU-4']:.3f}  CIDEr {m['CIDEr']:.3f}  "
+                          f"empty {metrics['probes']['empty_rate']:.0%}  unique {metrics['probes']['unique_share']:.0%}")
+        console.print(f"{state} in {time.time() - start:.0f} s -> {out} (dev captions: {out / 'captions.json'})")
+        if state != "done":
+            raise typer.Exit(1)
+    except UserError as err:
+        _fail(err)
+
+
+@app.command()
+def caption(
+    images: list[Path] = typer.Argument(..., help="Image files to caption."),
+    run: Path = typer.Option(..., "--run", help="A finished run folder."),
+    beams: int = typer.Option(1, "--beams"),
+    max_new_tokens: int = typer.Option(24, "--max-new-tokens"),
+    cache_dir: Path = CACHE,
+):
+    """Caption any image file with a trained run."""
+    from PIL import Image
+
+    from .runner import load_run_model
+
+    try:
+        model, vision = load_run_model(run, cache_dir)
+        pics = []
+        for p in images:
+            try:
+                with Image.open(p) as img:
+                    pics.append(img.convert("RGB"))
+            except (OSError, ValueError) as err:
+                raise UserError(f"{p}: cannot read image ({err})") from err
+        texts = model.generate(vision.encode_images(pics), max_new_tokens=max_new_tokens, num_beams=beams)
+        for p, t in zip(images, texts):
+            console.print(f"{p}\t{t}", highlight=False)
+    except UserError as err:
+        _fail(err)
+
+
+@data_app.command("check")
+def data_check(path: Path = typer.Argument(..., help="A Flickr8k folder, or 'shapes'."),
+               images: bool = typer.Option(True, "--images/--no-images", help="Also open every image.")):
+    """Validate a data set and print a summary (images, captions per image, splits, problems)."""
+    from vlm_core.data import load_flickr8k, load_shapes
+
+    try:
+        data = load_shapes() if str(path) == "shapes" else load_flickr8k(path)
+        problems = list(data.problems)
+        if images and data.images_dir is not None:
+            from rich.progress import track
+
+            all_ids = [i for s in data.splits.values() for i in s]
+            for image_id in track(all_ids, description="opening images", console=err_console, transient=True):
+                try:
+                    data.load_image(image_id)
+                except UserError as err:
+                    problems.append(str(err))
+        per = [len(v) for v in data.captions.values()]
+        console.print(f"data set: {data.name} ({path})")
+        console.print(f"images with captions: {len(data.captions)}; captions: {sum(per)}; "
+                      f"captions per image: min {min(per)}, max {max(per)}")
+        for split, ids in data.splits.items():
+            console.print(f"split {split}: {len(ids)} images")
+        console.print(f"problems: {len(problems)}")
+        for p in problems[:20]:
+            console.print(f"  - {p}", highlight=False)
+        if any("cannot read" in p or "missing" in p for p in problems):
+            raise typer.Exit(1)
+    except UserError as err:
+        _fail(err)
+
+
+def main() -> None:  # pragma: no cover
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(app())

@@ -1,0 +1,91 @@
+"""Is the image used? Swap probes and degeneracy measures for one trained model.
+
+- generation swap: each test image's caption vs the caption of a randomly paired other image;
+- likelihood swap: NLL/token of the references given their own vs the paired image's features;
+- perceptual score (Gat et al. 2021): relative CIDEr drop when the images are permuted;
+- degeneracy: empty captions, EOS first, distinct-n, unique captions, length, the mode caption.
+"""
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import torch
+from scipy import stats
+
+from vlm_core.model import CaptionModel
+from vlm_core.train import reference_nll
+
+from .scoring import cider
+
+
+def derangement(n: int, seed: int) -> list[int]:
+    """A random pairing in which no image is paired with itself."""
+    if n < 2:
+        return list(range(n))
+    rng = np.random.default_rng(seed)
+    perm = rng.permutation(n)
+    fixed = np.nonzero(perm == np.arange(n))[0]
+    for i in fixed:  # swap each fixed point with its neighbour: still a permutation, no fixed points
+        j = (i + 1) % n
+        perm[i], perm[j] = perm[j], perm[i]
+    return [int(p) for p in perm]
+
+
+def _bleu_pair(a: list[str], b: list[str]) -> float:
+    from pycocoevalcap.bleu.bleu import Bleu
+    import contextlib
+    import io
+
+    gts = {str(i): [b[i]] for i in range(len(a))}
+    res = {str(i): [a[i]] for i in range(len(a))}
+    with contextlib.redirect_stdout(io.StringIO()):
+        score, _ = Bleu(4).compute_score(gts, res, verbose=0)
+    return float(score[3])
+
+
+def generation_swap(captions: list[str], tokenized: list[str], perm: list[int]) -> dict:
+    differ = [captions[i] != captions[perm[i]] for i in range(len(captions))]
+    safe = [t if t.strip() else "<empty>" for t in tokenized]
+    return {
+        "swap_rate": float(np.mean(differ)),
+        "swap_mutual_bleu4": _bleu_pair(safe, [safe[p] for p in perm]),
+    }
+
+
+def perceptual_score(gts: dict, res: dict, ids: list[str], perm: list[int]) -> dict:
+    """Relative CIDEr drop when each image's caption is replaced by its pair's caption."""
+    own, _ = cider(gts, res)
+    swapped_res = {ids[i]: res[ids[perm[i]]] for i in range(len(ids))}
+    swapped, _ = cider(gts, swapped_res)
+    return {"cider_swapped": swapped, "perceptual_score": (own - swapped) / own if own > 0 else 0.0}
+
+
+@torch.no_grad()
+def likelihood_swap(model: CaptionModel, feats: torch.Tensor, refs: list[list[str]], perm: list[int]) -> dict:
+    """Mean NLL/token of each image's references given its own vs its pair's features."""
+    own = reference_nll(model, feats, refs)
+    swapped = reference_nll(model, feats[torch.tensor(perm)], refs)
+    gap = swapped - own
+    p = 1.0 if np.allclose(gap, 0) else float(stats.wilcoxon(swapped, own).pvalue)
+    return {"nll_own": float(own.mean()), "nll_swapped": float(swapped.mean()),
+            "nll_gap": float(gap.mean()), "nll_gap_p": p, "per_image_nll_gap": gap.tolist()}
+
+
+def degeneracy(captions: list[str], first_token_ids: list[int], eos_id: int) -> dict:
+    n = max(len(captions), 1)
+    words = [c.split() for c in captions]
+    uni = [w for ws in words for w in ws]
+    bi = [tuple(ws[i : i + 2]) for ws in words for i in range(len(ws) - 1)]
+    counts = Counter(captions)
+    mode, mode_n = counts.most_common(1)[0] if counts else ("", 0)
+    return {
+        "empty_rate": sum(1 for c in captions if not c.strip()) / n,
+        "eos_first_rate": sum(1 for t in first_token_ids if t == eos_id) / n,
+        "distinct_1": len(set(uni)) / len(uni) if uni else 0.0,
+        "distinct_2": len(set(bi)) / len(bi) if bi else 0.0,
+        "unique_share": len(counts) / n,
+        "mean_length": float(np.mean([len(w) for w in words])) if words else 0.0,
+        "top_caption": mode,
+        "top_caption_share": mode_n / n,
+    }

@@ -1,0 +1,243 @@
+"""Control tables as TOML data: a table names data, backbones, settings, seeds and variants.
+
+A variant is a row of overrides (``model.*``, ``train.*``) on the table's defaults, never a code
+branch; ``[[sweep]]`` entries expand a key over values into more rows. Every mistake is a
+UserError naming the file and the key.
+"""
+from __future__ import annotations
+
+import copy
+import tomllib
+from dataclasses import MISSING, asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from vlm_core.caption_lm import CaptionLMConfig
+from vlm_core.errors import UserError
+from vlm_core.model import CaptionModelConfig
+from vlm_core.train import TrainConfig
+
+TABLES_DIR = Path(__file__).parent / "tables"
+
+# Expected outcomes the report can check, each with its computed rule (see report.verdict).
+EXPECTATIONS = {
+    "image_dependent": "captions depend on the image (generation-swap rate >= 0.9, likelihood gap > 0)",
+    "worse_than_full": "CIDEr below full, 95% CI of the paired difference excluding 0",
+    "uses_image_less": "uses the image less than full (smaller likelihood-swap gap)",
+    "floor": "language prior only: swap rate near 0 and the lowest CIDEr of the working variants",
+    "collapsed": "degenerate: >= 90% empty captions",
+    "none": "no expectation checked",
+}
+
+
+@dataclass
+class DataSpec:
+    name: str = "shapes"  # "shapes" | "flickr8k"
+    path: str = "../shared/flickr8k"  # flickr8k only; --data-dir or ABLATE_FLICKR8K override it
+    train: int = 3000  # shapes only: images per split
+    dev: int = 300
+    test: int = 500
+    seed: int = 0
+    eval_split: str = "test"  # captions, scores and probes are computed on this split
+    eval_images: int = 0  # 0 = all images of eval_split
+    train_images: int = 0  # 0 = all training images
+
+
+@dataclass
+class BackboneSpec:
+    vision: str = "efficientnet-lite0"
+    language: str = "caption-gpt2-tiny"
+
+
+@dataclass
+class ProbeSpec:
+    swap_seed: int = 1234
+    spice: bool = False
+
+
+@dataclass
+class Variant:
+    name: str
+    model: CaptionModelConfig
+    train: TrainConfig
+    expect: str = "none"
+    expected: str = ""
+    description: str = ""
+
+
+@dataclass
+class Table:
+    name: str
+    path: Path
+    description: str
+    seeds: list[int]
+    data: DataSpec
+    backbones: BackboneSpec
+    caption_lm: CaptionLMConfig
+    probes: ProbeSpec
+    variants: dict[str, Variant]
+    notes: str = ""
+    requires: str = ""  # e.g. "hub+gpu": printed when a run cannot start
+
+    def select(self, only: list[str] | None) -> list[Variant]:
+        if not only:
+            return list(self.variants.values())
+        unknown = [v for v in only if v not in self.variants]
+        if unknown:
+            raise UserError(f"{self.path}: unknown variant(s) in --only: {', '.join(unknown)}; "
+                            f"known: {', '.join(self.variants)}")
+        return [self.variants[v] for v in only]
+
+
+def _check_type(value: Any, default: Any, where: str) -> Any:
+    if isinstance(default, bool):
+        ok = isinstance(value, bool)
+    elif isinstance(default, int):
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif isinstance(default, float):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    elif isinstance(default, str):
+        ok = isinstance(value, str)
+    elif isinstance(default, list):
+        ok = isinstance(value, list)
+    else:
+        ok = True
+    if not ok:
+        raise UserError(f"{where}: expected {type(default).__name__}, got {type(value).__name__} ({value!r})")
+    return value
+
+
+def _defaults(cls) -> dict[str, Any]:
+    out = {}
+    for f in fields(cls):
+        if f.default is not MISSING:
+            out[f.name] = f.default
+        elif f.default_factory is not MISSING:  # type: ignore[misc]
+            out[f.name] = f.default_factory()  # type: ignore[misc]
+    return out
+
+
+def _build(cls, raw: Any, where: str, base: dict | None = None):
+    if not isinstance(raw, dict):
+        raise UserError(f"{where}: expected a table of keys, got {type(raw).__name__}")
+    defaults = _defaults(cls)
+    values = dict(base if base is not None else defaults)
+    for key, value in raw.items():
+        if key not in defaults:
+            raise UserError(f"{where}: unknown key '{key}'; known: {', '.join(defaults)}")
+        values[key] = _check_type(value, defaults[key], f"{where}.{key}")
+    try:
+        return cls(**values), values
+    except UserError as err:
+        raise UserError(f"{where}: {err}") from err
+
+
+TOP_KEYS = {"table", "data", "backbones", "caption_lm", "model", "train", "probes", "variants", "sweep"}
+TABLE_KEYS = {"name", "description", "seeds", "notes", "requires"}
+VARIANT_KEYS = {"model", "train", "expect", "expected", "description"}
+
+
+def resolve_table_path(name_or_path: str) -> Path:
+    p = Path(name_or_path)
+    if p.suffix == ".toml" or p.exists():
+        if not p.exists():
+            raise UserError(f"{p}: table file not found")
+        return p
+    shipped = TABLES_DIR / f"{name_or_path}.toml"
+    if not shipped.exists():
+        raise UserError(f"unknown table '{name_or_path}'; shipped tables: {', '.join(shipped_tables())}")
+    return shipped
+
+
+def shipped_tables() -> list[str]:
+    return sorted(p.stem for p in TABLES_DIR.glob("*.toml"))
+
+
+def load_table(name_or_path: str) -> Table:
+    path = resolve_table_path(name_or_path)
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as err:
+        raise UserError(f"{path}: TOML syntax error: {err}") from err
+    except UnicodeDecodeError as err:
+        raise UserError(f"{path}: not valid UTF-8") from err
+    where = str(path)
+    for key in raw:
+        if key not in TOP_KEYS:
+            raise UserError(f"{where}: unknown key '{key}'; known: {', '.join(sorted(TOP_KEYS))}")
+    head = raw.get("table", {})
+    for key in head:
+        if key not in TABLE_KEYS:
+            raise UserError(f"{where}: unknown key 'table.{key}'; known: {', '.join(sorted(TABLE_KEYS))}")
+    seeds = head.get("seeds", [0])
+    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
+        raise UserError(f"{where}: table.seeds: expected a non-empty list of integers")
+    data, _ = _build(DataSpec, raw.get("data", {}), f"{where}: data")
+    if data.name not in ("shapes", "flickr8k"):
+        raise UserError(f"{where}: data.name: must be 'shapes' or 'flickr8k', not {data.name!r}")
+    backbones, _ = _build(BackboneSpec, raw.get("backbones", {}), f"{where}: backbones")
+    caption_lm, _ = _build(CaptionLMConfig, raw.get("caption_lm", {}), f"{where}: caption_lm")
+    probes, _ = _build(ProbeSpec, raw.get("probes", {}), f"{where}: probes")
+    _, model_base = _build(CaptionModelConfig, raw.get("model", {}), f"{where}: model")
+    _, train_base = _build(TrainConfig, raw.get("train", {}), f"{where}: train")
+
+    rows = raw.get("variants")
+    if not isinstance(rows, dict) or not rows:
+        raise UserError(f"{where}: no [variants.*] rows")
+    variants: dict[str, Variant] = {}
+    for vname, row in rows.items():
+        variants[vname] = _variant(vname, row, model_base, train_base, f"{where}: variants.{vname}")
+    for i, sweep in enumerate(raw.get("sweep", [])):
+        _expand_sweep(sweep, variants, rows, model_base, train_base, f"{where}: sweep[{i}]")
+    return Table(
+        name=str(head.get("name", path.stem)), path=path, description=str(head.get("description", "")),
+        seeds=list(seeds), data=data, backbones=backbones, caption_lm=caption_lm, probes=probes,
+        variants=variants, notes=str(head.get("notes", "")), requires=str(head.get("requires", "")),
+    )
+
+
+def _variant(vname: str, row: Any, model_base: dict, train_base: dict, where: str) -> Variant:
+    if not isinstance(row, dict):
+        raise UserError(f"{where}: expected a table of keys")
+    for key in row:
+        if key not in VARIANT_KEYS:
+            raise UserError(f"{where}: unknown key '{key}'; known: {', '.join(sorted(VARIANT_KEYS))}")
+    model, _ = _build(CaptionModelConfig, row.get("model", {}), f"{where}.model", copy.deepcopy(model_base))
+    train, _ = _build(TrainConfig, row.get("train", {}), f"{where}.train", copy.deepcopy(train_base))
+    expect = row.get("expect", "none")
+    if expect not in EXPECTATIONS:
+        raise UserError(f"{where}.expect: unknown expectation {expect!r}; known: {', '.join(EXPECTATIONS)}")
+    return Variant(vname, model, train, expect, str(row.get("expected", EXPECTATIONS[expect])),
+                   str(row.get("description", "")))
+
+
+def _expand_sweep(sweep: Any, variants: dict, rows: dict, model_base: dict, train_base: dict, where: str) -> None:
+    """``{base = "full", key = "model.num_queries", values = [8, 32]}`` -> rows full-num_queries-8, ..."""
+    if not isinstance(sweep, dict) or set(sweep) - {"base", "key", "values", "expect"} or "key" not in sweep:
+        raise UserError(f"{where}: a sweep needs 'key' and 'values' (and optional 'base', 'expect')")
+    base = sweep.get("base", "full")
+    if base not in rows:
+        raise UserError(f"{where}.base: unknown variant {base!r}")
+    section, _, key = str(sweep["key"]).partition(".")
+    if section not in ("model", "train") or not key:
+        raise UserError(f"{where}.key: must look like 'model.<key>' or 'train.<key>', not {sweep['key']!r}")
+    values = sweep.get("values")
+    if not isinstance(values, list) or not values:
+        raise UserError(f"{where}.values: expected a non-empty list")
+    for value in values:
+        row = copy.deepcopy(rows[base])
+        row.setdefault(section, {})[key] = value
+        row["expect"] = sweep.get("expect", "none")
+        row.pop("expected", None)
+        name = f"{base}-{key}-{value}"
+        variants[name] = _variant(name, row, model_base, train_base, f"{where} ({name})")
+
+
+def variant_config(table: Table, variant: Variant) -> dict:
+    """Everything that determines a run's result, as plain data (stored with the run)."""
+    return {
+        "table": table.name, "variant": variant.name, "data": asdict(table.data),
+        "backbones": asdict(table.backbones), "caption_lm": asdict(table.caption_lm),
+        "model": asdict(variant.model), "train": asdict(variant.train), "probes": asdict(table.probes),
+    }

@@ -1,0 +1,84 @@
+"""Training throughput with cached features vs re-encoding images every step, side by side in one
+run, and the wall time per stage of a finished table (default: shapes).
+
+    python benchmarks/throughput.py [--steps 20] [--runs-dir runs] [--table shapes]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from ablations.runner import build_model, prepare
+from ablations.tables import load_table
+
+
+def samples_per_second(ws, variant, steps: int, reencode: bool) -> float:
+    model = build_model(ws, variant.model, 0)
+    feats = ws.features["train"]
+    model.connector.fit_feature_stats(feats.batch(list(range(min(256, len(feats.ids))))))
+    model.train_trainable_parts()
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    bs, per = variant.train.batch_size, variant.train.captions_per_image
+    ids = feats.ids
+    start, seen = time.time(), 0
+    for step in range(steps):
+        rows = [(step * bs + i) % len(ids) for i in range(bs)]
+        if reencode:  # what a loop without the cache does: decode + encode every image, every step
+            x = ws.vision.encode_images([ws.data.load_image(ids[r]) for r in rows])
+        else:
+            x = feats.batch(rows)
+        caps = [ws.data.captions[ids[r]][j % 5] for r in rows for j in range(per)]
+        loss = model(x, caps, repeats=per)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        seen += len(rows)
+    return seen / (time.time() - start)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--table", default="shapes")
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--runs-dir", default="runs")
+    ap.add_argument("--cache-dir", default=".cache")
+    args = ap.parse_args()
+    table = load_table(args.table)
+    ws = prepare(table, Path(args.cache_dir), splits=("train",), log=lambda *_: None)
+    variant = table.variants["full"]
+    cached = samples_per_second(ws, variant, args.steps, reencode=False)
+    encoded = samples_per_second(ws, variant, max(3, args.steps // 4), reencode=True)
+    print(f"training images/s, {table.name} full, batch {variant.train.batch_size} x "
+          f"{variant.train.captions_per_image} captions, {torch.get_num_threads()} threads:")
+    print(f"  cached features : {cached:8.1f}")
+    print(f"  re-encode images: {encoded:8.1f}")
+    print(f"  ratio cached / re-encode: {cached / encoded:.1f}x")
+
+    root = Path(args.runs_dir) / table.name
+    stages = {"train": 0.0, "generate": 0.0, "score": 0.0, "probe": 0.0}
+    n = 0
+    for m in root.glob("*/*/metrics.json"):
+        t = json.loads(m.read_text())["timings"]
+        for k in stages:
+            stages[k] += t.get(k, 0.0)
+        n += 1
+    if n:
+        prep = json.loads((root / "timing.json").read_text()) if (root / "timing.json").exists() else []
+        parts = {}
+        for p in prep:
+            for k, v in p["prepare_parts"].items():
+                parts[k] = parts.get(k, 0.0) + v
+        print(f"\nwall time per stage of the stored '{table.name}' runs ({n} runs):")
+        for k, v in {**parts, **stages}.items():
+            print(f"  {k:15s} {v:8.1f} s")
+        print(f"  {'total':15s} {sum(parts.values()) + sum(stages.values()):8.1f} s")
+    else:
+        print(f"\nno stored runs under {root}: run `ablate run-all {table.name}` for per-stage times")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,102 @@
+"""Which parts learn: gradients after one backward pass, per trainability setting.
+
+Runs the tiny random CLIP + tiny GPT-2 + real GPT-2 tokenizer path end to end."""
+import torch
+from PIL import Image
+
+from vlm_core.model import CaptionModel, CaptionModelConfig
+from vlm_core.vision import tiny_random_clip
+
+CAPTIONS = ["a dog runs", "a red ball on the grass"]
+
+
+def _images():
+    return [Image.new("RGB", (40, 40), (200, 30, 30)), Image.new("RGB", (40, 40), (20, 30, 200))]
+
+
+def _setup(gpt2_tiny, **kw):
+    vision = tiny_random_clip()
+    torch.manual_seed(0)
+    cfg = CaptionModelConfig(num_queries=4, qformer_hidden=32, qformer_layers=2, qformer_heads=2,
+                             qformer_intermediate=64, qformer_dropout=0.0, **kw)
+    model = CaptionModel(cfg, gpt2_tiny, vision.feature_dim, vision.grid)
+    return vision, model
+
+
+def _grad_norms(model):
+    out = {"query_tokens": [], "qformer": [], "projection": [], "lora": [], "lm_base": []}
+    for name, p in model.named_parameters():
+        g = 0.0 if p.grad is None else float(p.grad.abs().sum())
+        if name == "connector.query_tokens":
+            out["query_tokens"].append(g)
+        elif name.startswith("connector."):
+            out["qformer"].append(g)
+        elif name.startswith("projection."):
+            out["projection"].append(g)
+        elif "lora_" in name:
+            out["lora"].append(g)
+        else:
+            out["lm_base"].append(g)
+            assert p.grad is None, f"frozen LM parameter {name} got a gradient"
+    return out
+
+
+def test_full_model_gradients_and_query_update(gpt2_tiny):
+    vision, model = _setup(gpt2_tiny)
+    feats = vision.encode_images(_images())
+    assert feats.shape == (2, vision.num_tokens, vision.feature_dim)
+    model.train_trainable_parts()
+    assert not model.lm.training  # the frozen LM stays in eval mode
+    loss = model(feats, CAPTIONS)
+    loss.backward()
+    g = _grad_norms(model)
+    assert all(p.grad is None and not p.requires_grad for p in vision.model.parameters())
+    for part in ("query_tokens", "qformer", "projection", "lora"):
+        assert g[part] and sum(g[part]) > 0, f"{part} got no gradient"
+    # B of each LoRA pair starts at zero, so A gets no gradient on step one; B must.
+    assert sum(x > 0 for x in g["lora"]) >= len(g["lora"]) // 2
+    before = model.connector.query_tokens.detach().clone()
+    torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2).step()
+    assert not torch.equal(before, model.connector.query_tokens.detach())
+
+
+def test_no_lora_keeps_whole_lm_frozen(gpt2_tiny):
+    vision, model = _setup(gpt2_tiny, lora_rank=0)
+    report = model.parameter_report()
+    assert "lm.lora" not in report and report["lm.base"]["trainable"] == 0
+    model(vision.encode_images(_images()), CAPTIONS).backward()
+    g = _grad_norms(model)
+    assert g["lora"] == [] and sum(g["qformer"]) > 0 and sum(g["projection"]) > 0
+
+
+def test_frozen_qformer_keeps_connector_at_init(gpt2_tiny):
+    vision, model = _setup(gpt2_tiny, train_qformer=False)
+    report = model.parameter_report()
+    assert report["query_tokens"]["trainable"] == 0 and report["connector.qformer"]["trainable"] == 0
+    model.train_trainable_parts()
+    assert not model.connector.training
+    model(vision.encode_images(_images()), CAPTIONS).backward()
+    g = _grad_norms(model)
+    assert sum(g["qformer"]) == 0 and sum(g["query_tokens"]) == 0
+    assert sum(g["projection"]) > 0 and sum(g["lora"]) > 0
+
+
+def test_generate_returns_only_new_decoded_tokens(gpt2_tiny):
+    vision, model = _setup(gpt2_tiny)
+    texts, first = model.generate(vision.encode_images(_images()), max_new_tokens=5, first_token_ids=True)
+    assert len(texts) == 2 and all(isinstance(t, str) for t in texts)
+    assert all(t == t.strip() for t in texts)
+    for t in texts:  # at most 5 new tokens (each new word needs at least one)
+        assert len(t.split()) <= 5
+    beams = model.generate(vision.encode_images(_images()), max_new_tokens=5, num_beams=3)
+    assert len(beams) == 2
+
+
+def test_parameter_report_counts_add_up(gpt2_tiny):
+    _, model = _setup(gpt2_tiny)
+    report = model.parameter_report()
+    total = sum(p.numel() for p in model.parameters())
+    assert sum(v["trainable"] + v["frozen"] for v in report.values()) == total
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    assert sum(v["trainable"] for v in report.values()) == trainable
+    assert report["lm.base"]["trainable"] == 0 and report["lm.lora"]["trainable"] > 0

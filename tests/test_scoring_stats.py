@@ -1,0 +1,60 @@
+"""Scoring wrapper vs direct pycocoevalcap; statistics on synthetic data with a known answer."""
+import numpy as np
+import pandas as pd
+import pytest
+
+from ablations.scoring import METRICS, score_captions
+from ablations.stats import mean_std, paired_difference
+
+REFS = {
+    "1": ["a dog runs on the grass", "the brown dog is running", "a dog plays outside"],
+    "2": ["a man rides a red bike", "a cyclist on the road", "a person riding a bicycle"],
+    "3": ["two children play in the sand", "kids playing at the beach", "children on a beach"],
+    "4": ["a woman holds an umbrella", "a lady with an umbrella in the rain", "a woman in the rain"],
+}
+HYPS = {"1": "a dog runs on grass", "2": "a man riding a bike", "3": "", "4": "a woman in the rain ."}
+
+
+def test_wrapper_matches_direct_pycocoevalcap():
+    from pycocoevalcap.bleu.bleu import Bleu
+    from pycocoevalcap.cider.cider import Cider
+    from pycocoevalcap.meteor.meteor import Meteor
+    from pycocoevalcap.rouge.rouge import Rouge
+    from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
+
+    corpus, per = score_captions(REFS, HYPS)
+    tok = PTBTokenizer()
+    gts = tok.tokenize({k: [{"caption": c} for c in v] for k, v in REFS.items()})
+    res = tok.tokenize({k: [{"caption": v}] for k, v in HYPS.items()})
+    bleu, bleu_per = Bleu(4).compute_score(gts, res, verbose=0)
+    rouge, rouge_per = Rouge().compute_score(gts, res)
+    cider, cider_per = Cider().compute_score(gts, res)
+    res_m = {k: [v[0] if v[0].strip() else " "] for k, v in res.items()}  # METEOR needs a non-empty line
+    meteor_scorer = Meteor()
+    meteor, meteor_per = meteor_scorer.compute_score(gts, res_m)
+    del meteor_scorer
+    for n in range(4):
+        assert corpus[f"BLEU-{n + 1}"] == pytest.approx(bleu[n])
+        assert per[f"BLEU-{n + 1}"].tolist() == pytest.approx(bleu_per[n])
+    assert corpus["ROUGE-L"] == pytest.approx(rouge) and per["ROUGE-L"].tolist() == pytest.approx(list(rouge_per))
+    assert corpus["CIDEr"] == pytest.approx(cider) and per["CIDEr"].tolist() == pytest.approx(list(cider_per))
+    assert corpus["METEOR"] == pytest.approx(meteor) and per["METEOR"].tolist() == pytest.approx(meteor_per)
+    assert list(per.columns) == METRICS and list(per.index) == list(REFS)
+    assert per.loc["3"].eq(0).all()  # the empty caption scores zero everywhere
+
+
+def test_paired_difference_detects_known_shift():
+    rng = np.random.default_rng(0)
+    ref = rng.normal(1.0, 0.3, 400)
+    worse = ref - 0.2 + rng.normal(0, 0.1, 400)
+    r = paired_difference(worse, ref)
+    assert r["ci_low"] < -0.2 < r["ci_high"] and r["ci_high"] < 0 and r["p_wilcoxon"] < 1e-6
+    same = paired_difference(ref + rng.normal(0, 0.1, 400), ref)
+    assert same["ci_low"] < 0 < same["ci_high"] and same["p_wilcoxon"] > 0.01
+
+
+def test_mean_std_over_seeds():
+    runs = pd.DataFrame({"variant": ["a", "a", "b", "b"], "seed": [0, 1, 0, 1], "CIDEr": [1.0, 3.0, 2.0, 2.0]})
+    s = mean_std(runs, ["CIDEr"])
+    assert s.loc["a", "CIDEr"] == 2.0 and s.loc["a", "CIDEr_std"] == pytest.approx(np.sqrt(2))
+    assert s.loc["b", "CIDEr_std"] == 0.0 and s.loc["a", "seeds"] == 2

@@ -1,0 +1,83 @@
+"""Control tables: the shipped ones parse; bad files give errors naming the file and key."""
+import pytest
+
+from ablations.tables import load_table, shipped_tables
+from vlm_core.errors import UserError
+
+GOOD = """
+[table]
+name = "micro"
+seeds = [0, 1]
+[data]
+name = "shapes"
+train = 10
+[model]
+num_queries = 4
+[train]
+epochs = 1
+[variants.full]
+expect = "image_dependent"
+[variants.meanpool]
+model = { connector = "meanpool" }
+expect = "worse_than_full"
+[[sweep]]
+base = "full"
+key = "model.num_queries"
+values = [2, 8]
+"""
+
+
+def _write(tmp_path, text):
+    p = tmp_path / "t.toml"
+    p.write_text(text)
+    return str(p)
+
+
+def test_shipped_tables_parse_with_all_required_variants():
+    names = shipped_tables()
+    assert {"shapes", "flickr8k-tiny", "flickr8k-smollm2", "seed"} <= set(names)
+    for name in names:
+        t = load_table(name)
+        assert {"full", "meanpool", "no-lora", "frozen-qformer", "blind", "seed-recipe"} <= set(t.variants), name
+        assert t.variants["meanpool"].model.connector == "meanpool"
+        assert t.variants["no-lora"].model.lora_rank == 0
+        assert t.variants["frozen-qformer"].model.train_qformer is False
+        assert t.variants["blind"].model.blind is True
+        assert t.variants["seed-recipe"].model.recipe == "seed"
+        assert all(v.expected for v in t.variants.values())
+
+
+def test_overrides_and_sweeps(tmp_path):
+    t = load_table(_write(tmp_path, GOOD))
+    assert t.seeds == [0, 1] and t.data.train == 10
+    assert t.variants["full"].model.num_queries == 4 and t.variants["full"].train.epochs == 1
+    assert t.variants["meanpool"].model.num_queries == 4  # table defaults flow into every row
+    assert t.variants["full-num_queries-2"].model.num_queries == 2
+    assert t.variants["full-num_queries-8"].model.connector == "qformer"
+    with pytest.raises(UserError, match="unknown variant.*nope"):
+        t.select(["nope"])
+
+
+@pytest.mark.parametrize("bad, message", [
+    ("[table\nname = 'x'", "TOML syntax error"),
+    (GOOD.replace("num_queries = 4", "num_querys = 4"), "model: unknown key 'num_querys'"),
+    (GOOD.replace("epochs = 1", "epochs = 'one'"), r"train.epochs: expected int, got str"),
+    (GOOD.replace('model = { connector = "meanpool" }', 'model = { connector = "median" }'),
+     "variants.meanpool.model.*connector must be"),
+    (GOOD.replace('expect = "worse_than_full"', 'expect = "better"'), "variants.meanpool.expect: unknown expectation"),
+    (GOOD.replace("[data]", "[dataa]"), "unknown key 'dataa'"),
+    (GOOD.replace('name = "shapes"', 'name = "coco"'), "data.name: must be"),
+    (GOOD.replace("seeds = [0, 1]", "seeds = 3"), "table.seeds"),
+    (GOOD.replace('key = "model.num_queries"', 'key = "num_queries"'), r"sweep\[0\].key"),
+    (GOOD.replace("[variants.full]\n", "[variants.full]\ncolour = 1\n"), "variants.full: unknown key 'colour'"),
+])
+def test_bad_tables_name_file_and_key(tmp_path, bad, message):
+    path = _write(tmp_path, bad)
+    with pytest.raises(UserError, match=message) as err:
+        load_table(path)
+    assert path in str(err.value)
+
+
+def test_unknown_table_name():
+    with pytest.raises(UserError, match="unknown table 'nope'"):
+        load_table("nope")

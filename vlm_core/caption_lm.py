@@ -1,0 +1,168 @@
+"""caption-gpt2-tiny: a small GPT-2 that knows caption language and has never seen an image.
+
+CPU stand-in for a pretrained LM: a byte-level BPE tokenizer and a 4x256 GPT-2, both trained on
+the *training* captions only (text, no images), cached by a hash of (data set, captions, config).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import random
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from .atomic import atomic_write_json
+
+
+@dataclass
+class CaptionLMConfig:
+    vocab_size: int = 8000
+    n_layer: int = 4
+    n_embd: int = 256
+    n_head: int = 4
+    n_positions: int = 128
+    epochs: int = 3
+    batch_size: int = 64
+    lr: float = 1e-3
+    max_tokens: int = 40
+    seed: int = 0
+
+
+@dataclass
+class CaptionCorpus:
+    """Captions the caption LM may learn from (train) and is measured on (dev)."""
+
+    name: str
+    train: list[str]
+    dev: list[str]
+
+    def fingerprint(self) -> str:
+        h = hashlib.sha256(self.name.encode())
+        for cap in self.train:
+            h.update(cap.encode() + b"\n")
+        return h.hexdigest()[:16]
+
+
+SPECIALS = ["<pad>", "<bos>", "<eos>"]
+
+
+def train_bpe_tokenizer(captions: list[str], vocab_size: int):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=SPECIALS, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(captions, trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<bos>", eos_token="<eos>")
+
+
+def _batches(ids: list[list[int]], batch_size: int, pad: int, shuffle: bool, rng: random.Random):
+    order = list(range(len(ids)))
+    if shuffle:
+        rng.shuffle(order)
+    for i in range(0, len(order), batch_size):
+        chunk = [ids[j] for j in order[i : i + batch_size]]
+        width = max(len(c) for c in chunk)
+        x = torch.full((len(chunk), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(chunk), width), dtype=torch.long)
+        for r, c in enumerate(chunk):
+            x[r, : len(c)] = torch.tensor(c)
+            mask[r, : len(c)] = 1
+        labels = x.masked_fill(mask == 0, -100)
+        labels[:, 0] = -100  # the <bos> is given, never predicted
+        yield x, mask, labels
+
+
+def _encode(tok, captions: list[str], max_tokens: int) -> list[list[int]]:
+    bos, eos = tok.bos_token_id, tok.eos_token_id
+    return [[bos] + tok(c, add_special_tokens=False).input_ids[:max_tokens] + [eos] for c in captions]
+
+
+@torch.no_grad()
+def perplexity(model, ids: list[list[int]], pad: int, batch_size: int = 128) -> float:
+    model.eval()
+    total, count = 0.0, 0
+    for x, mask, labels in _batches(ids, batch_size, pad, False, random.Random(0)):
+        out = model(input_ids=x, attention_mask=mask, labels=labels)
+        n = int((labels[:, 1:] != -100).sum())
+        total += float(out.loss) * n
+        count += n
+    return math.exp(total / max(count, 1))
+
+
+def build_caption_lm(corpus: CaptionCorpus, cfg: CaptionLMConfig, cache_dir: Path):
+    """Train (or load from cache) the caption LM; returns a LanguageBackbone."""
+    key = hashlib.sha256(json.dumps([corpus.fingerprint(), asdict(cfg)]).encode()).hexdigest()[:12]
+    out_dir = cache_dir / f"caption-gpt2-tiny-{corpus.name}-{key}"
+    if not (out_dir / "info.json").exists():
+        _train_caption_lm(corpus, cfg, out_dir)
+    return load_caption_lm_dir(out_dir)
+
+
+def load_caption_lm_dir(out_dir: Path):
+    """A trained caption LM from its cache folder (what a saved run points at)."""
+    from transformers import AutoTokenizer, GPT2LMHeadModel
+
+    from .language import _backbone
+
+    info = json.loads((Path(out_dir) / "info.json").read_text())
+    tok = AutoTokenizer.from_pretrained(out_dir)
+    model = GPT2LMHeadModel.from_pretrained(out_dir)
+    info["cache_dir"] = str(out_dir)
+    return _backbone("caption-gpt2-tiny", model, tok, info)
+
+
+def _train_caption_lm(corpus: CaptionCorpus, cfg: CaptionLMConfig, out_dir: Path) -> None:
+    from rich.progress import Progress
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    start = time.time()
+    torch.manual_seed(cfg.seed)
+    rng = random.Random(cfg.seed)
+    tok = train_bpe_tokenizer(corpus.train, cfg.vocab_size)
+    model = GPT2LMHeadModel(GPT2Config(
+        vocab_size=len(tok), n_positions=cfg.n_positions, n_embd=cfg.n_embd, n_layer=cfg.n_layer,
+        n_head=cfg.n_head, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    ))
+    train_ids = _encode(tok, corpus.train, cfg.max_tokens)
+    dev_ids = _encode(tok, corpus.dev, cfg.max_tokens)
+    steps = cfg.epochs * math.ceil(len(train_ids) / cfg.batch_size)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.01)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=steps, pct_start=0.05)
+    history = []
+    with Progress(transient=True) as progress:
+        task = progress.add_task(f"pretraining caption-gpt2-tiny on {corpus.name} captions", total=steps)
+        for epoch in range(cfg.epochs):
+            model.train()
+            for x, mask, labels in _batches(train_ids, cfg.batch_size, tok.pad_token_id, True, rng):
+                loss = model(input_ids=x, attention_mask=mask, labels=labels).loss
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+                progress.advance(task)
+            history.append({"epoch": epoch + 1, "dev_perplexity": perplexity(model, dev_ids, tok.pad_token_id)})
+    tmp = out_dir.with_name(out_dir.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    info = {
+        "corpus": corpus.name, "config": asdict(cfg), "vocab_size": len(tok),
+        "train_captions": len(train_ids), "dev_captions": len(dev_ids),
+        "dev_perplexity": history[-1]["dev_perplexity"], "history": history,
+        "train_seconds": round(time.time() - start, 1),
+    }
+    atomic_write_json(tmp / "info.json", info)
+    shutil.rmtree(out_dir, ignore_errors=True)
+    tmp.rename(out_dir)

@@ -1,0 +1,260 @@
+"""The caption model, top to bottom.
+
+    cached patch tokens [B, N, D] -> connector (Q-Former or mean-pool) -> linear projection
+    -> [visual tokens][BOS][caption][EOS] -> frozen causal LM (+ LoRA) -> next-token loss
+
+Label masking follows LAVIS: visual, prompt (BOS) and padding positions are -100, so the loss
+sees the caption tokens and exactly one EOS. Generation starts from the same [visual][BOS]
+prefix that training used, with an explicit attention mask.
+
+``recipe = "seed"`` reproduces the original experiment's bugs on purpose (pad = EOS, fixed-length
+padding kept in the labels, no BOS/EOS convention, generation started from EOS, no attention
+mask in generate). It is the ``seed-recipe`` row of the control table.
+"""
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .atomic import atomic_write, atomic_write_json
+from .connector import MeanPoolConnector, QFormerConnector
+from .errors import UserError
+from .language import LanguageBackbone
+
+
+@dataclass
+class CaptionModelConfig:
+    connector: str = "qformer"  # "qformer" | "meanpool"
+    num_queries: int = 16
+    qformer_hidden: int = 256
+    qformer_layers: int = 2
+    qformer_heads: int = 4
+    qformer_intermediate: int = 512
+    qformer_cross_attention_frequency: int = 1
+    qformer_dropout: float = 0.1
+    qformer_init_std: float = 0.0  # 0: 1/sqrt(qformer_hidden); BERT's 0.02 suits pretrained weights only
+    train_qformer: bool = True  # False: Q-Former and queries stay at their random init
+    lora_rank: int = 8  # 0: no adapters, the LM is fully frozen
+    lora_alpha: int = 16
+    lora_dropout: float = 0.0
+    lora_targets: list[str] = field(default_factory=list)  # empty: the LM family's default
+    blind: bool = False  # visual tokens computed from zeros: no image information at all
+    recipe: str = "fixed"  # "fixed" | "seed"
+    max_caption_tokens: int = 32
+    seed_pad_length: int = 40  # the seed recipe pads every caption to this many tokens
+
+    def __post_init__(self):
+        if self.connector not in ("qformer", "meanpool"):
+            raise UserError(f"model.connector must be 'qformer' or 'meanpool', not {self.connector!r}")
+        if self.recipe not in ("fixed", "seed"):
+            raise UserError(f"model.recipe must be 'fixed' or 'seed', not {self.recipe!r}")
+        if self.lora_rank < 0 or self.num_queries < 1:
+            raise UserError("model.lora_rank must be >= 0 and model.num_queries >= 1")
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "CaptionModelConfig":
+        names = {f.name for f in fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise UserError(f"unknown model key(s): {', '.join(sorted(unknown))}")
+        return cls(**d)
+
+
+class CaptionModel(nn.Module):
+    def __init__(self, cfg: CaptionModelConfig, lm: LanguageBackbone, feature_dim: int, grid: tuple[int, int] | None):
+        super().__init__()
+        self.cfg = cfg
+        self.tokenizer = lm.tokenizer
+        self.lm_name = lm.name
+        if cfg.recipe == "seed":  # the original bug: pad = EOS, no separate start token
+            self.bos_id, self.eos_id, self.pad_id = lm.eos_id, lm.eos_id, lm.eos_id
+        else:
+            self.bos_id, self.eos_id, self.pad_id = lm.bos_id, lm.eos_id, lm.pad_id
+
+        if cfg.connector == "qformer":
+            self.connector = QFormerConnector(
+                feature_dim, grid, cfg.num_queries, cfg.qformer_hidden, cfg.qformer_layers, cfg.qformer_heads,
+                cfg.qformer_intermediate, cfg.qformer_cross_attention_frequency, cfg.qformer_dropout,
+                cfg.qformer_init_std,
+            )
+        else:
+            self.connector = MeanPoolConnector(feature_dim)
+        self.projection = nn.Linear(self.connector.out_dim, lm.hidden_size)
+
+        base = copy.deepcopy(lm.model)  # LoRA injects layers in place; the shared backbone stays clean
+        for p in base.parameters():
+            p.requires_grad_(False)
+        if cfg.lora_rank > 0:
+            from peft import LoraConfig, get_peft_model
+
+            targets = cfg.lora_targets or lm.lora_targets
+            self.lm = get_peft_model(base, LoraConfig(
+                r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                target_modules=targets, bias="none", fan_in_fan_out="c_attn" in targets,
+            ))
+        else:
+            self.lm = base
+        if not cfg.train_qformer:
+            for p in self.connector.parameters():
+                p.requires_grad_(False)
+        self.lm.eval()
+
+    # ---- modes ---------------------------------------------------------------------------
+    def train_trainable_parts(self) -> "CaptionModel":
+        """Train mode for the trained parts only; frozen parts stay in eval() (no dropout)."""
+        self.train()
+        self.lm.eval()
+        if not self.cfg.train_qformer:
+            self.connector.eval()
+        return self
+
+    # ---- inputs --------------------------------------------------------------------------
+    def visual_tokens(self, features: torch.Tensor) -> torch.Tensor:
+        features = features.float()
+        if self.cfg.blind:
+            features = torch.zeros_like(features)
+        return self.projection(self.connector(features))
+
+    def encode_captions(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Token ids, attention mask and labels for the text part of the sequence."""
+        tok_ids = [self.tokenizer(c, add_special_tokens=False).input_ids[: self.cfg.max_caption_tokens] for c in captions]
+        if self.cfg.recipe == "seed":
+            width = self.cfg.seed_pad_length
+            ids = torch.full((len(captions), width), self.pad_id, dtype=torch.long)
+            mask = torch.zeros_like(ids)
+            for r, t in enumerate(tok_ids):
+                t = t[:width]
+                ids[r, : len(t)] = torch.tensor(t, dtype=torch.long)
+                mask[r, : len(t)] = 1
+            return ids, mask, ids.clone()  # the bug: padding (= EOS) positions are targets
+        seqs = [[self.bos_id] + t + [self.eos_id] for t in tok_ids]
+        width = max(len(s) for s in seqs)
+        ids = torch.full((len(seqs), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for r, s in enumerate(seqs):
+            ids[r, : len(s)] = torch.tensor(s, dtype=torch.long)
+            mask[r, : len(s)] = 1
+        labels = ids.masked_fill(mask == 0, -100)
+        labels[:, 0] = -100  # BOS is the prompt: given, never predicted
+        return ids, mask, labels
+
+    def _text_logits(self, features, ids, mask, repeats: int = 1):
+        visual = self.visual_tokens(features)
+        if repeats > 1:  # several captions per image: run the connector once per image
+            visual = visual.repeat_interleave(repeats, dim=0)
+        embeds = torch.cat([visual, self.lm.get_input_embeddings()(ids)], dim=1)
+        attn = torch.cat([torch.ones(visual.shape[:2], dtype=mask.dtype), mask], dim=1)
+        # Logits only for the last visual position and the text: they are all the loss needs.
+        out = self.lm(inputs_embeds=embeds, attention_mask=attn, logits_to_keep=ids.shape[1] + 1)
+        return out.logits[:, :-1]  # position t predicts text token t
+
+    # ---- loss ----------------------------------------------------------------------------
+    def forward(self, features: torch.Tensor, captions: list[str], repeats: int = 1) -> torch.Tensor:
+        """Mean loss per target token; ``captions`` holds ``repeats`` captions per image, in order."""
+        ids, mask, labels = self.encode_captions(captions)
+        logits = self._text_logits(features, ids, mask, repeats)
+        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100)
+
+    @torch.no_grad()
+    def caption_nll(self, features: torch.Tensor, captions: list[str], repeats: int = 1) -> torch.Tensor:
+        """Mean NLL per target token of each caption given its image, in nats [len(captions)]."""
+        ids, mask, labels = self.encode_captions(captions)
+        logits = self._text_logits(features, ids, mask, repeats)
+        nll = F.cross_entropy(logits.transpose(1, 2), labels, ignore_index=-100, reduction="none")
+        n = (labels != -100).sum(1).clamp(min=1)
+        return nll.sum(1) / n
+
+    # ---- generation ----------------------------------------------------------------------
+    @torch.no_grad()
+    def generate(self, features: torch.Tensor, max_new_tokens: int = 30, num_beams: int = 1,
+                 first_token_ids: bool = False):
+        """Captions for cached features. Returns strings (and the first generated id if asked)."""
+        visual = self.visual_tokens(features)
+        start = torch.full((features.shape[0], 1), self.bos_id, dtype=torch.long)
+        embeds = torch.cat([visual, self.lm.get_input_embeddings()(start)], dim=1)
+        kwargs = dict(
+            inputs_embeds=embeds, max_new_tokens=max_new_tokens, num_beams=num_beams, do_sample=False,
+            eos_token_id=self.eos_id, pad_token_id=self.pad_id,
+        )
+        if self.cfg.recipe != "seed":  # the seed recipe forgot the attention mask
+            kwargs["attention_mask"] = torch.ones(embeds.shape[:2], dtype=torch.long)
+        out = self.lm.generate(**kwargs)  # with inputs_embeds only new tokens come back
+        texts = [t.strip() for t in self.tokenizer.batch_decode(_cut_at_eos(out, self.eos_id), skip_special_tokens=True)]
+        if first_token_ids:
+            return texts, out[:, 0].tolist()
+        return texts
+
+    # ---- bookkeeping ---------------------------------------------------------------------
+    def parameter_report(self) -> dict[str, dict[str, int]]:
+        """Trainable / frozen parameter counts per module: the 'few trainable parameters' check."""
+        groups: dict[str, dict[str, int]] = {}
+
+        def add(group: str, p: nn.Parameter):
+            g = groups.setdefault(group, {"trainable": 0, "frozen": 0})
+            g["trainable" if p.requires_grad else "frozen"] += p.numel()
+
+        for name, p in self.connector.named_parameters():
+            add("query_tokens" if name == "query_tokens" else f"connector.{self.cfg.connector}", p)
+        for p in self.projection.parameters():
+            add("projection", p)
+        for name, p in self.lm.named_parameters():
+            add("lm.lora" if "lora_" in name else "lm.base", p)
+        return groups
+
+    def trainable_state(self) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """(connector+projection tensors, LoRA tensors) that training changed."""
+        head = {f"connector.{k}": v for k, v in self.connector.state_dict().items()}
+        head.update({f"projection.{k}": v for k, v in self.projection.state_dict().items()})
+        lora = {}
+        if self.cfg.lora_rank > 0:
+            from peft import get_peft_model_state_dict
+
+            lora = get_peft_model_state_dict(self.lm)
+        return head, lora
+
+    def save_trainable(self, out_dir: Path) -> None:
+        """Only what was trained: connector/projection as safetensors, LoRA via peft, plus the config."""
+        from safetensors.torch import save_file
+
+        out_dir = Path(out_dir)
+        head, _ = self.trainable_state()
+        atomic_write(out_dir / "connector_projection.safetensors",
+                     lambda p: save_file({k: v.contiguous() for k, v in head.items()}, str(p)))
+        if self.cfg.lora_rank > 0:
+            tmp = out_dir / "lora.partial"
+            import shutil
+
+            shutil.rmtree(tmp, ignore_errors=True)
+            self.lm.save_pretrained(tmp)
+            shutil.rmtree(out_dir / "lora", ignore_errors=True)
+            tmp.rename(out_dir / "lora")
+        atomic_write_json(out_dir / "model_config.json", {"model": asdict(self.cfg), "lm": self.lm_name})
+
+    def load_trainable(self, out_dir: Path) -> None:
+        from safetensors.torch import load_file
+
+        out_dir = Path(out_dir)
+        head = load_file(str(out_dir / "connector_projection.safetensors"))
+        self.connector.load_state_dict({k[len("connector."):]: v for k, v in head.items() if k.startswith("connector.")})
+        self.projection.load_state_dict({k[len("projection."):]: v for k, v in head.items() if k.startswith("projection.")})
+        if self.cfg.lora_rank > 0:
+            from peft import set_peft_model_state_dict
+
+            set_peft_model_state_dict(self.lm, load_file(str(out_dir / "lora" / "adapter_model.safetensors")))
+
+
+def _cut_at_eos(ids: torch.Tensor, eos: int) -> list[list[int]]:
+    rows = []
+    for row in ids.tolist():
+        rows.append(row[: row.index(eos)] if eos in row else row)
+    return rows
+
+
+def load_model_config(run_dir: Path) -> CaptionModelConfig:
+    return CaptionModelConfig.from_dict(json.loads((Path(run_dir) / "model_config.json").read_text())["model"])

