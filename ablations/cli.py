@@ -21,6 +21,25 @@ app.add_typer(data_app, name="data")
 console = Console()
 err_console = Console(stderr=True)
 
+
+def _quiet_libraries() -> None:
+    """Our own progress bars and messages only: no per-load bars or deprecation chatter."""
+    import os
+    import warnings
+
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", message=".*non-writable tensors.*")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
+@app.callback()
+def _main() -> None:
+    _quiet_libraries()
+
 RUNS = typer.Option(Path("runs"), "--runs-dir", help="Where run folders go (runs/<table>/<variant>/seed-<k>).")
 CACHE = typer.Option(Path(".cache"), "--cache-dir", envvar="ABLATE_CACHE",
                      help="Feature and LM caches (Flickr8k EfficientNet features: ~1.0 GiB on disk).")
@@ -223,7 +242,7 @@ def caption(
                 raise UserError(f"{p}: cannot read image ({err})") from err
         texts = model.generate(vision.encode_images(pics), max_new_tokens=max_new_tokens, num_beams=beams)
         for p, t in zip(images, texts):
-            console.print(f"{p}\t{t}", highlight=False)
+            typer.echo(f"{p}\t{t}")
     except UserError as err:
         _fail(err)
 

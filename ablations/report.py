@@ -120,7 +120,7 @@ def diagnose(table: Table, name: str, s: pd.Series) -> str | None:
                 "and the start token used in generation.")
     if s["top_caption_share"] >= 0.5 or s["unique_share"] <= 0.05:
         why = ("the visual tokens carry no image information, so only the language prior is left"
-               if cfg.blind else "the caption does not depend on the image")
+               if cfg.blind else "the caption depends little on the image")
         return (f"mode collapse: {s['top_caption_share']:.0%} of captions are “{s['top_caption']}” "
                 f"({s['unique_share']:.1%} unique): {why}.")
     return None

@@ -126,7 +126,11 @@ def test_unknown_variant_and_offline_hub_backbone(tmp_path, earlier, monkeypatch
     before = snapshot(earlier / "runs")
     result = _cli("run-all", table, "--only", "fulll", "--runs-dir", earlier / "runs", "--cache-dir", earlier / "cache")
     _assert_one_line_error(result, "unknown variant(s) in --only: fulll")
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # what a machine without network sees, without the retries
+    import huggingface_hub.constants
+
+    # What a machine without network sees, without the minute of retries.
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     table.write_text(table.read_text().replace('vision = "tiny-random-clip"', 'vision = "clip-vit-b32"'))
     result = _cli("run-all", table, "--runs-dir", earlier / "runs", "--cache-dir", earlier / "cache", "--force")
     _assert_one_line_error(result, "vision backbone 'clip-vit-b32' could not be loaded from the Hugging Face hub")

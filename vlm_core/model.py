@@ -14,8 +14,7 @@ mask in generate). It is the ``seed-recipe`` row of the control table.
 from __future__ import annotations
 
 import copy
-import json
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -56,14 +55,6 @@ class CaptionModelConfig:
             raise UserError(f"model.recipe must be 'fixed' or 'seed', not {self.recipe!r}")
         if self.lora_rank < 0 or self.num_queries < 1:
             raise UserError("model.lora_rank must be >= 0 and model.num_queries >= 1")
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "CaptionModelConfig":
-        names = {f.name for f in fields(cls)}
-        unknown = set(d) - names
-        if unknown:
-            raise UserError(f"unknown model key(s): {', '.join(sorted(unknown))}")
-        return cls(**d)
 
 
 class CaptionModel(nn.Module):
@@ -254,7 +245,3 @@ def _cut_at_eos(ids: torch.Tensor, eos: int) -> list[list[int]]:
     for row in ids.tolist():
         rows.append(row[: row.index(eos)] if eos in row else row)
     return rows
-
-
-def load_model_config(run_dir: Path) -> CaptionModelConfig:
-    return CaptionModelConfig.from_dict(json.loads((Path(run_dir) / "model_config.json").read_text())["model"])

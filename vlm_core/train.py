@@ -8,14 +8,13 @@ from __future__ import annotations
 import math
 import random
 import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
 import torch
 
 from .data import CaptionData
-from .errors import UserError
 from .features import FeatureSet
 from .model import CaptionModel
 
@@ -39,14 +38,6 @@ class TrainConfig:
     num_beams: int = 1
     generate_batch_size: int = 100
     debug_nan_at_step: int = 0  # fault injection for tests: force a NaN loss from this step (0 = never)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "TrainConfig":
-        names = {f.name for f in fields(cls)}
-        unknown = set(d) - names
-        if unknown:
-            raise UserError(f"unknown train key(s): {', '.join(sorted(unknown))}")
-        return cls(**d)
 
 
 def _image_batches(data: CaptionData, ids: list[str], per_image: int, batch_images: int, rng: random.Random):
