@@ -137,7 +137,10 @@ def _loss_plot(histories: dict, out: Path) -> None:
         mean = pd.concat(hs).groupby("epoch").mean()
         axes[0].plot(mean.index, mean["train_loss"], marker="o", label=name)
         axes[1].plot(mean.index, mean["dev_loss"], marker="o", label=name)
+    from matplotlib.ticker import MaxNLocator
+
     for ax, title in zip(axes, ["train loss", "dev loss (nats/token)"]):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_title(title)
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
