@@ -73,6 +73,7 @@ def run_all(
     from .runner import execute_run, prepare, run_dir, run_state, table_lock
     from .tables import load_table
 
+    tbl = None
     try:
         tbl = load_table(table)
         variants = tbl.select(only)
@@ -111,13 +112,7 @@ def run_all(
             console.print(f"[green]finished[/green] {len(todo)} run(s) in {time.time() - start:.0f} s; "
                           f"next: `ablate report {table}`")
     except BackboneUnavailable as err:
-        hint = ""
-        try:
-            if tbl.requires:
-                hint = f" (table '{tbl.name}' requires: {tbl.requires})"
-        except NameError:
-            pass
-        _fail(err, hint)
+        _fail(err, f" (table '{tbl.name}' requires: {tbl.requires})" if tbl and tbl.requires else "")
     except UserError as err:
         _fail(err)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -27,9 +27,16 @@ class FeatureSet:
     path: Path
     cache_hit: bool
     seconds: float
+    _in_ram: torch.Tensor | None = field(default=None, repr=False)
 
     def index(self) -> dict[str, int]:
         return {image_id: i for i, image_id in enumerate(self.ids)}
+
+    def in_ram(self) -> torch.Tensor:
+        """All rows as one fp16 tensor, read from disk once and shared by every run of a table."""
+        if self._in_ram is None:
+            self._in_ram = torch.from_numpy(np.array(self.array))
+        return self._in_ram
 
     def batch(self, rows) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(self.array[rows])).float()

@@ -84,7 +84,7 @@ def train_model(model: CaptionModel, data: CaptionData, train_feats: FeatureSet,
     Pass ``history`` to see the epochs finished so far even when TrainingDiverged is raised."""
     torch.manual_seed(seed)
     rng = random.Random(seed)
-    train_x = torch.from_numpy(np.array(train_feats.array))  # fp16, read into RAM once
+    train_x = train_feats.in_ram()
     n_dev = min(cfg.dev_images, len(dev_feats.ids))
     dev_x = torch.from_numpy(np.array(dev_feats.array[:n_dev])).float()
     dev_ids = dev_feats.ids[:n_dev]
