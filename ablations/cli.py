@@ -30,6 +30,8 @@ def _quiet_libraries() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", message=".*non-writable tensors.*")
+    # We want n-gram blocking on the new tokens only: the prompt is visual embeddings, not text.
+    warnings.filterwarnings("ignore", message=".*no_repeat_ngram_size.*inputs_embeds.*")
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()

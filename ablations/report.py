@@ -216,12 +216,14 @@ def write_report(table: Table, runs_dir: Path, out_root: Path, data_dir: str | N
         ["seeds", ", ".join(str(s) for s in table.seeds)],
         ["model (full)", _kv(cfg.get("model", {}))],
         ["training (full)", _kv(cfg.get("train", {}))],
-        ["wall time", f"{run_seconds / 60:.1f} min in runs ({len(t)} runs) + {prep / 60:.1f} min shared preparation (features, LM)"],
+        ["wall time", f"{run_seconds / 60:.1f} min in runs ({len(t)} runs) + {prep / 60:.1f} min shared preparation "
+                      f"(features, LM); `run-all` wall clock {_wall_seconds(runs_dir, table) / 60:.1f} min"],
         ["machine", cfg.get("machine", "?")],
     ]
     lines += [_md_table(["", ""], setup), ""]
     if table.notes:
         lines += ["Notes: " + table.notes.strip(), ""]
+    lines += _targets(table, summary, _wall_seconds(runs_dir, table) or run_seconds + prep)
     # ---- failed runs
     if got["failed"]:
         lines += ["## Failed runs", "", _md_table(["variant", "seed", "reason"],
@@ -255,7 +257,8 @@ def write_report(table: Table, runs_dir: Path, out_root: Path, data_dir: str | N
                         [[n, int(summary.loc[n, "seeds"])] + [_pm(summary.loc[n, c], summary.loc[n, f"{c}_std"])
                                                               for c in metric_cols] for n in order]), ""]
     lines += ["Probes: generation swap (share of image pairs whose captions differ; mutual BLEU-4 of the pair), "
-              "likelihood swap (NLL/token of the references given a swapped image minus given their own), "
+              "likelihood swap (NLL/token of the references given a swapped image minus given their own"
+              + (f"; the first {table.probes.nll_refs} reference(s) of each image" if table.probes.nll_refs else "") + "), "
               "perceptual score (relative CIDEr drop under permuted images) and degeneracy.", ""]
     probe_cols = [c for c in PROBE_COLUMNS if c in summary.columns]
     lines += [_md_table(["variant"] + probe_cols,
@@ -332,6 +335,36 @@ def _prepare_seconds(runs_dir: Path, table: Table) -> float:
     if not path.exists():
         return 0.0
     return float(sum(x["prepare_seconds"] for x in json.loads(path.read_text())))
+
+
+def _wall_seconds(runs_dir: Path, table: Table) -> float:
+    """Summed wall time of the ``run-all`` invocations that wrote this table (resumes included)."""
+    path = Path(runs_dir) / table.name / "timing.json"
+    if not path.exists():
+        return 0.0
+    return float(sum(x.get("total_seconds", 0.0) for x in json.loads(path.read_text())))
+
+
+def _targets(table: Table, summary: pd.DataFrame, wall_s: float) -> list[str]:
+    """Each ``[targets]`` line of the table with the measured number and met / not met."""
+    if not table.targets:
+        return []
+    rows = []
+    for key, goal in table.targets.items():
+        if key == "minutes":
+            got = wall_s / 60
+            met = 0 < got <= goal
+            rows.append([f"whole table wall time ≤ {goal:g} min", f"{got:.1f} min",
+                         "met" if met else f"**not met** (over by {got - goal:.1f} min)"])
+        elif "full" in summary.index and key in summary.columns:
+            got = float(summary.loc["full", key])
+            met = got >= goal
+            rows.append([f"`full` {key} ≥ {goal:g}", _pm(got, float(summary.loc["full", f"{key}_std"])),
+                         "met" if met else f"**not met** (short by {goal - got:.3f})"])
+        else:
+            rows.append([f"`full` {key} ≥ {goal:g}", "no finished `full` run", "**not met**"])
+    return ["## Targets", "", f"Set in the table file; numbers from the {table.data.eval_split} split "
+            "(mean ± std over seeds).", "", _md_table(["target", "measured", "verdict"], rows), ""]
 
 
 def _lm_note(cfg: dict) -> str:

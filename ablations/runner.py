@@ -172,6 +172,7 @@ def execute_run(ws: Workspace, variant: Variant, seed: int, out: Path, eval_spli
     feats = ws.features[eval_split]
     captions, first_ids = generate_captions(model, feats, max_new_tokens=variant.train.max_new_tokens,
                                             num_beams=variant.train.num_beams,
+                                            no_repeat_ngram_size=variant.train.no_repeat_ngram_size,
                                             batch_size=variant.train.generate_batch_size, with_first_token=True)
     timings["generate"] = time.time() - t
     ids = feats.ids
@@ -194,7 +195,8 @@ def execute_run(ws: Workspace, variant: Variant, seed: int, out: Path, eval_spli
     tokenized = [res[i][0] for i in ids]
     probe = probes.generation_swap(captions, tokenized, perm)
     probe.update(probes.perceptual_score(gts, res, ids, perm))
-    like = probes.likelihood_swap(model, feats.batch(list(range(len(ids)))), [refs[i] for i in ids], perm)
+    n_refs = table.probes.nll_refs or None
+    like = probes.likelihood_swap(model, feats.batch(list(range(len(ids)))), [refs[i][:n_refs] for i in ids], perm)
     per_image["nll_gap"] = like.pop("per_image_nll_gap")
     probe.update(like)
     probe.update(probes.degeneracy(captions, first_ids, model.eos_id))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import copy
 import tomllib
-from dataclasses import MISSING, asdict, dataclass, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,9 @@ EXPECTATIONS = {
     "collapsed": "degenerate: >= 90% empty captions",
     "none": "no expectation checked",
 }
+
+# ``[targets]``: thresholds for `full` on the eval split (metric names), and ``minutes`` for the whole table.
+TARGET_KEYS = ["BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr", "SPICE", "minutes"]
 
 
 @dataclass
@@ -53,6 +56,7 @@ class BackboneSpec:
 class ProbeSpec:
     swap_seed: int = 1234
     spice: bool = False
+    nll_refs: int = 0  # likelihood swap: use the first N references of each image (0 = all); it is the costliest probe
 
 
 @dataclass
@@ -78,6 +82,7 @@ class Table:
     variants: dict[str, Variant]
     notes: str = ""
     requires: str = ""  # e.g. "hub+gpu": printed when a run cannot start
+    targets: dict[str, float] = field(default_factory=dict)  # see TARGET_KEYS; the report says met or not
 
     def select(self, only: list[str] | None) -> list[Variant]:
         if not only:
@@ -133,7 +138,7 @@ def _build(cls, raw: Any, where: str, base: dict | None = None):
         raise UserError(f"{where}: {err}") from err
 
 
-TOP_KEYS = {"table", "data", "backbones", "caption_lm", "model", "train", "probes", "variants", "sweep"}
+TOP_KEYS = {"table", "data", "backbones", "caption_lm", "model", "train", "probes", "variants", "sweep", "targets"}
 TABLE_KEYS = {"name", "description", "seeds", "notes", "requires"}
 VARIANT_KEYS = {"model", "train", "expect", "expected", "description"}
 
@@ -182,6 +187,13 @@ def load_table(name_or_path: str) -> Table:
     _, model_base = _build(CaptionModelConfig, raw.get("model", {}), f"{where}: model")
     _, train_base = _build(TrainConfig, raw.get("train", {}), f"{where}: train")
 
+    targets = raw.get("targets", {})
+    if not isinstance(targets, dict):
+        raise UserError(f"{where}: targets: expected a table of keys")
+    for key, value in targets.items():
+        if key not in TARGET_KEYS:
+            raise UserError(f"{where}: unknown key 'targets.{key}'; known: {', '.join(TARGET_KEYS)}")
+        _check_type(value, 0.0, f"{where}: targets.{key}")
     rows = raw.get("variants")
     if not isinstance(rows, dict) or not rows:
         raise UserError(f"{where}: no [variants.*] rows")
@@ -194,6 +206,7 @@ def load_table(name_or_path: str) -> Table:
         name=str(head.get("name", path.stem)), path=path, description=str(head.get("description", "")),
         seeds=list(seeds), data=data, backbones=backbones, caption_lm=caption_lm, probes=probes,
         variants=variants, notes=str(head.get("notes", "")), requires=str(head.get("requires", "")),
+        targets={k: float(v) for k, v in targets.items()},
     )
 
 

@@ -131,3 +131,21 @@ def test_feature_cache_hit_and_partial_file_ignored(tmp_path, effnet):
     path.with_name(f".{path.name}.999.partial").write_bytes(b"junk")
     third = cached_features(effnet, data, "dev", tmp_path, log=logs.append)
     assert not third.cache_hit and third.array.shape == (2, 49, 1280)
+
+
+def test_feature_cache_serves_a_prefix_of_a_larger_cache(tmp_path, effnet):
+    """data.train_images / eval_images take the first N rows of a full-split cache instead of re-encoding."""
+    from vlm_core.features import cached_features
+
+    data = load_shapes(ShapesConfig(seed=1, train=6, dev=2, test=2))
+    full = cached_features(effnet, data, "train", tmp_path, batch_size=4, log=lambda *_: None)
+    data.splits["train"] = data.splits["train"][:4]
+    logs = []
+    part = cached_features(effnet, data, "train", tmp_path, log=logs.append)
+    assert part.cache_hit and "first 4 images" in logs[-1]
+    assert part.ids == full.ids[:4] and np.array_equal(np.asarray(part.array), np.asarray(full.array[:4]))
+    # A different image list (not a prefix) is encoded anew.
+    data.splits["train"] = full.ids[1:3]
+    other = cached_features(effnet, data, "train", tmp_path, log=lambda *_: None)
+    assert not other.cache_hit and other.array.shape == (2, 49, 1280)
+    assert np.allclose(np.asarray(other.array, dtype=np.float32), np.asarray(full.array[1:3], dtype=np.float32), atol=1e-2)

@@ -16,7 +16,7 @@ runner = CliRunner()
 @pytest.fixture(scope="module")
 def micro_runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("e2e")
-    table = write_micro(root / "micro.toml")
+    table = write_micro(root / "micro.toml", extra='\n[targets]\nCIDEr = 0.0\n"BLEU-4" = 100.0\nminutes = 1000\n')
     runs, cache, reports = root / "runs", root / "cache", root / "reports"
     result = runner.invoke(app, ["run-all", str(table), "--runs-dir", str(runs), "--cache-dir", str(cache)])
     assert result.exit_code == 0, result.output
@@ -73,6 +73,13 @@ def test_report_sections_and_numbers_match_runs(micro_runs):
         assert "EOS collapse" in text and "generation then starts from EOS" in text
     summary = pd.read_csv(out / "summary.csv", index_col=0)
     assert list(summary.index) == ["full", "blind", "seed-recipe"]
+    # Targets: each line with the measured number and a verdict (thresholds chosen to be surely met / missed).
+    assert "## Targets" in text
+    assert re.search(r"^\| `full` CIDEr ≥ 0 \|.*\| met \|$", text, re.M)
+    bleu = pd.Series([json.loads((micro_runs["runs"] / "micro" / "full" / f"seed-{s}" / "metrics.json").read_text())
+                      ["metrics"]["BLEU-4"] for s in (0, 1)]).mean()
+    assert f"**not met** (short by {100 - bleu:.3f})" in text
+    assert re.search(r"^\| whole table wall time ≤ 1000 min \| [0-9.]+ min \| met \|$", text, re.M)
 
 
 def test_list_shows_tables_and_run_states(micro_runs):

@@ -7,9 +7,24 @@ from vlm_core.model import CaptionModel, CaptionModelConfig
 CAPTIONS = ["a dog", "a small red circle left of a large blue square", "two people walk on the beach at night"]
 
 
-@pytest.fixture(params=["gpt2", "bpe"])
-def lm(request, gpt2_tiny, caption_lm):
-    return gpt2_tiny if request.param == "gpt2" else caption_lm
+@pytest.fixture(scope="module")
+def llama_tiny(gpt2_tiny):
+    """A tiny random Llama (SmolLM2's architecture) with the GPT-2 tokenizer: the Llama code path."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from vlm_core.language import _backbone
+
+    tok = gpt2_tiny.tokenizer
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=2, num_key_value_heads=1, bos_token_id=tok.bos_token_id,
+                      eos_token_id=tok.eos_token_id)
+    return _backbone("tiny-random-llama", LlamaForCausalLM(cfg), tok)
+
+
+@pytest.fixture(params=["gpt2", "bpe", "llama"])
+def lm(request, gpt2_tiny, caption_lm, llama_tiny):
+    return {"gpt2": gpt2_tiny, "bpe": caption_lm, "llama": llama_tiny}[request.param]
 
 
 def _model(lm, **kw):
@@ -46,6 +61,11 @@ def test_loss_matches_hf_loss_with_visual_positions_masked(lm):
     full_labels = torch.cat([torch.full(visual.shape[:2], -100), labels], dim=1)
     theirs = model.lm(inputs_embeds=embeds, attention_mask=attn, labels=full_labels).loss
     assert torch.allclose(ours, theirs, atol=1e-5)
+    # Per-caption NLL (logits at target positions only) equals HF's per-token loss averaged per row.
+    logits = model.lm(inputs_embeds=embeds, attention_mask=attn).logits[:, visual.shape[1] - 1 : -1]
+    per_tok = torch.nn.functional.cross_entropy(logits.transpose(1, 2), labels, ignore_index=-100, reduction="none")
+    expected = per_tok.sum(1) / (labels != -100).sum(1)
+    assert torch.allclose(model.caption_nll(feats, CAPTIONS), expected, atol=1e-5)
 
 
 def test_pad_ids_do_not_change_loss(lm):

@@ -70,6 +70,8 @@ def test_overrides_and_sweeps(tmp_path):
     (GOOD.replace("seeds = [0, 1]", "seeds = 3"), "table.seeds"),
     (GOOD.replace('key = "model.num_queries"', 'key = "num_queries"'), r"sweep\[0\].key"),
     (GOOD.replace("[variants.full]\n", "[variants.full]\ncolour = 1\n"), "variants.full: unknown key 'colour'"),
+    (GOOD + '\n[targets]\n"BLEU-5" = 0.2\n', "unknown key 'targets.BLEU-5'"),
+    (GOOD + '\n[targets]\nCIDEr = "high"\n', r"targets.CIDEr: expected float, got str"),
 ])
 def test_bad_tables_name_file_and_key(tmp_path, bad, message):
     path = _write(tmp_path, bad)

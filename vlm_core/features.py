@@ -47,6 +47,22 @@ def feature_path(cache_dir: Path, backbone: VisionBackbone, data: CaptionData, s
     return Path(cache_dir) / "features" / f"{safe}__{data.name}__{split}__{data.split_fingerprint(split)}.npy"
 
 
+def _cache_with_prefix(path: Path, ids: list[str]) -> Path | None:
+    """A finished cache of the same encoder, data set and split whose image list starts with ``ids``."""
+    prefix = path.name.rsplit("__", 1)[0] + "__"
+    for meta_path in sorted(path.parent.glob(prefix + "*.json")):
+        npy = meta_path.with_suffix(".npy")
+        if npy == path or not npy.exists():
+            continue
+        try:
+            cached_ids = json.loads(meta_path.read_text()).get("ids", [])
+        except (OSError, ValueError):
+            continue
+        if len(cached_ids) > len(ids) and cached_ids[: len(ids)] == ids:
+            return npy
+    return None
+
+
 def cached_features(backbone: VisionBackbone, data: CaptionData, split: str, cache_dir: Path,
                     batch_size: int = 32, log=print) -> FeatureSet:
     path = feature_path(cache_dir, backbone, data, split)
@@ -58,6 +74,11 @@ def cached_features(backbone: VisionBackbone, data: CaptionData, split: str, cac
             arr = np.load(path, mmap_mode="r")
             log(f"feature cache hit: {path.name} ({len(ids)} images)")
             return FeatureSet(ids, arr, path, True, 0.0)
+    larger = _cache_with_prefix(path, ids)
+    if larger is not None:  # e.g. data.train_images / eval_images: the first rows of a full-split cache
+        arr = np.load(larger, mmap_mode="r")[: len(ids)]
+        log(f"feature cache hit: first {len(ids)} images of {larger.name}")
+        return FeatureSet(ids, arr, larger, True, 0.0)
     start = time.time()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")

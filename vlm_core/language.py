@@ -47,8 +47,22 @@ def _special_ids(tokenizer) -> tuple[int, int, int]:
     return bos, eos, pad
 
 
+def _fuse_gelu(model: nn.Module) -> None:
+    """GPT-2's ``gelu_new`` is the tanh GELU written as five Python-level ops (a fifth of a CPU step);
+    torch's fused ``gelu(approximate='tanh')`` is the same function in one kernel."""
+    if getattr(model.config, "activation_function", None) != "gelu_new":
+        return
+    from transformers.activations import ACT2FN
+
+    for module in model.modules():
+        if hasattr(module, "act") and hasattr(module, "c_fc"):  # GPT2MLP
+            module.act = ACT2FN["gelu_pytorch_tanh"]
+    model.config.activation_function = "gelu_pytorch_tanh"
+
+
 def _backbone(name: str, model: nn.Module, tokenizer, info: dict | None = None) -> LanguageBackbone:
     model.eval()
+    _fuse_gelu(model)
     for p in model.parameters():
         p.requires_grad_(False)
     bos, eos, pad = _special_ids(tokenizer)
@@ -124,8 +138,15 @@ def load_smollm2(cache_dir: Path) -> LanguageBackbone:
         gguf = smollm2_gguf_path()
         tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
         model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+        # The weights are already dequantised to float32, but the model still carries the GGUF
+        # "quantized" flag that save_pretrained refuses: copy them into a plain model of the same config.
+        config = model.config
+        if hasattr(config, "quantization_config"):
+            del config.quantization_config
+        plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        plain.load_state_dict(model.state_dict())
         tmp = cached.with_name(cached.name + ".partial")
-        model.save_pretrained(tmp)
+        plain.save_pretrained(tmp)
         tok.save_pretrained(tmp)
         (tmp / "done").write_text("ok\n")
         if cached.exists():

@@ -135,42 +135,50 @@ class CaptionModel(nn.Module):
         labels[:, 0] = -100  # BOS is the prompt: given, never predicted
         return ids, mask, labels
 
-    def _text_logits(self, features, ids, mask, repeats: int = 1):
+    def _target_logits(self, features, ids, mask, labels, repeats: int = 1):
+        """Logits at the positions that predict a target token, flattened: ([n_targets, vocab], [n_targets]).
+
+        The LM head (vocab x width) is the most expensive layer here; running it only on target
+        positions, as one matrix product, skips visual, BOS and padding positions."""
         visual = self.visual_tokens(features)
         if repeats > 1:  # several captions per image: run the connector once per image
             visual = visual.repeat_interleave(repeats, dim=0)
         embeds = torch.cat([visual, self.lm.get_input_embeddings()(ids)], dim=1)
         attn = torch.cat([torch.ones(visual.shape[:2], dtype=mask.dtype), mask], dim=1)
-        # Logits only for the last visual position and the text: they are all the loss needs.
-        out = self.lm(inputs_embeds=embeds, attention_mask=attn, logits_to_keep=ids.shape[1] + 1)
-        return out.logits[:, :-1]  # position t predicts text token t
+        out = self.lm(inputs_embeds=embeds, attention_mask=attn, output_hidden_states=True, logits_to_keep=1)
+        n_visual = visual.shape[1]
+        hidden = out.hidden_states[-1][:, n_visual - 1 : n_visual - 1 + ids.shape[1]]  # position t predicts token t
+        keep = labels != -100
+        return self.lm.get_output_embeddings()(hidden[keep]), labels[keep], keep
 
     # ---- loss ----------------------------------------------------------------------------
     def forward(self, features: torch.Tensor, captions: list[str], repeats: int = 1) -> torch.Tensor:
         """Mean loss per target token; ``captions`` holds ``repeats`` captions per image, in order."""
         ids, mask, labels = self.encode_captions(captions)
-        logits = self._text_logits(features, ids, mask, repeats)
-        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100)
+        logits, targets, _ = self._target_logits(features, ids, mask, labels, repeats)
+        return F.cross_entropy(logits, targets)
 
     @torch.no_grad()
     def caption_nll(self, features: torch.Tensor, captions: list[str], repeats: int = 1) -> torch.Tensor:
         """Mean NLL per target token of each caption given its image, in nats [len(captions)]."""
         ids, mask, labels = self.encode_captions(captions)
-        logits = self._text_logits(features, ids, mask, repeats)
-        nll = F.cross_entropy(logits.transpose(1, 2), labels, ignore_index=-100, reduction="none")
-        n = (labels != -100).sum(1).clamp(min=1)
-        return nll.sum(1) / n
+        logits, targets, keep = self._target_logits(features, ids, mask, labels, repeats)
+        nll = F.cross_entropy(logits, targets, reduction="none")
+        rows = keep.nonzero()[:, 0]
+        total = torch.zeros(len(captions)).index_add_(0, rows, nll)
+        return total / keep.sum(1).clamp(min=1)
 
     # ---- generation ----------------------------------------------------------------------
     @torch.no_grad()
     def generate(self, features: torch.Tensor, max_new_tokens: int = 30, num_beams: int = 1,
-                 first_token_ids: bool = False):
+                 no_repeat_ngram_size: int = 0, first_token_ids: bool = False):
         """Captions for cached features. Returns strings (and the first generated id if asked)."""
         visual = self.visual_tokens(features)
         start = torch.full((features.shape[0], 1), self.bos_id, dtype=torch.long)
         embeds = torch.cat([visual, self.lm.get_input_embeddings()(start)], dim=1)
         kwargs = dict(
             inputs_embeds=embeds, max_new_tokens=max_new_tokens, num_beams=num_beams, do_sample=False,
+            no_repeat_ngram_size=no_repeat_ngram_size,
             eos_token_id=self.eos_id, pad_token_id=self.pad_id,
         )
         if self.cfg.recipe != "seed":  # the seed recipe forgot the attention mask

@@ -36,6 +36,7 @@ class TrainConfig:
     explode_factor: float = 5.0  # loss above this x the first logged loss = divergence
     max_new_tokens: int = 24
     num_beams: int = 1
+    no_repeat_ngram_size: int = 0  # decoding: forbid repeating any n-gram of this size (0 = off)
     generate_batch_size: int = 100
     debug_nan_at_step: int = 0  # fault injection for tests: force a NaN loss from this step (0 = never)
 
@@ -133,7 +134,7 @@ def train_model(model: CaptionModel, data: CaptionData, train_feats: FeatureSet,
 
 @torch.no_grad()
 def generate_captions(model: CaptionModel, feats: FeatureSet, rows: list[int] | None = None,
-                      max_new_tokens: int = 24, num_beams: int = 1, batch_size: int = 100,
+                      max_new_tokens: int = 24, num_beams: int = 1, no_repeat_ngram_size: int = 0, batch_size: int = 100,
                       with_first_token: bool = False):
     """Captions for the given rows of a feature set (all rows by default), batched."""
     model.eval()
@@ -141,7 +142,8 @@ def generate_captions(model: CaptionModel, feats: FeatureSet, rows: list[int] | 
     texts, firsts = [], []
     for i in range(0, len(rows), batch_size):
         x = feats.batch(rows[i : i + batch_size])
-        t, f = model.generate(x, max_new_tokens=max_new_tokens, num_beams=num_beams, first_token_ids=True)
+        t, f = model.generate(x, max_new_tokens=max_new_tokens, num_beams=num_beams,
+                              no_repeat_ngram_size=no_repeat_ngram_size, first_token_ids=True)
         texts += t
         firsts += f
     return (texts, firsts) if with_first_token else texts
