@@ -135,13 +135,16 @@ def report(
     runs_dir: Path = RUNS,
     out_dir: Path = typer.Option(Path("reports"), "--out", help="Reports go to <out>/<table>/README.md."),
     data_dir: Optional[str] = DATA_DIR,
+    thumbnails: Optional[bool] = typer.Option(
+        None, "--thumbnails/--no-thumbnails",
+        help="Gallery thumbnails. Default: only for data the project generates (shapes), never copies of Flickr8k photos."),
 ):
     """Write reports/<table>/README.md (and plots) from the stored runs only: no retraining."""
     from .report import write_report
     from .tables import load_table
 
     try:
-        path = write_report(load_table(table), runs_dir, out_dir, data_dir=data_dir)
+        path = write_report(load_table(table), runs_dir, out_dir, data_dir=data_dir, thumbnails=thumbnails)
     except UserError as err:
         _fail(err)
     console.print(f"wrote {path}")

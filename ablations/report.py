@@ -55,6 +55,9 @@ def _fmt(x: float, digits: int = 3) -> str:
 
 
 def _pm(mean: float, std: float, digits: int = 3) -> str:
+    """'mean ± std'; just the mean when there is no spread to show (a single seed)."""
+    if std is None or np.isnan(std):
+        return _fmt(mean, digits)
     return f"{_fmt(mean, digits)} ± {_fmt(std, digits)}"
 
 
@@ -150,7 +153,8 @@ def _loss_plot(histories: dict, out: Path) -> None:
     plt.close(fig)
 
 
-def _gallery(table: Table, runs_dir: Path, out_dir: Path, data_dir: str | None, names: list[str]) -> str:
+def _gallery(table: Table, runs_dir: Path, out_dir: Path, data_dir: str | None, names: list[str],
+             thumbnails: bool) -> str:
     first_seed = table.seeds[0]
     caps = {}
     for n in names:
@@ -160,16 +164,19 @@ def _gallery(table: Table, runs_dir: Path, out_dir: Path, data_dir: str | None, 
     if not caps:
         return "_no captions stored_"
     ids = list(next(iter(caps.values())))[:GALLERY_SIZE]
-    try:
-        data = load_data(table.data, data_dir)
-    except UserError as err:
-        data = None
-        note = f"_(thumbnails unavailable: {err})_\n\n"
+    data, note = None, ""
+    if not thumbnails:
+        note = (f"_Images named, not shown: {table.data.name} photos are third-party data and are not copied "
+                "into the reports (`ablate report --thumbnails` writes them locally)._\n\n")
     else:
-        note = ""
+        try:
+            data = load_data(table.data, data_dir)
+        except UserError as err:
+            note = f"_(thumbnails unavailable: {err})_\n\n"
     header = ["image"] + list(caps)
     rows = []
-    (out_dir / "gallery").mkdir(parents=True, exist_ok=True)
+    if data is not None:
+        (out_dir / "gallery").mkdir(parents=True, exist_ok=True)
     for image_id in ids:
         cell = f"`{image_id}`"
         if data is not None and image_id in data.captions:
@@ -181,7 +188,10 @@ def _gallery(table: Table, runs_dir: Path, out_dir: Path, data_dir: str | None, 
     return note + f"Seed {first_seed}, first {len(ids)} images of the {table.data.eval_split} split.\n\n" + _md_table(header, rows)
 
 
-def write_report(table: Table, runs_dir: Path, out_root: Path, data_dir: str | None = None) -> Path:
+def write_report(table: Table, runs_dir: Path, out_root: Path, data_dir: str | None = None,
+                 thumbnails: bool | None = None) -> Path:
+    """``thumbnails=None``: gallery thumbnails only for data the project generates (shapes)."""
+    thumbnails = table.data.name == "shapes" if thumbnails is None else thumbnails
     got = collect(table, Path(runs_dir))
     runs: pd.DataFrame = got["runs"]
     out_dir = Path(out_root) / table.name
@@ -217,7 +227,9 @@ def write_report(table: Table, runs_dir: Path, out_root: Path, data_dir: str | N
         ["model (full)", _kv(cfg.get("model", {}))],
         ["training (full)", _kv(cfg.get("train", {}))],
         ["wall time", f"{run_seconds / 60:.1f} min in runs ({len(t)} runs) + {prep / 60:.1f} min shared preparation "
-                      f"(features, LM); `run-all` wall clock {_wall_seconds(runs_dir, table) / 60:.1f} min"],
+                      f"(features, LM); `run-all` wall clock "
+                      + (f"{_wall_seconds(runs_dir, table) / 60:.1f} min" if _wall_seconds(runs_dir, table)
+                         else "not recorded (no run-all finished)")],
         ["machine", cfg.get("machine", "?")],
     ]
     lines += [_md_table(["", ""], setup), ""]
@@ -290,7 +302,7 @@ def write_report(table: Table, runs_dir: Path, out_root: Path, data_dir: str | N
     lines += [f"- **{n}**: {d}" for n, d in diags] if diags else ["No variant is degenerate."]
     lines += [""]
     # ---- gallery
-    lines += ["## Gallery", "", _gallery(table, runs_dir, out_dir, data_dir, order), ""]
+    lines += ["## Gallery", "", _gallery(table, runs_dir, out_dir, data_dir, order, thumbnails), ""]
     # ---- timings
     if len(t):
         mean_t = t.groupby("variant")[["train", "generate", "score", "probe"]].mean().reindex(order)

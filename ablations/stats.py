@@ -7,9 +7,9 @@ from scipy import stats
 
 
 def mean_std(runs: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
-    """Mean and std over seeds per variant: columns '<metric>' and '<metric>_std'."""
+    """Mean and std over seeds per variant: columns '<metric>' and '<metric>_std' (NaN for one seed)."""
     g = runs.groupby("variant", sort=False)[columns]
-    mean, std = g.mean(), g.std(ddof=1).fillna(0.0)
+    mean, std = g.mean(), g.std(ddof=1)
     out = mean.copy()
     for c in columns:
         out[f"{c}_std"] = std[c]

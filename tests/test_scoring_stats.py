@@ -54,7 +54,10 @@ def test_paired_difference_detects_known_shift():
 
 
 def test_mean_std_over_seeds():
-    runs = pd.DataFrame({"variant": ["a", "a", "b", "b"], "seed": [0, 1, 0, 1], "CIDEr": [1.0, 3.0, 2.0, 2.0]})
+    runs = pd.DataFrame({"variant": ["a", "a", "b", "b", "c"], "seed": [0, 1, 0, 1, 0],
+                         "CIDEr": [1.0, 3.0, 2.0, 2.0, 5.0]})
     s = mean_std(runs, ["CIDEr"])
     assert s.loc["a", "CIDEr"] == 2.0 and s.loc["a", "CIDEr_std"] == pytest.approx(np.sqrt(2))
     assert s.loc["b", "CIDEr_std"] == 0.0 and s.loc["a", "seeds"] == 2
+    # One seed: no spread to report (the report then prints the mean alone, not "± 0").
+    assert s.loc["c", "CIDEr"] == 5.0 and np.isnan(s.loc["c", "CIDEr_std"]) and s.loc["c", "seeds"] == 1
