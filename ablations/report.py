@@ -217,6 +217,7 @@ def write_report(table: Table, runs_dir: Path, out_root: Path, data_dir: str | N
     t = got["timings"]
     run_seconds = float(t[["train", "generate", "score", "probe"]].sum().sum()) if len(t) else 0.0
     prep = _prepare_seconds(runs_dir, table)
+    wall = _wall_seconds(runs_dir, table)
     lines += ["## Setup", ""]
     n_images = json.loads((run_dir(runs_dir, table, order[0], table.seeds[0]) / "metrics.json").read_text())["images"] if order else 0
     setup = [
@@ -228,14 +229,14 @@ def write_report(table: Table, runs_dir: Path, out_root: Path, data_dir: str | N
         ["training (full)", _kv(cfg.get("train", {}))],
         ["wall time", f"{run_seconds / 60:.1f} min in runs ({len(t)} runs) + {prep / 60:.1f} min shared preparation "
                       f"(features, LM); `run-all` wall clock "
-                      + (f"{_wall_seconds(runs_dir, table) / 60:.1f} min" if _wall_seconds(runs_dir, table)
+                      + (f"{wall / 60:.1f} min" if wall
                          else "not recorded (no run-all finished)")],
         ["machine", cfg.get("machine", "?")],
     ]
     lines += [_md_table(["", ""], setup), ""]
     if table.notes:
         lines += ["Notes: " + table.notes.strip(), ""]
-    lines += _targets(table, summary, _wall_seconds(runs_dir, table) or run_seconds + prep)
+    lines += _targets(table, summary, wall or run_seconds + prep)
     # ---- failed runs
     if got["failed"]:
         lines += ["## Failed runs", "", _md_table(["variant", "seed", "reason"],
