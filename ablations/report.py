@@ -384,11 +384,14 @@ def _lm_note(cfg: dict) -> str:
     info = cfg.get("lm_info", {})
     if "dev_perplexity" in info:
         c = info["config"]
+        packing = (f", packed in {c['pack_length']}-token rows with one document per training image"
+                   if c.get("pack_length") else ", one caption per row")
         return (f" ({c['n_layer']}×{c['n_embd']}, vocab {info['vocab_size']}, pretrained on {info['train_captions']} "
-                f"training captions as text; dev perplexity {info['dev_perplexity']:.2f})")
+                f"training captions as text{packing}; dev perplexity {info['dev_perplexity']:.2f})")
     return ""
 
 
 def _kv(d: dict) -> str:
-    skip = {"lora_targets", "debug_nan_at_step", "seed_pad_length", "generate_batch_size"}
-    return ", ".join(f"{k}={v}" for k, v in d.items() if k not in skip)
+    skip = {"debug_nan_at_step", "seed_pad_length", "generate_batch_size"}
+    shown = {k: v for k, v in d.items() if k not in skip and not (k == "lora_targets" and not v)}  # [] = LM default
+    return ", ".join(f"{k}={'+'.join(v) if isinstance(v, list) else v}" for k, v in shown.items())

@@ -61,6 +61,12 @@ def load_data(spec: DataSpec, data_dir: str | None = None) -> CaptionData:
     return data
 
 
+def caption_corpus(data: CaptionData) -> CaptionCorpus:
+    """The caption LM's text: training captions, one document per image (for packed pretraining)."""
+    return CaptionCorpus(data.name, data.split_captions("train"), data.split_captions("dev"),
+                         [len(data.captions[i]) for i in data.splits["train"]])
+
+
 @dataclass
 class Workspace:
     """What every run of a table shares: data, frozen backbones and cached features."""
@@ -78,7 +84,7 @@ def prepare(table: Table, cache_dir: Path, data_dir: str | None = None, splits: 
     t0 = time.time()
     data = load_data(table.data, data_dir)
     vision = load_vision_backbone(table.backbones.vision)
-    corpus = CaptionCorpus(data.name, data.split_captions("train"), data.split_captions("dev"))
+    corpus = caption_corpus(data)
     t1 = time.time()
     lm = load_language_backbone(table.backbones.language, cache_dir=cache_dir, caption_corpus=corpus,
                                 caption_lm_config=table.caption_lm)
@@ -226,7 +232,7 @@ def load_run_model(run: Path, cache_dir: Path) -> tuple[CaptionModel, VisionBack
         from vlm_core.caption_lm import CaptionLMConfig
 
         data = load_data(DataSpec(**config["data"]))
-        corpus = CaptionCorpus(data.name, data.split_captions("train"), data.split_captions("dev"))
+        corpus = caption_corpus(data)
         lm = load_language_backbone(config["backbones"]["language"], cache_dir=cache_dir, caption_corpus=corpus,
                                     caption_lm_config=CaptionLMConfig(**config["caption_lm"]))
     model = CaptionModel(CaptionModelConfig(**config["model"]), lm, vision.feature_dim, vision.grid)

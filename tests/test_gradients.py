@@ -100,3 +100,27 @@ def test_parameter_report_counts_add_up(gpt2_tiny):
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     assert sum(v["trainable"] for v in report.values()) == trainable
     assert report["lm.base"]["trainable"] == 0 and report["lm.lora"]["trainable"] > 0
+
+
+def test_saved_weights_with_a_head_adapter_round_trip_and_hold_only_trained_parts(gpt2_tiny, tmp_path):
+    """LoRA on the tied lm_head: the reloaded model gives the same loss, and the embedding is not saved."""
+    from safetensors.torch import load_file
+
+    targets = ["c_attn", "c_proj", "lm_head"]
+    vision, model = _setup(gpt2_tiny, lora_targets=targets)
+    feats = vision.encode_images(_images())
+    with torch.no_grad():  # move every trainable tensor away from its init (LoRA B starts at zero)
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(torch.randn_like(p) * 0.05)
+    model.eval()
+    loss = float(model(feats, CAPTIONS))
+    model.save_trainable(tmp_path / "w")
+    _, fresh = _setup(gpt2_tiny, lora_targets=targets)
+    fresh.eval()
+    assert abs(float(fresh(feats, CAPTIONS)) - loss) > 1e-4  # a fresh model differs ...
+    fresh.load_trainable(tmp_path / "w")
+    assert abs(float(fresh(feats, CAPTIONS)) - loss) < 1e-5  # ... until it loads the saved weights
+    saved = load_file(str(tmp_path / "w" / "lora" / "adapter_model.safetensors"))
+    assert any("lm_head" in k for k in saved)
+    assert all("lora_" in k for k in saved), [k for k in saved if "lora_" not in k]

@@ -89,3 +89,21 @@ def test_probes_see_a_model_that_uses_the_image(shapes_small, feats):
     d = probes.degeneracy(["a b", "a b", "c d e"], [5, 5, 2], eos_id=2)
     assert d["unique_share"] == pytest.approx(2 / 3) and d["top_caption"] == "a b"
     assert d["eos_first_rate"] == pytest.approx(1 / 3) and d["distinct_1"] == pytest.approx(5 / 7)
+
+
+def test_connector_lr_sets_the_image_path_rate_apart_from_the_adapters(shapes_small, feats, caption_lm):
+    data = _one_caption(shapes_small, 16)
+    sub = _subset(feats, 16)
+    moved = {}
+    for connector_lr in (1e-9, 0.0):  # 0: the same rate as the adapters
+        torch.manual_seed(0)
+        model = CaptionModel(CaptionModelConfig(**SMALL_MODEL), caption_lm, 1280, (7, 7))
+        before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+        train_model(model, data, sub, sub, TrainConfig(epochs=1, batch_size=8, lr=3e-3, connector_lr=connector_lr,
+                                                       dev_images=4), seed=0, log=lambda *_: None)
+        after = dict(model.named_parameters())
+        moved[connector_lr] = {
+            part: max(float((after[n] - before[n]).abs().max()) for n in before if pick(n))
+            for part, pick in (("image path", lambda n: not n.startswith("lm.")), ("lora", lambda n: "lora_" in n))}
+    assert moved[1e-9]["image path"] < 1e-6 and moved[1e-9]["lora"] > 1e-4, moved
+    assert moved[0.0]["image path"] > 1e-4, moved

@@ -11,12 +11,13 @@ import math
 import random
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 
 from .atomic import atomic_write_json
+from .errors import UserError
 
 
 @dataclass
@@ -30,6 +31,12 @@ class CaptionLMConfig:
     batch_size: int = 64
     lr: float = 1e-3
     max_tokens: int = 40
+    # 0: one caption per row, from position 0. >0: rows of this many tokens cut from "documents" laid
+    # end to end, as GPT-2 packs web pages; a document is the captions of one training image
+    # ([bos] cap [eos] [bos] cap [eos] ...). Text only, but the LM then learns what real LMs know and a
+    # caption-per-row LM never needs: content earlier in the context predicts the next caption. On
+    # shapes that is the difference between reading the visual prefix in 250 steps or not at all.
+    pack_length: int = 0
     seed: int = 0
 
 
@@ -40,6 +47,13 @@ class CaptionCorpus:
     name: str
     train: list[str]
     dev: list[str]
+    group_sizes: list[int] = field(default_factory=list)  # captions per training image, in order
+
+    def __post_init__(self):
+        if not self.group_sizes:
+            self.group_sizes = [1] * len(self.train)
+        if sum(self.group_sizes) != len(self.train):
+            raise ValueError("CaptionCorpus: group_sizes must add up to the number of training captions")
 
     def fingerprint(self) -> str:
         h = hashlib.sha256(self.name.encode())
@@ -83,6 +97,23 @@ def _batches(ids: list[list[int]], batch_size: int, pad: int, shuffle: bool, rng
         yield x, mask, labels
 
 
+def _packed_batches(ids: list[list[int]], group_sizes: list[int], batch_size: int, length: int, bos: int,
+                    rng: random.Random):
+    """Rows of ``length`` tokens cut from documents laid end to end (a document = the captions of one
+    image; documents in shuffled order); every token is a target except a [bos] (given)."""
+    starts = [0]
+    for n in group_sizes:
+        starts.append(starts[-1] + n)
+    documents = [list(range(a, b)) for a, b in zip(starts, starts[1:])]
+    rng.shuffle(documents)
+    stream = torch.tensor([t for doc in documents for j in doc for t in ids[j]], dtype=torch.long)
+    rows = stream[: len(stream) // length * length].view(-1, length)
+    rows = rows[torch.randperm(len(rows), generator=torch.Generator().manual_seed(rng.randrange(2**31)))]
+    for i in range(0, len(rows), batch_size):
+        x = rows[i : i + batch_size]
+        yield x, torch.ones_like(x), x.masked_fill(x == bos, -100)
+
+
 def _encode(tok, captions: list[str], max_tokens: int) -> list[list[int]]:
     bos, eos = tok.bos_token_id, tok.eos_token_id
     return [[bos] + tok(c, add_special_tokens=False).input_ids[:max_tokens] + [eos] for c in captions]
@@ -102,7 +133,15 @@ def perplexity(model, ids: list[list[int]], pad: int, batch_size: int = 128) -> 
 
 def build_caption_lm(corpus: CaptionCorpus, cfg: CaptionLMConfig, cache_dir: Path):
     """Train (or load from cache) the caption LM; returns a LanguageBackbone."""
-    key = hashlib.sha256(json.dumps([corpus.fingerprint(), asdict(cfg)]).encode()).hexdigest()[:12]
+    if cfg.pack_length > cfg.n_positions:
+        raise UserError(f"caption_lm.pack_length ({cfg.pack_length}) must be <= caption_lm.n_positions ({cfg.n_positions})")
+    settings = asdict(cfg)
+    parts = [corpus.fingerprint(), settings]
+    if cfg.pack_length:  # documents matter only when packed
+        parts.append(hashlib.sha256(json.dumps(corpus.group_sizes).encode()).hexdigest()[:16])
+    else:  # caches made before packing existed keep their key
+        del settings["pack_length"]
+    key = hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:12]
     out_dir = cache_dir / f"caption-gpt2-tiny-{corpus.name}-{key}"
     if not (out_dir / "info.json").exists():
         _train_caption_lm(corpus, cfg, out_dir)
@@ -137,7 +176,11 @@ def _train_caption_lm(corpus: CaptionCorpus, cfg: CaptionLMConfig, out_dir: Path
     ))
     train_ids = _encode(tok, corpus.train, cfg.max_tokens)
     dev_ids = _encode(tok, corpus.dev, cfg.max_tokens)
-    steps = cfg.epochs * math.ceil(len(train_ids) / cfg.batch_size)
+    if cfg.pack_length:
+        n_rows = sum(len(c) for c in train_ids) // cfg.pack_length
+        steps = cfg.epochs * math.ceil(n_rows / cfg.batch_size)
+    else:
+        steps = cfg.epochs * math.ceil(len(train_ids) / cfg.batch_size)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=steps, pct_start=0.05)
     history = []
@@ -145,7 +188,10 @@ def _train_caption_lm(corpus: CaptionCorpus, cfg: CaptionLMConfig, out_dir: Path
         task = progress.add_task(f"pretraining caption-gpt2-tiny on {corpus.name} captions", total=steps)
         for epoch in range(cfg.epochs):
             model.train()
-            for x, mask, labels in _batches(train_ids, cfg.batch_size, tok.pad_token_id, True, rng):
+            batches = (_packed_batches(train_ids, corpus.group_sizes, cfg.batch_size, cfg.pack_length,
+                                       tok.bos_token_id, rng)
+                       if cfg.pack_length else _batches(train_ids, cfg.batch_size, tok.pad_token_id, True, rng))
+            for x, mask, labels in batches:
                 loss = model(input_ids=x, attention_mask=mask, labels=labels).loss
                 opt.zero_grad(set_to_none=True)
                 loss.backward()

@@ -76,7 +76,7 @@ class QFormerConnector(nn.Module):
         self.out_dim = hidden
 
     def fit_feature_stats(self, train_features: torch.Tensor) -> None:
-        self.vision_norm.fit(train_features[:2000])
+        self.vision_norm.fit(train_features[:512])
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         vision = self.vision_proj(self.vision_norm(features))
@@ -97,4 +97,4 @@ class MeanPoolConnector(nn.Module):
 
     def fit_feature_stats(self, train_features: torch.Tensor) -> None:
         # Statistics of the pooled vector: per-token ones would shrink the object's signal 49-fold.
-        self.vision_norm.fit(train_features[:2000].float().mean(dim=1))
+        self.vision_norm.fit(train_features[:512].float().mean(dim=1))

@@ -14,6 +14,7 @@ mask in generate). It is the ``seed-recipe`` row of the control table.
 from __future__ import annotations
 
 import copy
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -85,10 +86,17 @@ class CaptionModel(nn.Module):
             from peft import LoraConfig, get_peft_model
 
             targets = cfg.lora_targets or lm.lora_targets
-            self.lm = get_peft_model(base, LoraConfig(
-                r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                target_modules=targets, bias="none", fan_in_fan_out="c_attn" in targets,
-            ))
+            with warnings.catch_warnings():
+                # With "lm_head" among the targets peft warns that (1) the tied head is adapted
+                # without re-tying (intended: the adapter changes the output layer only, the input
+                # embedding stays frozen) and (2) fan_in_fan_out is corrected for that nn.Linear
+                # (GPT-2's Conv1D layers need it, the head does not; peft handles it per module).
+                warnings.filterwarnings("ignore", message=".*tie_word_embeddings.*")
+                warnings.filterwarnings("ignore", message="fan_in_fan_out is set to True.*")
+                self.lm = get_peft_model(base, LoraConfig(
+                    r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                    target_modules=targets, bias="none", fan_in_fan_out="c_attn" in targets,
+                ))
         else:
             self.lm = base
         if not cfg.train_qformer:
@@ -230,7 +238,9 @@ class CaptionModel(nn.Module):
             import shutil
 
             shutil.rmtree(tmp, ignore_errors=True)
-            self.lm.save_pretrained(tmp)
+            # The (tied, frozen) embedding is part of the base LM: an adapter on lm_head must not make
+            # peft save the whole embedding matrix as if it had been trained.
+            self.lm.save_pretrained(tmp, save_embedding_layers=False)
             shutil.rmtree(out_dir / "lora", ignore_errors=True)
             tmp.rename(out_dir / "lora")
         atomic_write_json(out_dir / "model_config.json", {"model": asdict(self.cfg), "lm": self.lm_name})

@@ -28,6 +28,9 @@ class TrainConfig:
     epochs: int = 4
     batch_size: int = 32  # images per step; each brings captions_per_image captions
     lr: float = 1e-3
+    # Learning rate of the connector, its queries and the projection (0 = lr). The image path trained
+    # from scratch wants a lower rate than the LoRA adapters: on shapes dev 0.3 x lr beat 1 x and 3 x.
+    connector_lr: float = 0.0
     weight_decay: float = 0.01
     warmup_share: float = 0.05
     captions_per_image: int = 1
@@ -92,7 +95,10 @@ def train_model(model: CaptionModel, data: CaptionData, train_feats: FeatureSet,
     model.connector.fit_feature_stats(train_x)
 
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    image_path = [p for n, p in model.named_parameters() if p.requires_grad and not n.startswith("lm.")]
+    adapters = [p for n, p in model.named_parameters() if p.requires_grad and n.startswith("lm.")]
+    groups = [{"params": image_path, "lr": cfg.connector_lr or cfg.lr}, {"params": adapters, "lr": cfg.lr}]
+    opt = torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps_per_epoch = math.ceil(len(train_feats.ids) / cfg.batch_size)
     total = steps_per_epoch * cfg.epochs
     warmup = max(1, int(total * cfg.warmup_share))
