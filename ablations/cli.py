@@ -183,17 +183,20 @@ def train(
     epochs: Optional[int] = typer.Option(None, "--epochs", help="Override the table's train.epochs."),
     dev_images: Optional[int] = typer.Option(None, "--dev-images", help="Caption only the first N dev images."),
     out: Optional[Path] = typer.Option(None, "--out", help="Run folder (default runs/train/<table>-<variant>-seed<k>)."),
+    settings: Optional[list[str]] = typer.Option(None, "--set", help="Override a table key for this run, e.g. "
+                                                  "--set train.connector_lr=6e-4 (repeatable; TOML values)."),
     cache_dir: Path = CACHE, data_dir: Optional[str] = DATA_DIR,
 ):
     """Train one configuration, print train/dev loss per epoch, save trainable weights and dev captions."""
     from .runner import execute_run, prepare
-    from .tables import load_table
+    from .tables import apply_settings, load_table
 
     try:
         if data not in ("shapes", "flickr8k"):
             raise UserError(f"--data must be 'shapes' or 'flickr8k', not {data!r}")
         tbl = load_table(table or ("shapes" if data == "shapes" else "flickr8k-tiny"))
         (v,) = tbl.select([variant])
+        apply_settings(tbl, v, settings or [])
         if epochs:
             v.train.epochs = epochs
         tbl.data.eval_split = "dev"

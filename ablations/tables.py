@@ -254,3 +254,23 @@ def variant_config(table: Table, variant: Variant) -> dict:
         "backbones": asdict(table.backbones), "caption_lm": asdict(table.caption_lm),
         "model": asdict(variant.model), "train": asdict(variant.train), "probes": asdict(table.probes),
     }
+
+
+def apply_settings(table: Table, variant: Variant, settings: list[str]) -> None:
+    """One-off ``section.key=value`` overrides (``--set`` of `ablate train`), checked like table keys.
+
+    ``model``/``train`` change the variant; ``data``/``caption_lm``/``probes`` the table. Values are
+    TOML (``3``, ``1e-3``, ``true``, ``["c_attn", "lm_head"]``); anything else is taken as a string."""
+    owners = {"model": variant, "train": variant, "data": table, "caption_lm": table, "probes": table}
+    for setting in settings:
+        name, sep, text = setting.partition("=")
+        section, dot, key = name.strip().partition(".")
+        if not sep or not dot or section not in owners:
+            raise UserError(f"--set {setting!r}: expected SECTION.KEY=VALUE with SECTION one of {', '.join(owners)}")
+        try:
+            value = tomllib.loads(f"v = {text.strip()}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = text.strip()
+        current = getattr(owners[section], section)
+        updated, _ = _build(type(current), {key: value}, f"--set {section}", base=asdict(current))
+        setattr(owners[section], section, updated)

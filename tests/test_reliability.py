@@ -138,6 +138,14 @@ def test_unknown_variant_and_offline_hub_backbone(tmp_path, earlier, monkeypatch
     assert snapshot(earlier / "runs") == before
 
 
+def test_train_set_with_a_bad_key_is_a_one_line_error(tmp_path):
+    table = write_micro(tmp_path / "micro.toml", seeds=(0,), variants=("full",))
+    result = _cli("train", "--table", table, "--set", "train.connector_rate=1e-3", "--out", tmp_path / "run",
+                  "--cache-dir", tmp_path / "cache")
+    _assert_one_line_error(result, "--set train: unknown key 'connector_rate'")
+    assert not (tmp_path / "run").exists()
+
+
 def _assert_one_line_error(result, message):
     assert result.exit_code == 2, result.output
     lines = [line for line in result.output.splitlines() if line.strip()]

@@ -83,3 +83,19 @@ def test_bad_tables_name_file_and_key(tmp_path, bad, message):
 def test_unknown_table_name():
     with pytest.raises(UserError, match="unknown table 'nope'"):
         load_table("nope")
+
+
+def test_set_overrides_are_checked_like_table_keys():
+    from ablations.tables import apply_settings, load_table
+
+    table = load_table("shapes")
+    (v,) = table.select(["full"])
+    apply_settings(table, v, ["train.connector_lr=6e-4", "model.lora_targets=['c_attn']", "caption_lm.pack_length=0",
+                              "model.connector=meanpool"])
+    assert v.train.connector_lr == 6e-4 and v.model.lora_targets == ["c_attn"] and v.model.connector == "meanpool"
+    assert table.caption_lm.pack_length == 0
+    for bad, message in (("train.lr_typo=1", "unknown key 'lr_typo'"), ("train.epochs=two", "expected int"),
+                         ("epochs=3", "SECTION.KEY=VALUE"), ("model.connector=pool", "model.connector"),
+                         ("vision.x=1", "SECTION.KEY=VALUE")):
+        with pytest.raises(UserError, match=message):
+            apply_settings(table, v, [bad])
