@@ -6,6 +6,7 @@ the *training* captions only (text, no images), cached by a hash of (data set, c
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import math
 import random
@@ -97,17 +98,21 @@ def _batches(ids: list[list[int]], batch_size: int, pad: int, shuffle: bool, rng
         yield x, mask, labels
 
 
+def _packed_rows(ids: list[list[int]], length: int) -> int:
+    """Full rows of ``length`` tokens in one epoch of packed captions (the tail is dropped)."""
+    return sum(len(c) for c in ids) // length
+
+
 def _packed_batches(ids: list[list[int]], group_sizes: list[int], batch_size: int, length: int, bos: int,
                     rng: random.Random):
     """Rows of ``length`` tokens cut from documents laid end to end (a document = the captions of one
     image; documents in shuffled order); every token is a target except a [bos] (given)."""
-    starts = [0]
-    for n in group_sizes:
-        starts.append(starts[-1] + n)
-    documents = [list(range(a, b)) for a, b in zip(starts, starts[1:])]
+    starts = [0, *itertools.accumulate(group_sizes)]
+    documents = [range(a, b) for a, b in zip(starts, starts[1:])]
     rng.shuffle(documents)
     stream = torch.tensor([t for doc in documents for j in doc for t in ids[j]], dtype=torch.long)
-    rows = stream[: len(stream) // length * length].view(-1, length)
+    n_rows = _packed_rows(ids, length)
+    rows = stream[: n_rows * length].view(n_rows, length)
     rows = rows[torch.randperm(len(rows), generator=torch.Generator().manual_seed(rng.randrange(2**31)))]
     for i in range(0, len(rows), batch_size):
         x = rows[i : i + batch_size]
@@ -177,8 +182,7 @@ def _train_caption_lm(corpus: CaptionCorpus, cfg: CaptionLMConfig, out_dir: Path
     train_ids = _encode(tok, corpus.train, cfg.max_tokens)
     dev_ids = _encode(tok, corpus.dev, cfg.max_tokens)
     if cfg.pack_length:
-        n_rows = sum(len(c) for c in train_ids) // cfg.pack_length
-        steps = cfg.epochs * math.ceil(n_rows / cfg.batch_size)
+        steps = cfg.epochs * math.ceil(_packed_rows(train_ids, cfg.pack_length) / cfg.batch_size)
     else:
         steps = cfg.epochs * math.ceil(len(train_ids) / cfg.batch_size)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.01)

@@ -94,9 +94,11 @@ def train_model(model: CaptionModel, data: CaptionData, train_feats: FeatureSet,
     dev_ids = dev_feats.ids[:n_dev]
     model.connector.fit_feature_stats(train_x)
 
-    params = [p for p in model.parameters() if p.requires_grad]
-    image_path = [p for n, p in model.named_parameters() if p.requires_grad and not n.startswith("lm.")]
-    adapters = [p for n, p in model.named_parameters() if p.requires_grad and n.startswith("lm.")]
+    image_path, adapters = [], []  # connector/queries/projection vs the LM's LoRA weights
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (adapters if name.startswith("lm.") else image_path).append(p)
+    params = image_path + adapters
     groups = [{"params": image_path, "lr": cfg.connector_lr or cfg.lr}, {"params": adapters, "lr": cfg.lr}]
     opt = torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps_per_epoch = math.ceil(len(train_feats.ids) / cfg.batch_size)
