@@ -386,6 +386,8 @@ def _lm_note(cfg: dict) -> str:
         c = info["config"]
         packing = (f", packed in {c['pack_length']}-token rows with one document per training image"
                    if c.get("pack_length") else ", one caption per row")
+        if c.get("freeze_embeddings"):
+            packing += ", word embeddings kept at their random init (only [pad]/[bos]/[eos] learned)"
         return (f" ({c['n_layer']}×{c['n_embd']}, vocab {info['vocab_size']}, pretrained on {info['train_captions']} "
                 f"training captions as text{packing}; dev perplexity {info['dev_perplexity']:.2f})")
     return ""

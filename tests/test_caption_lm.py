@@ -1,10 +1,13 @@
 """The caption LM's packed pretraining: documents stay whole, [bos] is never a target, bad settings are errors."""
+import hashlib
+import json
 import random
+from dataclasses import asdict
 
 import pytest
 import torch
 
-from vlm_core.caption_lm import CaptionCorpus, CaptionLMConfig, _packed_batches, build_caption_lm
+from vlm_core.caption_lm import CaptionCorpus, CaptionLMConfig, _packed_batches, build_caption_lm, cache_key
 from vlm_core.errors import UserError
 
 BOS = 1
@@ -70,3 +73,46 @@ def test_packed_pretraining_runs_and_caches_by_documents(tmp_path):
     d = build_caption_lm(CaptionCorpus("x", caps, caps[:1], [1, 1, 1, 1]), unpacked, tmp_path)
     assert c.info["cache_dir"] == d.info["cache_dir"]  # unpacked: documents do not matter
     assert a.info["dev_perplexity"] > 0
+
+
+def _fresh_init(cfg: CaptionLMConfig, vocab_size: int, tok):
+    """The caption LM's weights before pretraining: same seed, same config."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(cfg.seed)
+    return GPT2LMHeadModel(GPT2Config(
+        vocab_size=vocab_size, n_positions=cfg.n_positions, n_embd=cfg.n_embd, n_layer=cfg.n_layer,
+        n_head=cfg.n_head, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    ))
+
+
+@pytest.mark.parametrize("freeze", [True, False])
+def test_frozen_word_embeddings_stay_at_init_and_special_tokens_learn(tmp_path, freeze):
+    caps = ["a small red circle", "there is a small red circle", "a large blue square", "one large blue square"]
+    cfg = CaptionLMConfig(vocab_size=300, n_layer=1, n_embd=32, n_head=2, n_positions=32, epochs=2, batch_size=2,
+                          lr=1e-2, pack_length=16, freeze_embeddings=freeze)
+    lm = build_caption_lm(CaptionCorpus("x", caps, caps[:1], [2, 2]), cfg, tmp_path)
+    trained = lm.model.get_input_embeddings().weight
+    initial = _fresh_init(cfg, trained.shape[0], lm.tokenizer).get_input_embeddings().weight
+    special = torch.zeros(trained.shape[0], dtype=torch.bool)
+    special[[lm.tokenizer.pad_token_id, lm.tokenizer.bos_token_id, lm.tokenizer.eos_token_id]] = True
+    words = lm.tokenizer(" red blue circle square", add_special_tokens=False).input_ids
+    moved = (trained - initial).abs().amax(dim=1)
+    # [bos]/[eos] are in every document, so they always get a gradient; the words do too unless frozen
+    assert bool((moved[[lm.tokenizer.bos_token_id, lm.tokenizer.eos_token_id]] > 1e-4).all())
+    if freeze:
+        assert float(moved[~special].max()) == 0.0
+    else:
+        assert bool((moved[words] > 1e-4).all())
+
+
+def test_new_settings_enter_the_cache_key_only_when_set():
+    corpus = CaptionCorpus("x", ["a small red circle", "a large blue square"], ["a red circle"])
+    cfg = CaptionLMConfig()
+    # the key as it was computed before pack_length and freeze_embeddings existed
+    old_settings = {k: v for k, v in asdict(cfg).items() if k not in ("pack_length", "freeze_embeddings")}
+    old_key = hashlib.sha256(json.dumps([corpus.fingerprint(), old_settings]).encode()).hexdigest()[:12]
+    assert cache_key(corpus, cfg) == old_key
+    assert cache_key(corpus, CaptionLMConfig(freeze_embeddings=True)) != old_key
+    assert cache_key(corpus, CaptionLMConfig(pack_length=64)) != old_key

@@ -124,3 +124,31 @@ def test_saved_weights_with_a_head_adapter_round_trip_and_hold_only_trained_part
     saved = load_file(str(tmp_path / "w" / "lora" / "adapter_model.safetensors"))
     assert any("lm_head" in k for k in saved)
     assert all("lora_" in k for k in saved), [k for k in saved if "lora_" not in k]
+
+
+def test_blind_tokens_are_the_zero_image_tokens_for_every_image_and_still_train(gpt2_tiny):
+    vision, model = _setup(gpt2_tiny, blind=True)
+    feats = vision.encode_images(_images())
+    tokens = model.visual_tokens(feats)
+    per_row = model.projection(model.connector(torch.zeros_like(feats)))  # the definition, row by row
+    assert torch.allclose(tokens, per_row, atol=1e-6)
+    assert torch.equal(tokens[0], tokens[1])
+    model.train_trainable_parts()
+    model(feats, CAPTIONS).backward()
+    norms = _grad_norms(model)
+    assert sum(norms["qformer"]) > 0 and sum(norms["projection"]) > 0 and sum(norms["query_tokens"]) > 0
+
+
+def test_standardisation_folded_into_the_patch_projection_is_the_same_function():
+    from vlm_core.connector import QFormerConnector
+
+    torch.manual_seed(0)
+    conn = QFormerConnector(48, (3, 3), num_queries=4, hidden=32, layers=1, heads=2, intermediate=64,
+                            cross_attention_frequency=1, dropout=0.0)
+    x = torch.randn(5, 9, 48) * torch.linspace(0.1, 8, 48) + torch.linspace(-3, 5, 48)
+    conn.fit_feature_stats(x)
+    assert float((conn.vision_norm.std - 1).abs().max()) > 1  # the statistics are far from identity
+    two_step = conn.vision_proj(conn.vision_norm(x)) + conn.vision_pos
+    queries = conn.query_tokens.expand(5, -1, -1)
+    expected = conn.qformer(query_embeds=queries, encoder_hidden_states=two_step).last_hidden_state
+    assert torch.allclose(conn(x), expected, atol=1e-5)

@@ -38,6 +38,14 @@ class CaptionLMConfig:
     # caption-per-row LM never needs: content earlier in the context predicts the next caption. On
     # shapes that is the difference between reading the visual prefix in 250 steps or not at all.
     pack_length: int = 0
+    # Keep the (tied) embeddings of ordinary tokens at their random init; only [pad]/[bos]/[eos] learn.
+    # Text alone gives interchangeable words (the six colours, left/right, small/large) interchangeable
+    # contexts, so a text-only LM on a small closed vocabulary learns near-identical embeddings for them
+    # (cosine 0.73-0.96 on shapes) and the frozen LM can neither say which colour the image shows nor
+    # remember which one it already said. Random 128-d vectors stay near-orthogonal, as a web-trained
+    # LM's embeddings of these words are distinct. The special tokens keep learned embeddings: their
+    # job is structural (where a caption starts and ends), not to name anything.
+    freeze_embeddings: bool = False
     seed: int = 0
 
 
@@ -136,18 +144,25 @@ def perplexity(model, ids: list[list[int]], pad: int, batch_size: int = 128) -> 
     return math.exp(total / max(count, 1))
 
 
-def build_caption_lm(corpus: CaptionCorpus, cfg: CaptionLMConfig, cache_dir: Path):
-    """Train (or load from cache) the caption LM; returns a LanguageBackbone."""
-    if cfg.pack_length > cfg.n_positions:
-        raise UserError(f"caption_lm.pack_length ({cfg.pack_length}) must be <= caption_lm.n_positions ({cfg.n_positions})")
+def cache_key(corpus: CaptionCorpus, cfg: CaptionLMConfig) -> str:
+    """Hash of (captions, settings); settings added later enter it only when set, so that caches
+    made before they existed keep their key."""
     settings = asdict(cfg)
     parts = [corpus.fingerprint(), settings]
     if cfg.pack_length:  # documents matter only when packed
         parts.append(hashlib.sha256(json.dumps(corpus.group_sizes).encode()).hexdigest()[:16])
-    else:  # caches made before packing existed keep their key
+    else:
         del settings["pack_length"]
-    key = hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:12]
-    out_dir = cache_dir / f"caption-gpt2-tiny-{corpus.name}-{key}"
+    if not cfg.freeze_embeddings:
+        del settings["freeze_embeddings"]
+    return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:12]
+
+
+def build_caption_lm(corpus: CaptionCorpus, cfg: CaptionLMConfig, cache_dir: Path):
+    """Train (or load from cache) the caption LM; returns a LanguageBackbone."""
+    if cfg.pack_length > cfg.n_positions:
+        raise UserError(f"caption_lm.pack_length ({cfg.pack_length}) must be <= caption_lm.n_positions ({cfg.n_positions})")
+    out_dir = cache_dir / f"caption-gpt2-tiny-{corpus.name}-{cache_key(corpus, cfg)}"
     if not (out_dir / "info.json").exists():
         _train_caption_lm(corpus, cfg, out_dir)
     return load_caption_lm_dir(out_dir)
@@ -185,7 +200,16 @@ def _train_caption_lm(corpus: CaptionCorpus, cfg: CaptionLMConfig, out_dir: Path
         steps = cfg.epochs * math.ceil(_packed_rows(train_ids, cfg.pack_length) / cfg.batch_size)
     else:
         steps = cfg.epochs * math.ceil(len(train_ids) / cfg.batch_size)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.01)
+    groups = [{"params": list(model.parameters())}]
+    if cfg.freeze_embeddings:
+        embeddings = model.transformer.wte.weight  # tied with the output head
+        learned = torch.zeros(len(tok), 1)
+        learned[[tok.pad_token_id, tok.bos_token_id, tok.eos_token_id]] = 1
+        embeddings.register_hook(lambda grad: grad * learned)
+        # No weight decay there either, so that rows without gradient stay exactly where they are.
+        groups = [{"params": [embeddings], "weight_decay": 0.0},
+                  {"params": [p for p in model.parameters() if p is not embeddings]}]
+    opt = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=steps, pct_start=0.05)
     history = []
     with Progress(transient=True) as progress:

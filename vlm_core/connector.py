@@ -79,7 +79,13 @@ class QFormerConnector(nn.Module):
         self.vision_norm.fit(train_features[:512])
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        vision = self.vision_proj(self.vision_norm(features))
+        # vision_proj(vision_norm(x)) with the standardisation folded into the weights: the same
+        # function without two passes over the [B, N, 1280] patch tokens (7 % of a CPU training step).
+        if features.is_inference() and torch.is_grad_enabled():
+            features = features.clone()  # autograd keeps the input for the weight gradient
+        weight = self.vision_proj.weight / self.vision_norm.std
+        bias = self.vision_proj.bias - weight @ self.vision_norm.mean
+        vision = nn.functional.linear(features, weight, bias)
         if self.vision_pos is not None:
             vision = vision + self.vision_pos.to(vision.dtype)
         queries = self.query_tokens.expand(features.shape[0], -1, -1)

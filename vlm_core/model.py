@@ -116,8 +116,9 @@ class CaptionModel(nn.Module):
     # ---- inputs --------------------------------------------------------------------------
     def visual_tokens(self, features: torch.Tensor) -> torch.Tensor:
         features = features.float()
-        if self.cfg.blind:
-            features = torch.zeros_like(features)
+        if self.cfg.blind:  # every image gives the same tokens: compute them once, then repeat
+            zeros = features.new_zeros(1, *features.shape[1:])
+            return self.projection(self.connector(zeros)).expand(features.shape[0], -1, -1)
         return self.projection(self.connector(features))
 
     def encode_captions(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -222,7 +223,7 @@ class CaptionModel(nn.Module):
         if self.cfg.lora_rank > 0:
             from peft import get_peft_model_state_dict
 
-            lora = get_peft_model_state_dict(self.lm)
+            lora = get_peft_model_state_dict(self.lm, save_embedding_layers=False)  # adapters only
         return head, lora
 
     def save_trainable(self, out_dir: Path) -> None:

