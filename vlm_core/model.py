@@ -215,23 +215,13 @@ class CaptionModel(nn.Module):
             add("lm.lora" if "lora_" in name else "lm.base", p)
         return groups
 
-    def trainable_state(self) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-        """(connector+projection tensors, LoRA tensors) that training changed."""
-        head = {f"connector.{k}": v for k, v in self.connector.state_dict().items()}
-        head.update({f"projection.{k}": v for k, v in self.projection.state_dict().items()})
-        lora = {}
-        if self.cfg.lora_rank > 0:
-            from peft import get_peft_model_state_dict
-
-            lora = get_peft_model_state_dict(self.lm, save_embedding_layers=False)  # adapters only
-        return head, lora
-
     def save_trainable(self, out_dir: Path) -> None:
         """Only what was trained: connector/projection as safetensors, LoRA via peft, plus the config."""
         from safetensors.torch import save_file
 
         out_dir = Path(out_dir)
-        head, _ = self.trainable_state()
+        head = {f"connector.{k}": v for k, v in self.connector.state_dict().items()}
+        head.update({f"projection.{k}": v for k, v in self.projection.state_dict().items()})
         atomic_write(out_dir / "connector_projection.safetensors",
                      lambda p: save_file({k: v.contiguous() for k, v in head.items()}, str(p)))
         if self.cfg.lora_rank > 0:
