@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from scipy import stats
 
 from vlm_core.atomic import atomic_write, atomic_write_text
 from vlm_core.errors import UserError
@@ -16,7 +17,7 @@ from .stats import mean_std, vs_reference
 from .tables import EXPECTATIONS, Table
 
 PROBE_COLUMNS = ["swap_rate", "swap_mutual_bleu4", "nll_gap", "perceptual_score", "empty_rate",
-                 "eos_first_rate", "unique_share", "distinct_2", "mean_length"]
+                 "eos_first_rate", "unique_share", "distinct_1", "distinct_2", "mean_length"]
 SLOT_COLUMNS = ["slot_colour", "slot_shape", "slot_size", "slot_count", "slot_relation"]
 GALLERY_SIZE = 6
 
@@ -111,16 +112,25 @@ def _held(ok: bool) -> str:
     return "**held**" if ok else "**not held**"
 
 
-def diagnose(table: Table, name: str, s: pd.Series) -> str | None:
-    """A likely cause for a degenerate variant, or None when captions look healthy."""
+def diagnose(table: Table, name: str, s: pd.Series, by_length: tuple[float, float] | None = None) -> str | None:
+    """A likely cause for a degenerate variant, or None when captions look healthy.
+
+    ``by_length``: empty-caption rate on the images with the shortest and the longest references
+    (lowest / highest third), to say where a partial collapse happens."""
     cfg = table.variants[name].model
     if s["empty_rate"] >= 0.5 or s["eos_first_rate"] >= 0.5:
+        where = ""
+        if by_length is not None and s["empty_rate"] < 0.95:
+            where = (f" The collapse is partial and follows caption length: {by_length[0]:.0%} empty on the images "
+                     f"with the shortest references (lowest third by mean reference length), {by_length[1]:.0%} on "
+                     "those with the longest: where the training captions ran long, EOS as the first input did not "
+                     "end the caption.")
         if cfg.recipe == "seed":
             return (f"EOS collapse ({s['empty_rate']:.0%} empty, EOS first in {s['eos_first_rate']:.0%}): padding "
                     "labels were trained as EOS (pad = EOS kept in the loss), so the model learned 'EOS follows EOS'; "
-                    "generation then starts from EOS, a start token training never used, and stops at once.")
+                    "generation then starts from EOS, a start token training never used, and stops at once." + where)
         return (f"EOS collapse ({s['empty_rate']:.0%} empty): the model ends captions immediately; check the EOS target "
-                "and the start token used in generation.")
+                "and the start token used in generation." + where)
     if s["top_caption_share"] >= 0.5 or s["unique_share"] <= 0.05:
         why = ("the visual tokens carry no image information, so only the language prior is left"
                if cfg.blind else "the caption depends little on the image")
@@ -276,6 +286,7 @@ def write_report(table: Table, runs_dir: Path, out_root: Path, data_dir: str | N
     probe_cols = [c for c in PROBE_COLUMNS if c in summary.columns]
     lines += [_md_table(["variant"] + probe_cols,
                         [[n] + [_pm(summary.loc[n, c], summary.loc[n, f"{c}_std"]) for c in probe_cols] for n in order]), ""]
+    lines += _likelihood_test(got["per_image"], summary, order)
     if has_slots:
         slot_cols = [c for c in SLOT_COLUMNS if c in summary.columns]
         lines += ["Slot accuracy (parsed from the caption against the structured labels; relation on two-object images).", ""]
@@ -298,7 +309,8 @@ def write_report(table: Table, runs_dir: Path, out_root: Path, data_dir: str | N
     lines += _plan_checks(table, got, summary, sig, order)
     # ---- diagnosis
     lines += ["## Diagnosis of degenerate variants", ""]
-    diags = [(n, diagnose(table, n, summary.loc[n])) for n in order]
+    ref_length = _reference_lengths(table, data_dir)
+    diags = [(n, diagnose(table, n, summary.loc[n], _empty_by_length(table, runs_dir, n, ref_length))) for n in order]
     diags = [(n, d) for n, d in diags if d]
     lines += [f"- **{n}**: {d}" for n, d in diags] if diags else ["No variant is degenerate."]
     lines += [""]
@@ -315,6 +327,57 @@ def write_report(table: Table, runs_dir: Path, out_root: Path, data_dir: str | N
     summary_out = summary.drop(columns=[c for c in ("top_caption",) if c in summary.columns])
     atomic_write(out_dir / "summary.csv", lambda p: summary_out.to_csv(p, float_format="%.6g"))
     return path
+
+
+def _reference_lengths(table: Table, data_dir: str | None) -> pd.Series | None:
+    """Mean reference length in words per evaluation image, or None when the data cannot be read."""
+    try:
+        data = load_data(table.data, data_dir)
+    except (UserError, OSError):
+        return None
+    ids = data.splits[table.data.eval_split]
+    return pd.Series({i: np.mean([len(c.split()) for c in data.captions[i]]) for i in ids})
+
+
+def _empty_by_length(table: Table, runs_dir: Path, name: str, ref_length: pd.Series | None) -> tuple[float, float] | None:
+    """Empty-caption rate (over seeds) on the third of images with the shortest / longest references."""
+    if ref_length is None:
+        return None
+    empty = []
+    for seed in table.seeds:
+        path = run_dir(runs_dir, table, name, seed) / "captions.json"
+        if run_state(path.parent) == "done":
+            caps = json.loads(path.read_text())
+            empty.append(pd.Series({i: float(not c.strip()) for i, c in caps.items()}))
+    if not empty:
+        return None
+    rate = pd.concat(empty, axis=1).mean(axis=1)
+    lengths = ref_length.reindex(rate.index).dropna()
+    if len(lengths) < 3:
+        return None
+    ranked = lengths.rank(method="first")
+    third = len(ranked) // 3
+    short, long = ranked.index[ranked <= third], ranked.index[ranked > len(ranked) - third]
+    return float(rate[short].mean()), float(rate[long].mean())
+
+
+def _likelihood_test(per_image: dict, summary: pd.DataFrame, order: list[str]) -> list[str]:
+    """Paired test of the likelihood swap: per-image NLL gap (averaged over seeds) against 0, and the mode caption."""
+    rows = []
+    for n in order:
+        frames = [f["nll_gap"] for f in per_image.get(n, []) if "nll_gap" in f]
+        if not frames:
+            continue
+        gap = pd.concat(frames, axis=1).mean(axis=1).dropna().values
+        p = 1.0 if np.allclose(gap, 0) else float(stats.wilcoxon(gap).pvalue)
+        rows.append([n, _fmt(float(gap.mean())), f"{(gap > 0).mean():.1%}", f"{p:.2g}", len(gap),
+                     f"“{summary.loc[n, 'top_caption'] or '(empty)'}” ({summary.loc[n, 'top_caption_share']:.1%})"])
+    if not rows:
+        return []
+    return ["Likelihood swap per image (NLL gap averaged over seeds; Wilcoxon signed-rank test against 0) and "
+            "the most frequent caption with its share (mean over seeds).", "",
+            _md_table(["variant", "mean NLL gap", "images with gap > 0", "Wilcoxon p", "images", "most frequent caption"],
+                      rows), ""]
 
 
 def _plan_checks(table, got, summary, sig, order) -> list[str]:

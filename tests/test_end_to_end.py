@@ -3,6 +3,7 @@ import json
 import re
 
 import pandas as pd
+import scipy.stats
 import pytest
 from typer.testing import CliRunner
 
@@ -65,6 +66,13 @@ def test_report_sections_and_numbers_match_runs(micro_runs):
         expected = f"{pd.Series(ciders).mean():.3f} ± {pd.Series(ciders).std():.3f}"
         row = next(line for line in text.splitlines() if line.startswith(f"| {variant} | 2 |"))
         assert expected in row, (row, expected)
+    # Likelihood-swap test: per-image gaps averaged over the stored seeds, tested against 0.
+    gaps = pd.concat([pd.read_csv(micro_runs["runs"] / "micro" / "full" / f"seed-{s}" / "per_image.csv",
+                                  index_col=0)["nll_gap"] for s in (0, 1)], axis=1).mean(axis=1)
+    p_full = scipy.stats.wilcoxon(gaps.values).pvalue
+    assert re.search(rf"^\| full \| {gaps.mean():.3f} \| {(gaps > 0).mean():.1%} \| {p_full:.2g} \| {len(gaps)} \|",
+                     text, re.M)
+    assert re.search(r"^\| blind \| 0\.000 \| 0\.0% \| 1 \|", text, re.M)  # identical visual tokens: no gap
     # Every variant has a computed verdict; the seed recipe's diagnosis names its cause when it collapsed.
     for variant in ("full", "blind", "seed-recipe"):
         assert re.search(rf"^\| {re.escape(variant)} \|.*\*\*(held|not held)\*\*", text, re.M), variant
