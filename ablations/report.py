@@ -121,10 +121,11 @@ def diagnose(table: Table, name: str, s: pd.Series, by_length: tuple[float, floa
     if s["empty_rate"] >= 0.5 or s["eos_first_rate"] >= 0.5:
         where = ""
         if by_length is not None and s["empty_rate"] < 0.95:
-            where = (f" The collapse is partial and follows caption length: {by_length[0]:.0%} empty on the images "
-                     f"with the shortest references (lowest third by mean reference length), {by_length[1]:.0%} on "
-                     "those with the longest: where the training captions ran long, EOS as the first input did not "
-                     "end the caption.")
+            short, long = by_length
+            where = (f" The collapse is partial: {short:.0%} empty on the images with the shortest references "
+                     f"(lowest third by mean reference length), {long:.0%} on those with the longest")
+            where += (": where the training captions ran long, EOS as the first input did not end the caption."
+                      if short - long >= 0.1 else ", so caption length does not explain where it happens.")
         if cfg.recipe == "seed":
             return (f"EOS collapse ({s['empty_rate']:.0%} empty, EOS first in {s['eos_first_rate']:.0%}): padding "
                     "labels were trained as EOS (pad = EOS kept in the loss), so the model learned 'EOS follows EOS'; "

@@ -88,6 +88,8 @@ def test_partial_collapse_is_located_by_reference_length(tmp_path):
                          "unique_share": 0.2})
     text = diagnose(table, "seed-recipe", summary, (short, long))
     assert "EOS collapse (60% empty" in text and "100% empty on the images with the shortest references" in text
-    assert "0% on those with the longest" in text
+    assert "0% on those with the longest: where the training captions ran long" in text
+    level = diagnose(table, "seed-recipe", summary, (0.6, 0.55))
+    assert "caption length does not explain" in level and "ran long" not in level
     assert "partial" not in diagnose(table, "seed-recipe", summary.replace(0.6, 0.97), (short, long))
     assert _empty_by_length(table, tmp_path / "runs", "seed-recipe", None) is None
