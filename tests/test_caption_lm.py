@@ -7,7 +7,8 @@ from dataclasses import asdict
 import pytest
 import torch
 
-from vlm_core.caption_lm import CaptionCorpus, CaptionLMConfig, _packed_batches, build_caption_lm, cache_key
+from vlm_core.caption_lm import CaptionCorpus, CaptionLMConfig, _packed_batches, build_caption_lm, cache_key,
+                                 initial_model
 from vlm_core.errors import UserError
 
 BOS = 1
@@ -75,18 +76,6 @@ def test_packed_pretraining_runs_and_caches_by_documents(tmp_path):
     assert a.info["dev_perplexity"] > 0
 
 
-def _fresh_init(cfg: CaptionLMConfig, vocab_size: int, tok):
-    """The caption LM's weights before pretraining: same seed, same config."""
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    torch.manual_seed(cfg.seed)
-    return GPT2LMHeadModel(GPT2Config(
-        vocab_size=vocab_size, n_positions=cfg.n_positions, n_embd=cfg.n_embd, n_layer=cfg.n_layer,
-        n_head=cfg.n_head, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
-    ))
-
-
 @pytest.mark.parametrize("freeze", [True, False])
 def test_frozen_word_embeddings_stay_at_init_and_special_tokens_learn(tmp_path, freeze):
     caps = ["a small red circle", "there is a small red circle", "a large blue square", "one large blue square"]
@@ -94,7 +83,7 @@ def test_frozen_word_embeddings_stay_at_init_and_special_tokens_learn(tmp_path, 
                           lr=1e-2, pack_length=16, freeze_embeddings=freeze)
     lm = build_caption_lm(CaptionCorpus("x", caps, caps[:1], [2, 2]), cfg, tmp_path)
     trained = lm.model.get_input_embeddings().weight
-    initial = _fresh_init(cfg, trained.shape[0], lm.tokenizer).get_input_embeddings().weight
+    initial = initial_model(cfg, lm.tokenizer).get_input_embeddings().weight  # same seed, same config
     special = torch.zeros(trained.shape[0], dtype=torch.bool)
     special[[lm.tokenizer.pad_token_id, lm.tokenizer.bos_token_id, lm.tokenizer.eos_token_id]] = True
     words = lm.tokenizer(" red blue circle square", add_special_tokens=False).input_ids

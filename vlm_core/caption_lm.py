@@ -181,19 +181,25 @@ def load_caption_lm_dir(out_dir: Path):
     return _backbone("caption-gpt2-tiny", model, tok, info)
 
 
-def _train_caption_lm(corpus: CaptionCorpus, cfg: CaptionLMConfig, out_dir: Path) -> None:
-    from rich.progress import Progress
+def initial_model(cfg: CaptionLMConfig, tok):
+    """The caption LM before pretraining: a fresh GPT-2 seeded with ``cfg.seed``."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    start = time.time()
     torch.manual_seed(cfg.seed)
-    rng = random.Random(cfg.seed)
-    tok = train_bpe_tokenizer(corpus.train, cfg.vocab_size)
-    model = GPT2LMHeadModel(GPT2Config(
+    return GPT2LMHeadModel(GPT2Config(
         vocab_size=len(tok), n_positions=cfg.n_positions, n_embd=cfg.n_embd, n_layer=cfg.n_layer,
         n_head=cfg.n_head, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
         pad_token_id=tok.pad_token_id,
     ))
+
+
+def _train_caption_lm(corpus: CaptionCorpus, cfg: CaptionLMConfig, out_dir: Path) -> None:
+    from rich.progress import Progress
+
+    start = time.time()
+    rng = random.Random(cfg.seed)
+    tok = train_bpe_tokenizer(corpus.train, cfg.vocab_size)
+    model = initial_model(cfg, tok)
     train_ids = _encode(tok, corpus.train, cfg.max_tokens)
     dev_ids = _encode(tok, corpus.dev, cfg.max_tokens)
     if cfg.pack_length:

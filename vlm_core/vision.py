@@ -44,7 +44,7 @@ class VisionBackbone:
         std = torch.tensor(self.std).view(1, 3, 1, 1)
         return (x - mean) / std
 
-    @torch.inference_mode()
+    @torch.no_grad()  # not inference_mode: callers may train a connector on these tensors directly
     def encode(self, pixels: torch.Tensor) -> torch.Tensor:
         if self.kind == "efficientnet":
             fmap = self.model.extract_features(pixels)  # [B, 1280, 7, 7]
