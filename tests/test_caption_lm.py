@@ -7,8 +7,8 @@ from dataclasses import asdict
 import pytest
 import torch
 
-from vlm_core.caption_lm import CaptionCorpus, CaptionLMConfig, _packed_batches, build_caption_lm, cache_key,
-                                 initial_model
+from vlm_core.caption_lm import (CaptionCorpus, CaptionLMConfig, _packed_batches, build_caption_lm, cache_key,
+                                 initial_model)
 from vlm_core.errors import UserError
 
 BOS = 1
