@@ -1,7 +1,6 @@
 """The `ablate` command line: run-all, report, list, train, caption, data check."""
 from __future__ import annotations
 
-import json
 import sys
 import time
 from pathlib import Path
@@ -64,69 +63,55 @@ def run_all(
     only: Optional[list[str]] = typer.Option(None, "--only", help="Run only this variant (repeatable)."),
     seeds: Optional[int] = typer.Option(None, "--seeds", help="Use only the table's first N seeds."),
     force: bool = typer.Option(False, "--force", help="Redo finished (and failed) runs."),
+    keep_stale: bool = typer.Option(False, "--keep-stale", help="Keep finished runs whose settings differ from the "
+                                    "table's now (default: redo them); the report flags them."),
     runs_dir: Path = RUNS, cache_dir: Path = CACHE, data_dir: Optional[str] = DATA_DIR,
 ):
     """Train every variant x seed of TABLE, then caption, score and probe each run.
 
-    Finished runs are skipped (a run is finished once its DONE/FAILED marker is written, last);
+    Finished runs are skipped when their stored settings match the table (a stale run is redone);
     a run killed half-way is redone from scratch. A second run-all on the same --runs-dir and
     table is refused while the first holds the lock.
     """
-    from .runner import execute_run, prepare, run_dir, run_state, table_lock
+    from .record import TableTiming, run_path, table_lock
+    from .runner import execute_run, plan_runs, prepare
     from .tables import load_table
 
     tbl = None
     try:
         tbl = load_table(table)
-        variants = tbl.select(only)
         seed_list = tbl.seeds[:seeds] if seeds else tbl.seeds
-        with table_lock(runs_dir, tbl):
-            todo = []
-            for v in variants:
-                for s in seed_list:
-                    state = run_state(run_dir(runs_dir, tbl, v.name, s))
-                    if state in ("done", "failed") and not force:
-                        console.print(f"skip {v.name} seed {s}: {state} earlier" +
-                                      (" (use --force to retry)" if state == "failed" else ""))
-                    else:
-                        todo.append((v, s))
+        with table_lock(runs_dir, tbl.name):
+            todo, notes = plan_runs(tbl, runs_dir, tbl.select(only), seed_list, force, keep_stale)
+            for line in notes:
+                console.print(line, highlight=False)
             if not todo:
-                console.print(f"[green]nothing to do[/green]: all {len(variants) * len(seed_list)} runs of "
-                              f"'{tbl.name}' are finished; `ablate report {table}` writes the report")
+                console.print(f"[green]nothing to do[/green]: every selected run of '{tbl.name}' is finished "
+                              f"and current; `ablate report {table}` writes the report")
                 return
-            start = time.time()
+            timing = TableTiming(runs_dir, tbl.name)
             ws = prepare(tbl, cache_dir, data_dir, log=console.print)
-            ws_time = time.time() - start
+            timing.begin(time.time() - timing.start, ws.seconds)
             with _progress() as progress:
                 overall = progress.add_task(f"[bold]{tbl.name}[/bold] runs", total=len(todo))
                 for v, s in todo:
-                    task = progress.add_task(f"  {v.name} seed {s}", total=None)
+                    label = f"{v.name} seed {s}"
+                    task = progress.add_task(f"  {label}", total=None)
 
-                    def on_step(step, total, loss, task=task):
-                        progress.update(task, total=total, completed=step,
-                                        description=f"  {v.name} seed {s} loss {loss:.3f}")
+                    def on_step(step, total, loss, task=task, label=label):
+                        progress.update(task, total=total, completed=step, description=f"  {label} loss {loss:.3f}")
 
-                    state = execute_run(ws, v, s, run_dir(runs_dir, tbl, v.name, s), on_step=on_step,
+                    state = execute_run(ws, v, s, run_path(runs_dir, tbl.name, v.name, s), on_step=on_step,
                                         log=progress.console.print)
-                    progress.update(task, description=f"  {v.name} seed {s}: {state}")
+                    timing.run_finished()
+                    progress.update(task, description=f"  {label}: {state}")
                     progress.advance(overall)
-            _write_table_timing(runs_dir, tbl.name, ws_time, ws.seconds, time.time() - start)
-            console.print(f"[green]finished[/green] {len(todo)} run(s) in {time.time() - start:.0f} s; "
+            console.print(f"[green]finished[/green] {len(todo)} run(s) in {time.time() - timing.start:.0f} s; "
                           f"next: `ablate report {table}`")
     except BackboneUnavailable as err:
         _fail(err, f" (table '{tbl.name}' requires: {tbl.requires})" if tbl and tbl.requires else "")
     except UserError as err:
         _fail(err)
-
-
-def _write_table_timing(runs_dir: Path, table: str, prepare_s: float, parts: dict, total: float) -> None:
-    from vlm_core.atomic import atomic_write_json
-
-    path = Path(runs_dir) / table / "timing.json"
-    old = json.loads(path.read_text()) if path.exists() else []
-    old.append({"when": time.strftime("%Y-%m-%d %H:%M:%S"), "prepare_seconds": round(prepare_s, 1),
-                "prepare_parts": {k: round(v, 1) for k, v in parts.items()}, "total_seconds": round(total, 1)})
-    atomic_write_json(path, old)
 
 
 @app.command()
@@ -153,7 +138,8 @@ def report(
 @app.command("list")
 def list_tables(runs_dir: Path = RUNS):
     """Show the shipped tables, their variants and which runs exist."""
-    from .runner import run_dir, run_state
+    from .record import RunRecord, run_path
+    from .runner import expected_hash
     from .tables import load_table, shipped_tables
 
     for name in shipped_tables():
@@ -167,11 +153,19 @@ def list_tables(runs_dir: Path = RUNS):
         t.add_column("expected")
         for s in tbl.seeds:
             t.add_column(f"seed {s}")
+        colour = {"done": "green", "failed": "red", "partial": "yellow", "missing": "dim", "stale": "magenta"}
         for v in tbl.variants.values():
-            states = [run_state(run_dir(runs_dir, tbl, v.name, s)) for s in tbl.seeds]
-            colour = {"done": "green", "failed": "red", "partial": "yellow", "missing": "dim"}
+            states = []
+            for s in tbl.seeds:
+                record = RunRecord(run_path(runs_dir, tbl.name, v.name, s))
+                state = record.state()
+                stale = state in ("done", "failed") and not record.is_current(expected_hash(tbl, v, s))
+                states.append("stale" if stale else state)
             t.add_row(v.name, v.expected, *[f"[{colour[x]}]{x}[/{colour[x]}]" for x in states])
         console.print(t)
+
+
+DEFAULT_TABLE = {"shapes": "shapes", "flickr8k": "flickr8k-tiny"}  # `ablate train --data NAME` takes its settings here
 
 
 @app.command()
@@ -188,13 +182,14 @@ def train(
     cache_dir: Path = CACHE, data_dir: Optional[str] = DATA_DIR,
 ):
     """Train one configuration, print train/dev loss per epoch, save trainable weights and dev captions."""
+    from .record import RunRecord
     from .runner import execute_run, prepare
     from .tables import apply_settings, load_table
 
     try:
-        if data not in ("shapes", "flickr8k"):
-            raise UserError(f"--data must be 'shapes' or 'flickr8k', not {data!r}")
-        tbl = load_table(table or ("shapes" if data == "shapes" else "flickr8k-tiny"))
+        if data not in DEFAULT_TABLE:
+            raise UserError(f"--data must be one of {', '.join(DEFAULT_TABLE)}, not {data!r}")
+        tbl = load_table(table or DEFAULT_TABLE[data])
         (v,) = tbl.select([variant])
         apply_settings(tbl, v, settings or [])
         if epochs:
@@ -209,7 +204,7 @@ def train(
             task = progress.add_task(f"training {variant}", total=None)
             state = execute_run(ws, v, seed, out, eval_split="dev", log=progress.console.print,
                                 on_step=lambda s, n, loss: progress.update(task, total=n, completed=s))
-        metrics = json.loads((out / "metrics.json").read_text()) if state == "done" else {}
+        metrics = RunRecord(out).metrics() if state == "done" else {}
         if metrics:
             m = metrics["metrics"]
             console.print(f"dev ({metrics['images']} images): BLEU-4 {m['BLEU-4']:.3f}  CIDEr {m['CIDEr']:.3f}  "
@@ -225,14 +220,17 @@ def train(
 def caption(
     images: list[Path] = typer.Argument(..., help="Image files to caption."),
     run: Path = typer.Option(..., "--run", help="A finished run folder."),
-    beams: int = typer.Option(1, "--beams"),
-    max_new_tokens: int = typer.Option(24, "--max-new-tokens"),
+    beams: Optional[int] = typer.Option(None, "--beams", help="Default: the run's own decoding settings."),
+    max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", help="Default: the run's."),
+    no_repeat_ngram_size: Optional[int] = typer.Option(None, "--no-repeat-ngram-size", help="Default: the run's."),
     cache_dir: Path = CACHE,
 ):
-    """Caption any image file with a trained run."""
+    """Caption any image file with a trained run, decoding as the run was scored (overridable)."""
+    from dataclasses import replace
+
     from PIL import Image
 
-    from .runner import load_run_model
+    from .runner import load_run_model, run_decoding
 
     try:
         model, vision = load_run_model(run, cache_dir)
@@ -243,7 +241,11 @@ def caption(
                     pics.append(img.convert("RGB"))
             except (OSError, ValueError) as err:
                 raise UserError(f"{p}: cannot read image ({err})") from err
-        texts = model.generate(vision.encode_images(pics), max_new_tokens=max_new_tokens, num_beams=beams)
+        decoding = run_decoding(run)
+        overrides = {"max_new_tokens": max_new_tokens, "num_beams": beams, "no_repeat_ngram_size": no_repeat_ngram_size}
+        decoding = replace(decoding, **{k: v for k, v in overrides.items() if v is not None})
+        texts = model.generate(vision.encode_images(pics), max_new_tokens=decoding.max_new_tokens,
+                               num_beams=decoding.num_beams, no_repeat_ngram_size=decoding.no_repeat_ngram_size)
         for p, t in zip(images, texts):
             typer.echo(f"{p}\t{t}")
     except UserError as err:
@@ -254,7 +256,8 @@ def caption(
 def data_check(path: Path = typer.Argument(..., help="A Flickr8k folder, or 'shapes'."),
                images: bool = typer.Option(True, "--images/--no-images", help="Also open every image.")):
     """Validate a data set and print a summary (images, captions per image, splits, problems)."""
-    from vlm_core.data import load_flickr8k, load_shapes
+    from vlm_core.flickr8k import load_flickr8k
+    from vlm_core.shapes import load_shapes
 
     try:
         data = load_shapes() if str(path) == "shapes" else load_flickr8k(path)
@@ -281,10 +284,6 @@ def data_check(path: Path = typer.Argument(..., help="A Flickr8k folder, or 'sha
             raise typer.Exit(1)
     except UserError as err:
         _fail(err)
-
-
-def main() -> None:  # pragma: no cover
-    app()
 
 
 if __name__ == "__main__":  # pragma: no cover

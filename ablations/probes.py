@@ -3,7 +3,9 @@
 - generation swap: each test image's caption vs the caption of a randomly paired other image;
 - likelihood swap: NLL/token of the references given their own vs the paired image's features;
 - perceptual score (Gat et al. 2021): relative CIDEr drop when the images are permuted;
-- degeneracy: empty captions, EOS first, distinct-n, unique captions, length, the mode caption.
+- degeneracy: empty captions, EOS first, distinct-n, unique captions, length, the mode caption;
+- EOS probabilities: P(EOS) at the first position from the start the model generates from, from
+  the LM's own BOS, and right after a caption's EOS (what an EOS-collapse diagnosis quotes).
 """
 from __future__ import annotations
 
@@ -20,15 +22,20 @@ from .scoring import cider
 
 
 def derangement(n: int, seed: int) -> list[int]:
-    """A random pairing in which no image is paired with itself."""
+    """A random pairing in which no image is paired with itself (n >= 2).
+
+    A random permutation whose fixed points are swapped with their neighbour (the pairing stored
+    runs were probed with); for small n that can leave a fixed point (n = 2 gives the identity),
+    and then permutations are drawn until one has none, which is uniform over derangements."""
     if n < 2:
-        return list(range(n))
+        raise ValueError(f"a derangement needs at least 2 items, got {n}")
     rng = np.random.default_rng(seed)
     perm = rng.permutation(n)
-    fixed = np.nonzero(perm == np.arange(n))[0]
-    for i in fixed:  # swap each fixed point with its neighbour: still a permutation, no fixed points
+    for i in np.nonzero(perm == np.arange(n))[0]:
         j = (i + 1) % n
         perm[i], perm[j] = perm[j], perm[i]
+    while np.any(perm == np.arange(n)):
+        perm = rng.permutation(n)
     return [int(p) for p in perm]
 
 
@@ -89,3 +96,27 @@ def degeneracy(captions: list[str], first_token_ids: list[int], eos_id: int) -> 
         "top_caption": mode,
         "top_caption_share": mode_n / n,
     }
+
+
+@torch.no_grad()
+def eos_probabilities(model: CaptionModel, feats: torch.Tensor, captions: list[str], limit: int = 200,
+                      batch: int = 50) -> dict:
+    """Mean P(EOS) over the first ``limit`` images at three places:
+
+    - ``p_eos_start``: the first generated position, from the start token the model generates from;
+    - ``p_eos_bos``: the same, from the LM's own BOS (the correct [visual][BOS] prefix);
+    - ``p_eos_after_eos``: right after the EOS that ends a caption written as in training
+      ("does EOS follow EOS?", what padding kept in the labels teaches)."""
+    n = min(len(captions), limit)
+    after = []
+    for row in model.encode_captions(captions[:n])[0].tolist():  # as in training, up to the first EOS after the start
+        end = next((k for k in range(1, len(row)) if row[k] == model.eos_id), None)
+        after.append(row[: end + 1] if end is not None else row + [model.eos_id])
+    places = {"p_eos_start": [[model.text.start_id]] * n, "p_eos_bos": [[model.lm_bos_id]] * n,
+              "p_eos_after_eos": after}
+    out = {}
+    for key, rows in places.items():
+        p = [model.next_token_probs(feats[i : i + batch], rows[i : i + batch])[:, model.eos_id]
+             for i in range(0, n, batch)]
+        out[key] = float(torch.cat(p).mean())
+    return out

@@ -1,42 +1,34 @@
-"""Training runs of a control table: one folder per (variant, seed), resumable and crash-safe.
-
-A run folder holds config.json, params.json, history.json, weights/, captions.json,
-per_image.csv and metrics.json; it counts as finished only once DONE (or FAILED, for a
-diverged run) is written, last, atomically. An unfinished folder is wiped and redone.
+"""Training runs of a control table: prepare what runs share, then each (variant, seed) as named
+stages (train, caption, score, probe) written through the run record (record.py).
 """
 from __future__ import annotations
 
 import contextlib
-import fcntl
-import json
 import os
-import platform
-import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import pandas as pd
 import torch
 
-from vlm_core.atomic import atomic_write, atomic_write_json
-from vlm_core.caption_lm import CaptionCorpus, load_caption_lm_dir
-from vlm_core.data import CaptionData, ShapesConfig, load_flickr8k, load_shapes, slot_scores
+from vlm_core.caption_lm import CaptionCorpus, CaptionLMConfig, load_caption_lm_dir
+from vlm_core.data import CaptionData
 from vlm_core.errors import UserError
 from vlm_core.features import FeatureSet, cached_features
+from vlm_core.flickr8k import load_flickr8k
 from vlm_core.language import LanguageBackbone, load_language_backbone
 from vlm_core.model import CaptionModel, CaptionModelConfig
-from vlm_core.train import TrainingDiverged, generate_captions, train_model
+from vlm_core.shapes import ShapesConfig, load_shapes
+from vlm_core.train import Decoding, TrainConfig, TrainingDiverged, generate_captions, train_model
 from vlm_core.vision import VisionBackbone, load_vision_backbone
 
 from . import probes
+from .record import REPO_ROOT, RunRecord, config_hash, provenance, run_path
 from .scoring import score_tokenized, tokenize
+from .slots import slot_scores
 from .tables import DataSpec, Table, Variant, variant_config
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
-DONE, FAILED = "DONE", "FAILED"
-
 
 def resolve_data_dir(spec: DataSpec, override: str | None) -> Path:
     """--data-dir, then $ABLATE_FLICKR8K, then the table's path (from the cwd, then the repo root)."""
@@ -49,7 +41,7 @@ def resolve_data_dir(spec: DataSpec, override: str | None) -> Path:
 
 def load_data(spec: DataSpec, data_dir: str | None = None) -> CaptionData:
     if spec.name == "shapes":
-        data = load_shapes(ShapesConfig(seed=spec.seed, train=spec.train, dev=spec.dev, test=spec.test))
+        data = load_shapes(spec.shapes)
     else:
         data = load_flickr8k(resolve_data_dir(spec, data_dir))
     if spec.eval_split not in data.splits:
@@ -69,7 +61,7 @@ def caption_corpus(data: CaptionData) -> CaptionCorpus:
 
 @dataclass
 class Workspace:
-    """What every run of a table shares: data, frozen backbones and cached features."""
+    """What every run of a table shares: data, frozen backbones, cached features, provenance."""
 
     table: Table
     data: CaptionData
@@ -77,16 +69,18 @@ class Workspace:
     lm: LanguageBackbone
     features: dict[str, FeatureSet]
     seconds: dict[str, float]
+    provenance: dict = field(default_factory=dict)
 
 
 def prepare(table: Table, cache_dir: Path, data_dir: str | None = None, splits: tuple[str, ...] | None = None,
             log: Callable[[str], None] = print) -> Workspace:
     t0 = time.time()
     data = load_data(table.data, data_dir)
+    if data.problems:
+        log(f"note: {data.problems[0]}" + (f" (and {len(data.problems) - 1} more like it)" if len(data.problems) > 1 else ""))
     vision = load_vision_backbone(table.backbones.vision)
-    corpus = caption_corpus(data)
     t1 = time.time()
-    lm = load_language_backbone(table.backbones.language, cache_dir=cache_dir, caption_corpus=corpus,
+    lm = load_language_backbone(table.backbones.language, cache_dir=cache_dir, caption_corpus=caption_corpus(data),
                                 caption_lm_config=table.caption_lm)
     t2 = time.time()
     if "dev_perplexity" in lm.info:
@@ -94,48 +88,41 @@ def prepare(table: Table, cache_dir: Path, data_dir: str | None = None, splits: 
     wanted = splits or tuple(dict.fromkeys(("train", "dev", table.data.eval_split)))
     feats = {s: cached_features(vision, data, s, cache_dir, log=log) for s in wanted}
     t3 = time.time()
-    return Workspace(table, data, vision, lm, feats,
-                     {"load": t1 - t0, "language_model": t2 - t1, "features": t3 - t2})
+    return Workspace(table, data, vision, lm, feats, {"load": t1 - t0, "language_model": t2 - t1, "features": t3 - t2},
+                     provenance(device="cpu"))
 
 
-def run_dir(runs_dir: Path, table: Table, variant: str, seed: int) -> Path:
-    return Path(runs_dir) / table.name / variant / f"seed-{seed}"
+def run_config(table: Table, variant: Variant, seed: int, eval_split: str) -> dict:
+    """The settings that determine one run's result; their hash tells a current run from a stale one."""
+    return {**variant_config(table, variant), "seed": seed, "eval_split": eval_split}
 
 
-def run_state(path: Path) -> str:
-    """'done', 'failed', 'partial' (a killed run: redone) or 'missing'."""
-    if (path / DONE).exists():
-        return "done"
-    if (path / FAILED).exists():
-        return "failed"
-    return "partial" if path.exists() else "missing"
+def expected_hash(table: Table, variant: Variant, seed: int) -> str:
+    return config_hash(run_config(table, variant, seed, table.data.eval_split))
 
 
-@contextlib.contextmanager
-def table_lock(runs_dir: Path, table: Table):
-    """One run-all per output folder: a second one is refused (the OS drops the lock on any exit)."""
-    path = Path(runs_dir) / table.name
-    path.mkdir(parents=True, exist_ok=True)
-    fh = open(path / ".lock", "a+")
-    try:
-        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError as err:
-        fh.close()
-        raise UserError(f"{path}: another 'ablate run-all' is already writing here (lock {path / '.lock'}); "
-                        f"wait for it to finish or use another --runs-dir") from err
-    try:
-        fh.seek(0)
-        fh.truncate()
-        fh.write(f"{os.getpid()}\n")
-        fh.flush()
-        yield
-    finally:
-        fcntl.flock(fh, fcntl.LOCK_UN)
-        fh.close()
+def plan_runs(table: Table, runs_dir: Path, variants: list[Variant], seeds: list[int], force: bool = False,
+              keep_stale: bool = False) -> tuple[list[tuple[Variant, int]], list[str]]:
+    """Which (variant, seed) runs to do, and one line for each run left as it is or redone for a reason.
 
-
-def machine() -> str:
-    return f"{platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__} ({torch.get_num_threads()} threads)"
+    A finished run is kept only when its stored config hash equals the table's now; a stale one
+    (settings changed since, or made before runs recorded their hash) is redone unless ``keep_stale``."""
+    todo, notes = [], []
+    for v in variants:
+        for s in seeds:
+            record = RunRecord(run_path(runs_dir, table.name, v.name, s))
+            state = record.state()
+            if state not in ("done", "failed") or force:
+                todo.append((v, s))
+            elif not record.is_current(expected_hash(table, v, s)):
+                if keep_stale:
+                    notes.append(f"keep {v.name} seed {s}: STALE (its settings differ from the table's; the report flags it)")
+                else:
+                    notes.append(f"redo {v.name} seed {s}: stale (its settings differ from the table's now)")
+                    todo.append((v, s))
+            else:
+                notes.append(f"skip {v.name} seed {s}: {state} earlier" + (" (use --force to retry)" if state == "failed" else ""))
+    return todo, notes
 
 
 def build_model(ws: Workspace, cfg: CaptionModelConfig, seed: int) -> CaptionModel:
@@ -143,99 +130,120 @@ def build_model(ws: Workspace, cfg: CaptionModelConfig, seed: int) -> CaptionMod
     return CaptionModel(cfg, ws.lm, ws.vision.feature_dim, ws.vision.grid)
 
 
+class Stopwatch:
+    """Seconds per named stage: ``with watch("train"): ...``."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, stage: str):
+        start = time.time()
+        try:
+            yield
+        finally:
+            self.seconds[stage] = time.time() - start
+
+
 def execute_run(ws: Workspace, variant: Variant, seed: int, out: Path, eval_split: str | None = None,
                 on_step: Callable[[int, int, float], None] | None = None,
                 log: Callable[[str], None] = print) -> str:
     """Train, caption, score and probe one (variant, seed) into ``out``; returns 'done' or 'failed'."""
-    out = Path(out)
-    shutil.rmtree(out, ignore_errors=True)  # a partial folder from a killed run is never trusted
-    out.mkdir(parents=True)
-    table, data = ws.table, ws.data
-    eval_split = eval_split or table.data.eval_split
-    config = variant_config(table, variant)
-    config.update(seed=seed, eval_split=eval_split, machine=machine(), lm_info=ws.lm.info,
-                  vision_tokens=ws.vision.num_tokens, vision_dim=ws.vision.feature_dim)
-    atomic_write_json(out / "config.json", config)
-    timings: dict[str, float] = {}
+    record = RunRecord(out)
+    eval_split = eval_split or ws.table.data.eval_split
+    record.begin(run_config(ws.table, variant, seed, eval_split),
+                 {"provenance": ws.provenance, "machine": ws.provenance.get("machine", ""), "lm_info": ws.lm.info,
+                  "vision_tokens": ws.vision.num_tokens, "vision_dim": ws.vision.feature_dim})
+    watch, label = Stopwatch(), f"{variant.name} seed {seed}"
+    try:
+        with watch("train"):
+            model = train_stage(ws, variant, seed, record, on_step, lambda m: log(f"{label}: {m}"))
+    except TrainingDiverged as err:
+        record.fail(str(err), err.history, variant.name, seed, watch.seconds["train"])
+        log(f"{label}: FAILED: {err}")
+        return "failed"
+    feats = ws.features[eval_split]
+    with watch("generate"):
+        captions, first_ids = generate_captions(model, feats, variant.train.decoding(), with_first_token=True)
+    record.write_captions(dict(zip(feats.ids, captions)))
+    with watch("score"):
+        corpus, slots, per_image, gts, res = score_stage(ws.data, feats.ids, captions, ws.table.probes.spice)
+    with watch("probe"):
+        probe = probe_stage(ws, model, feats, captions, first_ids, gts, res, per_image)
+    record.finish(per_image, {"variant": variant.name, "seed": seed, "split": eval_split, "images": len(feats.ids),
+                              "metrics": corpus, "slots": slots, "probes": probe, "timings": watch.seconds})
+    return "done"
 
-    t = time.time()
+
+def train_stage(ws: Workspace, variant: Variant, seed: int, record: RunRecord,
+                on_step: Callable | None, log: Callable[[str], None]) -> CaptionModel:
+    """Build and train the model; history and trained weights go into the record."""
     model = build_model(ws, variant.model, seed)
-    atomic_write_json(out / "params.json", model.parameter_report())
+    record.write_params(model.parameter_report())
     history: list[dict] = []
     try:
-        train_model(model, data, ws.features["train"], ws.features["dev"], variant.train, seed,
+        train_model(model, ws.data, ws.features["train"], ws.features["dev"], variant.train, seed,
                     on_step=on_step, log=log, history=history)
     except TrainingDiverged as err:
-        atomic_write_json(out / "history.json", history)
-        atomic_write_json(out / FAILED, {"reason": str(err), "variant": variant.name, "seed": seed})
-        log(f"{variant.name} seed {seed}: FAILED: {err}")
-        return "failed"
-    timings["train"] = time.time() - t
-    atomic_write_json(out / "history.json", history)
-    model.save_trainable(out / "weights")
+        err.history = history
+        raise
+    record.write_history(history)
+    model.save_trainable(record.weights_dir)
+    return model
 
-    t = time.time()
-    feats = ws.features[eval_split]
-    captions, first_ids = generate_captions(model, feats, max_new_tokens=variant.train.max_new_tokens,
-                                            num_beams=variant.train.num_beams,
-                                            no_repeat_ngram_size=variant.train.no_repeat_ngram_size,
-                                            batch_size=variant.train.generate_batch_size, with_first_token=True)
-    timings["generate"] = time.time() - t
-    ids = feats.ids
-    atomic_write_json(out / "captions.json", dict(zip(ids, captions)))
 
-    t = time.time()
+def score_stage(data: CaptionData, ids: list[str], captions: list[str], spice: bool):
+    """Corpus metrics, slot accuracy (shapes), a per-image frame, and the tokenized captions."""
     refs = {i: data.captions[i] for i in ids}
     gts, res = tokenize(refs, dict(zip(ids, captions)))
-    corpus, per_image = score_tokenized(gts, res, spice=table.probes.spice)
+    corpus, per_image = score_tokenized(gts, res, spice=spice)
     slots = {}
     if data.labels:
-        slot_rows = [slot_scores(c, data.labels[i]) for i, c in zip(ids, captions)]
-        slot_frame = pd.DataFrame(slot_rows, index=per_image.index).add_prefix("slot_")
+        slot_frame = pd.DataFrame([slot_scores(c, data.labels[i]) for i, c in zip(ids, captions)],
+                                  index=per_image.index).add_prefix("slot_")
         per_image = per_image.join(slot_frame)
         slots = {k: float(v) for k, v in slot_frame.mean().items()}
-    timings["score"] = time.time() - t
+    return corpus, slots, per_image, gts, res
 
-    t = time.time()
+
+def probe_stage(ws: Workspace, model: CaptionModel, feats: FeatureSet, captions: list[str], first_ids: list[int],
+                gts: dict, res: dict, per_image: pd.DataFrame) -> dict:
+    """Image-swap probes, degeneracy and measured EOS probabilities; per-image NLL gaps join ``per_image``."""
+    ids, table = feats.ids, ws.table
     perm = probes.derangement(len(ids), table.probes.swap_seed)
-    tokenized = [res[i][0] for i in ids]
-    probe = probes.generation_swap(captions, tokenized, perm)
+    probe = probes.generation_swap(captions, [res[i][0] for i in ids], perm)
     probe.update(probes.perceptual_score(gts, res, ids, perm))
-    n_refs = table.probes.nll_refs or None
-    like = probes.likelihood_swap(model, feats.batch(list(range(len(ids)))), [refs[i][:n_refs] for i in ids], perm)
+    refs = [ws.data.captions[i][: table.probes.nll_refs or None] for i in ids]
+    x = feats.batch(list(range(len(ids))))
+    like = probes.likelihood_swap(model, x, refs, perm)
     per_image["nll_gap"] = like.pop("per_image_nll_gap")
     probe.update(like)
     probe.update(probes.degeneracy(captions, first_ids, model.eos_id))
-    timings["probe"] = time.time() - t
-
-    atomic_write(out / "per_image.csv", lambda p: per_image.to_csv(p))
-    metrics = {"variant": variant.name, "seed": seed, "split": eval_split, "images": len(ids),
-               "metrics": corpus, "slots": slots, "probes": probe, "timings": timings}
-    atomic_write_json(out / "metrics.json", metrics)
-    atomic_write_json(out / DONE, {"finished": time.strftime("%Y-%m-%d %H:%M:%S"),
-                                   "seconds": round(sum(timings.values()), 2)})
-    return "done"
+    probe.update(probes.eos_probabilities(model, x, [r[0] for r in refs]))
+    return probe
 
 
 def load_run_model(run: Path, cache_dir: Path) -> tuple[CaptionModel, VisionBackbone]:
     """Rebuild a trained model from a run folder (for `ablate caption`)."""
-    run = Path(run)
-    cfg_path = run / "config.json"
-    if not cfg_path.exists() or not (run / "weights" / "model_config.json").exists():
+    record = RunRecord(run)
+    config = record.config()
+    if not config or not (record.weights_dir / "model_config.json").exists():
         raise UserError(f"{run}: not a finished run folder (config.json / weights/ missing)")
-    config = json.loads(cfg_path.read_text())
     vision = load_vision_backbone(config["backbones"]["vision"])
     lm_dir = config.get("lm_info", {}).get("cache_dir")
     if config["backbones"]["language"] == "caption-gpt2-tiny" and lm_dir and Path(lm_dir).exists():
         lm = load_caption_lm_dir(Path(lm_dir))
     else:
-        from vlm_core.caption_lm import CaptionLMConfig
-
-        data = load_data(DataSpec(**config["data"]))
+        data = load_data(DataSpec(**{**config["data"], "shapes": ShapesConfig(**config["data"]["shapes"])}))
         corpus = caption_corpus(data)
         lm = load_language_backbone(config["backbones"]["language"], cache_dir=cache_dir, caption_corpus=corpus,
                                     caption_lm_config=CaptionLMConfig(**config["caption_lm"]))
     model = CaptionModel(CaptionModelConfig(**config["model"]), lm, vision.feature_dim, vision.grid)
-    model.load_trainable(run / "weights")
+    model.load_trainable(record.weights_dir)
     model.eval()
     return model, vision
+
+
+def run_decoding(run: Path) -> Decoding:
+    """The decoding settings a run was scored with (what `ablate caption` uses by default)."""
+    return TrainConfig(**RunRecord(run).config()["train"]).decoding()

@@ -6,10 +6,28 @@ from __future__ import annotations
 import atexit
 import contextlib
 import io
+import os
+import sys
 
 import pandas as pd
 
 METRICS = ["BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr"]
+
+
+@contextlib.contextmanager
+def quiet_subprocess_stderr():
+    """The PTB tokenizer's Java process inherits our stderr and prints 'PTBTokenizer tokenized …'
+    there; point file descriptor 2 at /dev/null while it runs."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
 
 
 def tokenize(refs: dict[str, list[str]], hyps: dict[str, str]) -> tuple[dict, dict]:
@@ -18,7 +36,7 @@ def tokenize(refs: dict[str, list[str]], hyps: dict[str, str]) -> tuple[dict, di
 
     both = {f"r|{k}": [{"caption": c} for c in v] for k, v in refs.items()}
     both.update({f"h|{k}": [{"caption": hyps[k]}] for k in refs})
-    with contextlib.redirect_stdout(io.StringIO()):
+    with contextlib.redirect_stdout(io.StringIO()), quiet_subprocess_stderr():
         tok = PTBTokenizer().tokenize(both)
     gts = {k: tok[f"r|{k}"] for k in refs}
     res = {k: tok[f"h|{k}"] for k in refs}

@@ -8,42 +8,47 @@ from __future__ import annotations
 
 import copy
 import tomllib
-from dataclasses import MISSING, asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
 from vlm_core.caption_lm import CaptionLMConfig
 from vlm_core.errors import UserError
 from vlm_core.model import CaptionModelConfig
+from vlm_core.shapes import ShapesConfig
 from vlm_core.train import TrainConfig
 
 TABLES_DIR = Path(__file__).parent / "tables"
 
-# Expected outcomes the report can check, each with its computed rule (see report.verdict).
+# Expected outcomes the report can check; each is tested by the rule of the same name in
+# analysis.py, at the level of training runs (seeds). A variant may list several.
 EXPECTATIONS = {
-    "image_dependent": "captions depend on the image (generation-swap rate >= 0.9, likelihood gap > 0)",
-    "worse_than_full": "CIDEr below full, 95% CI of the paired difference excluding 0",
-    "uses_image_less": "uses the image less than full (smaller likelihood-swap gap)",
-    "floor": "language prior only: swap rate near 0 and the lowest CIDEr of the working variants",
-    "collapsed": "degenerate: >= 90% empty captions",
-    "none": "no expectation checked",
+    "image_dependent": "captions depend on the image (generation-swap rate >= 0.9 and likelihood gap > 0, over seeds)",
+    "worse_than_reference": "CIDEr below the reference variant (seed-level 95% CI of the difference below 0)",
+    "loses_relations": "relation slot below the reference variant (seed-level 95% CI below 0; shapes only)",
+    "uses_image_less": "uses the image less than the reference (likelihood-swap gap lower, seed-level 95% CI)",
+    "floor": "language prior only: swap rate near 0 and CIDEr below every other working variant (seed-level CIs)",
+    "collapsed": "degenerate: >= 90% empty captions (over seeds)",
 }
+NEEDS_SLOTS = {"loses_relations"}
 
-# ``[targets]``: thresholds for `full` on the eval split (metric names), and ``minutes`` for the whole table.
+# ``[targets]``: thresholds for the reference variant on the eval split (metric names), and ``minutes`` for the table.
 TARGET_KEYS = ["BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr", "SPICE", "minutes"]
+DATA_NAMES = ("shapes", "flickr8k")
 
 
 @dataclass
 class DataSpec:
-    name: str = "shapes"  # "shapes" | "flickr8k"
+    name: str = "shapes"  # one of DATA_NAMES
     path: str = "../shared/flickr8k"  # flickr8k only; --data-dir or ABLATE_FLICKR8K override it
-    train: int = 3000  # shapes only: images per split
-    dev: int = 300
-    test: int = 500
-    seed: int = 0
     eval_split: str = "test"  # captions, scores and probes are computed on this split
     eval_images: int = 0  # 0 = all images of eval_split
     train_images: int = 0  # 0 = all training images
+    shapes: ShapesConfig = field(default_factory=ShapesConfig)  # [data.shapes]: the generator's settings
+
+    def __post_init__(self):
+        if self.name not in DATA_NAMES:
+            raise UserError(f"data.name: must be one of {', '.join(DATA_NAMES)}, not {self.name!r}")
 
 
 @dataclass
@@ -64,7 +69,7 @@ class Variant:
     name: str
     model: CaptionModelConfig
     train: TrainConfig
-    expect: str = "none"
+    expect: list[str] = field(default_factory=list)  # keys of EXPECTATIONS
     expected: str = ""
     description: str = ""
 
@@ -80,6 +85,7 @@ class Table:
     caption_lm: CaptionLMConfig
     probes: ProbeSpec
     variants: dict[str, Variant]
+    reference: str = "full"  # the variant every other one is compared with
     notes: str = ""
     requires: str = ""  # e.g. "hub+gpu": printed when a run cannot start
     targets: dict[str, float] = field(default_factory=dict)  # see TARGET_KEYS; the report says met or not
@@ -106,6 +112,8 @@ def _check_type(value: Any, default: Any, where: str) -> Any:
         ok = isinstance(value, str)
     elif isinstance(default, list):
         ok = isinstance(value, list)
+    elif is_dataclass(default):  # a sub-table, e.g. [data.shapes]
+        return _build(type(default), value, where, base=asdict(default))[0]
     else:
         ok = True
     if not ok:
@@ -128,6 +136,9 @@ def _build(cls, raw: Any, where: str, base: dict | None = None):
         raise UserError(f"{where}: expected a table of keys, got {type(raw).__name__}")
     defaults = _defaults(cls)
     values = dict(base if base is not None else defaults)
+    for key, value in values.items():  # sub-tables given as plain data (a stored base) become dataclasses again
+        if is_dataclass(defaults[key]) and isinstance(value, dict):
+            values[key] = type(defaults[key])(**value)
     for key, value in raw.items():
         if key not in defaults:
             raise UserError(f"{where}: unknown key '{key}'; known: {', '.join(defaults)}")
@@ -139,7 +150,7 @@ def _build(cls, raw: Any, where: str, base: dict | None = None):
 
 
 TOP_KEYS = {"table", "data", "backbones", "caption_lm", "model", "train", "probes", "variants", "sweep", "targets"}
-TABLE_KEYS = {"name", "description", "seeds", "notes", "requires"}
+TABLE_KEYS = {"name", "description", "seeds", "notes", "requires", "reference"}
 VARIANT_KEYS = {"model", "train", "expect", "expected", "description"}
 
 
@@ -179,8 +190,6 @@ def load_table(name_or_path: str) -> Table:
     if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
         raise UserError(f"{where}: table.seeds: expected a non-empty list of integers")
     data, _ = _build(DataSpec, raw.get("data", {}), f"{where}: data")
-    if data.name not in ("shapes", "flickr8k"):
-        raise UserError(f"{where}: data.name: must be 'shapes' or 'flickr8k', not {data.name!r}")
     backbones, _ = _build(BackboneSpec, raw.get("backbones", {}), f"{where}: backbones")
     caption_lm, _ = _build(CaptionLMConfig, raw.get("caption_lm", {}), f"{where}: caption_lm")
     probes, _ = _build(ProbeSpec, raw.get("probes", {}), f"{where}: probes")
@@ -202,11 +211,19 @@ def load_table(name_or_path: str) -> Table:
         variants[vname] = _variant(vname, row, model_base, train_base, f"{where}: variants.{vname}")
     for i, sweep in enumerate(raw.get("sweep", [])):
         _expand_sweep(sweep, variants, rows, model_base, train_base, f"{where}: sweep[{i}]")
+    reference = head.get("reference", "full")
+    if reference not in variants:
+        raise UserError(f"{where}: table.reference: no variant {reference!r} (variants: {', '.join(variants)}); "
+                        "name the variant every other one is compared with")
+    for v in variants.values():
+        if set(v.expect) & NEEDS_SLOTS and data.name != "shapes":
+            raise UserError(f"{where}: variants.{v.name}.expect: {', '.join(set(v.expect) & NEEDS_SLOTS)} needs "
+                            "slot labels, which only the shapes data has")
     return Table(
         name=str(head.get("name", path.stem)), path=path, description=str(head.get("description", "")),
         seeds=list(seeds), data=data, backbones=backbones, caption_lm=caption_lm, probes=probes,
-        variants=variants, notes=str(head.get("notes", "")), requires=str(head.get("requires", "")),
-        targets={k: float(v) for k, v in targets.items()},
+        variants=variants, reference=reference, notes=str(head.get("notes", "")),
+        requires=str(head.get("requires", "")), targets={k: float(v) for k, v in targets.items()},
     )
 
 
@@ -218,11 +235,13 @@ def _variant(vname: str, row: Any, model_base: dict, train_base: dict, where: st
             raise UserError(f"{where}: unknown key '{key}'; known: {', '.join(sorted(VARIANT_KEYS))}")
     model, _ = _build(CaptionModelConfig, row.get("model", {}), f"{where}.model", copy.deepcopy(model_base))
     train, _ = _build(TrainConfig, row.get("train", {}), f"{where}.train", copy.deepcopy(train_base))
-    expect = row.get("expect", "none")
-    if expect not in EXPECTATIONS:
-        raise UserError(f"{where}.expect: unknown expectation {expect!r}; known: {', '.join(EXPECTATIONS)}")
-    return Variant(vname, model, train, expect, str(row.get("expected", EXPECTATIONS[expect])),
-                   str(row.get("description", "")))
+    expect = row.get("expect", [])
+    expect = [expect] if isinstance(expect, str) else expect
+    if not isinstance(expect, list) or any(e not in EXPECTATIONS for e in expect):
+        raise UserError(f"{where}.expect: unknown expectation {expect!r}; known: {', '.join(EXPECTATIONS)} "
+                        "(one name or a list)")
+    expected = row.get("expected", "; ".join(EXPECTATIONS[e] for e in expect) or "nothing checked")
+    return Variant(vname, model, train, expect, str(expected), str(row.get("description", "")))
 
 
 def _expand_sweep(sweep: Any, variants: dict, rows: dict, model_base: dict, train_base: dict, where: str) -> None:
@@ -241,14 +260,15 @@ def _expand_sweep(sweep: Any, variants: dict, rows: dict, model_base: dict, trai
     for value in values:
         row = copy.deepcopy(rows[base])
         row.setdefault(section, {})[key] = value
-        row["expect"] = sweep.get("expect", "none")
+        row["expect"] = sweep.get("expect", [])
         row.pop("expected", None)
         name = f"{base}-{key}-{value}"
         variants[name] = _variant(name, row, model_base, train_base, f"{where} ({name})")
 
 
 def variant_config(table: Table, variant: Variant) -> dict:
-    """Everything that determines a run's result, as plain data (stored with the run)."""
+    """Everything that determines a run's result, as plain data (stored with the run; its hash
+    decides whether a finished run is still current). Descriptions and expectations are not part of it."""
     return {
         "table": table.name, "variant": variant.name, "data": asdict(table.data),
         "backbones": asdict(table.backbones), "caption_lm": asdict(table.caption_lm),

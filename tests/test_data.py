@@ -6,8 +6,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vlm_core.data import (ShapesConfig, load_flickr8k, load_shapes, normalize_caption, parse_shapes_caption,
-                           render_shapes, slot_scores)
+from ablations.slots import slot_scores
+from vlm_core.data import normalize_caption
+from vlm_core.flickr8k import load_flickr8k
+from vlm_core.shapes import ShapesConfig, load_shapes, parse_shapes_caption, render_shapes
 from vlm_core.errors import UserError
 
 
@@ -29,14 +31,24 @@ def make_flickr(root: Path, n: int = 6, kaggle: bool = False) -> Path:
     return root
 
 
-def test_flickr_original_layout_skips_known_quirk_with_warning(tmp_path):
+def test_flickr_original_layout_skips_known_quirk_as_a_listed_problem(tmp_path):
     root = make_flickr(tmp_path / "f")
-    with pytest.warns(UserWarning, match="known Flickr8k quirk"):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # listed in data.problems (the CLI prints one note), not a Python warning
         data = load_flickr8k(root)
     assert len(data.captions) == 6 and all(len(v) == 5 for v in data.captions.values())
     assert [len(data.splits[s]) for s in ("train", "dev", "test")] == [4, 1, 1]
     assert data.captions["1000_abc.jpg"][0] == "a dog number 0 runs 0"
-    assert len(data.problems) == 5
+    assert len(data.problems) == 5 and all("known Flickr8k quirk" in p for p in data.problems)
+
+
+@pytest.mark.parametrize("name", ["Flickr8k.token.txt", "Flickr_8k.trainImages.txt", "Flickr_8k.testImages.txt"])
+def test_a_byte_order_mark_at_the_start_of_a_caption_or_split_file_loads(tmp_path, name):
+    root = make_flickr(tmp_path / "f")
+    plain = load_flickr8k(root)
+    (root / name).write_bytes(b"\xef\xbb\xbf" + (root / name).read_bytes())
+    data = load_flickr8k(root)
+    assert data.captions == plain.captions and data.splits == plain.splits
 
 
 def test_flickr_kaggle_csv(tmp_path):

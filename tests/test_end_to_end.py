@@ -112,7 +112,7 @@ def test_same_seed_same_results(micro_runs, tmp_path):
 
 
 def test_caption_command_uses_a_saved_run(micro_runs, tmp_path):
-    from vlm_core.data import ShapesConfig, load_shapes
+    from vlm_core.shapes import ShapesConfig, load_shapes
 
     data = load_shapes(ShapesConfig(seed=7, train=24, dev=8, test=8))
     img = tmp_path / "x.png"

@@ -12,14 +12,14 @@ def llama_tiny(gpt2_tiny):
     """A tiny random Llama (SmolLM2's architecture) with the GPT-2 tokenizer: the Llama code path."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from vlm_core.language import _backbone
+    from vlm_core.lm import frozen_lm
 
     tok = gpt2_tiny.tokenizer
     torch.manual_seed(0)
     cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                       num_attention_heads=2, num_key_value_heads=1, bos_token_id=tok.bos_token_id,
                       eos_token_id=tok.eos_token_id)
-    return _backbone("tiny-random-llama", LlamaForCausalLM(cfg), tok)
+    return frozen_lm("tiny-random-llama", LlamaForCausalLM(cfg), tok)
 
 
 @pytest.fixture(params=["gpt2", "bpe", "llama"])

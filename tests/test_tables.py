@@ -10,6 +10,7 @@ name = "micro"
 seeds = [0, 1]
 [data]
 name = "shapes"
+[data.shapes]
 train = 10
 [model]
 num_queries = 4
@@ -19,7 +20,7 @@ epochs = 1
 expect = "image_dependent"
 [variants.meanpool]
 model = { connector = "meanpool" }
-expect = "worse_than_full"
+expect = "worse_than_reference"
 [[sweep]]
 base = "full"
 key = "model.num_queries"
@@ -49,7 +50,7 @@ def test_shipped_tables_parse_with_all_required_variants():
 
 def test_overrides_and_sweeps(tmp_path):
     t = load_table(_write(tmp_path, GOOD))
-    assert t.seeds == [0, 1] and t.data.train == 10
+    assert t.seeds == [0, 1] and t.data.shapes.train == 10
     assert t.variants["full"].model.num_queries == 4 and t.variants["full"].train.epochs == 1
     assert t.variants["meanpool"].model.num_queries == 4  # table defaults flow into every row
     assert t.variants["full-num_queries-2"].model.num_queries == 2
@@ -64,7 +65,7 @@ def test_overrides_and_sweeps(tmp_path):
     (GOOD.replace("epochs = 1", "epochs = 'one'"), r"train.epochs: expected int, got str"),
     (GOOD.replace('model = { connector = "meanpool" }', 'model = { connector = "median" }'),
      "variants.meanpool.model.*connector must be"),
-    (GOOD.replace('expect = "worse_than_full"', 'expect = "better"'), "variants.meanpool.expect: unknown expectation"),
+    (GOOD.replace('expect = "worse_than_reference"', 'expect = "better"'), "variants.meanpool.expect: unknown expectation"),
     (GOOD.replace("[data]", "[dataa]"), "unknown key 'dataa'"),
     (GOOD.replace('name = "shapes"', 'name = "coco"'), "data.name: must be"),
     (GOOD.replace("seeds = [0, 1]", "seeds = 3"), "table.seeds"),

