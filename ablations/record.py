@@ -42,8 +42,10 @@ def run_path(runs_dir: Path, table: str, variant: str, seed: int) -> Path:
 
 
 def config_hash(config: dict) -> str:
-    """Hash of the settings that determine a run's result (see tables.variant_config)."""
-    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    """Hash of the settings that determine a run's result (see tables.variant_config); the table's and
+    the variant's names are left out, so renaming either keeps its runs current."""
+    settings = {k: v for k, v in config.items() if k not in ("table", "variant")}
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 class RunRecord:

@@ -1,9 +1,30 @@
-"""Across-seed summaries and paired per-image tests against ``full`` (scipy.stats)."""
+"""Statistics behind the verdicts. The unit of replication is the training run (seed).
+
+A claim about an architecture ("the Q-Former beats mean-pooling") is a claim about what training
+produces, so its uncertainty must include seed-to-seed variation. Per-image tests over a fixed set
+of trained models only say whether *these trained models* differ; with seed noise larger than
+image noise they call almost any two variants different. Both are computed here; verdicts use
+the seed-level ones.
+
+Seed level: each run is reduced to one number (its mean over the eval images) and the variants
+are compared with Welch's t (95% CI and two-sided p on the per-seed values). With the 3-5 seeds a
+CPU table affords, a bootstrap over seeds cannot reach its nominal coverage (it treats three draws
+as the whole population and its intervals come out too narrow), while Welch's t is exact for
+normal seed noise and stays close under moderate skew; images still enter, through each seed's
+mean. The simulation test in tests/test_stats_simulation.py checks the false-positive rate.
+"""
 from __future__ import annotations
+
+import math
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 from scipy import stats
+
+ALPHA = 0.05
+POWER = 0.8
+MAX_SEEDS = 1000
 
 
 def mean_std(runs: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
@@ -17,30 +38,121 @@ def mean_std(runs: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
     return out
 
 
-def paired_difference(variant: np.ndarray, reference: np.ndarray, seed: int = 0,
-                      n_resamples: int = 2000) -> dict:
-    """Mean per-image difference variant - reference with a bootstrap 95% CI and Wilcoxon p."""
+@dataclass
+class Interval:
+    """A mean (or difference) over seeds with its 95% CI; the CI is NaN with fewer than 2 seeds."""
+
+    estimate: float
+    low: float
+    high: float
+    p: float  # two-sided, against 0 (differences) or the bound (one-sample); NaN when undefined
+    n: int  # seeds (the smaller side for a difference)
+
+    @property
+    def decided(self) -> bool:
+        return not (math.isnan(self.low) or math.isnan(self.high))
+
+
+def welch(x: np.ndarray, y: np.ndarray) -> Interval:
+    """mean(x) - mean(y) with a Welch 95% CI and p. Zero spread on both sides gives a point CI and
+    p = NaN (undefined, never an invented 0)."""
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    diff = float(x.mean() - y.mean()) if len(x) and len(y) else float("nan")
+    n = min(len(x), len(y))
+    if len(x) < 2 or len(y) < 2:
+        return Interval(diff, float("nan"), float("nan"), float("nan"), n)
+    vx, vy = x.var(ddof=1) / len(x), y.var(ddof=1) / len(y)
+    se = math.sqrt(vx + vy)
+    if se == 0:
+        return Interval(diff, diff, diff, 1.0 if diff == 0 else float("nan"), n)
+    df = (vx + vy) ** 2 / (vx**2 / (len(x) - 1) + vy**2 / (len(y) - 1))
+    half = stats.t.ppf(1 - ALPHA / 2, df) * se
+    p = float(2 * stats.t.sf(abs(diff) / se, df))
+    return Interval(diff, diff - half, diff + half, p, n)
+
+
+def one_sample(values: np.ndarray, bound: float = 0.0) -> Interval:
+    """Mean over seeds with a t 95% CI, and p against ``bound``."""
+    v = np.asarray(values, float)
+    mean = float(v.mean()) if len(v) else float("nan")
+    if len(v) < 2:
+        return Interval(mean, float("nan"), float("nan"), float("nan"), len(v))
+    se = v.std(ddof=1) / math.sqrt(len(v))
+    if se == 0:
+        return Interval(mean, mean, mean, 1.0 if mean == bound else float("nan"), len(v))
+    half = stats.t.ppf(1 - ALPHA / 2, len(v) - 1) * se
+    p = float(2 * stats.t.sf(abs(mean - bound) / se, len(v) - 1))
+    return Interval(mean, mean - half, mean + half, p, len(v))
+
+
+def decide(interval: Interval, bound: float, side: str) -> str:
+    """'held' when the whole CI lies on ``side`` ('below' / 'above') of ``bound``, 'not held' when it
+    lies wholly on the other side, else 'inconclusive' (also with fewer than 2 seeds)."""
+    if not interval.decided:
+        return "inconclusive"
+    below, above = interval.high < bound, interval.low > bound
+    if side == "below":
+        return "held" if below else "not held" if above else "inconclusive"
+    return "held" if above else "not held" if below else "inconclusive"
+
+
+def seeds_needed(diff: float, sd_a: float, sd_b: float) -> int | None:
+    """Seeds per variant for a two-sample t-test to detect ``diff`` with 80% power at alpha 0.05,
+    given the observed seed SDs; None when there is nothing to size (no difference or no spread)."""
+    sd = math.sqrt((sd_a**2 + sd_b**2) / 2) if not (math.isnan(sd_a) or math.isnan(sd_b)) else float("nan")
+    if not diff or math.isnan(diff) or math.isnan(sd) or sd == 0:
+        return None
+    for n in range(2, MAX_SEEDS + 1):
+        df = 2 * n - 2
+        ncp = abs(diff) / (sd * math.sqrt(2 / n))
+        crit = stats.t.ppf(1 - ALPHA / 2, df)
+        if stats.nct.sf(crit, df, ncp) + stats.nct.cdf(-crit, df, ncp) >= POWER:
+            return n
+    return MAX_SEEDS + 1
+
+
+def paired_difference(variant: np.ndarray, reference: np.ndarray, seed: int = 0, n_resamples: int = 2000) -> dict:
+    """Image level ("these trained models"): mean per-image difference variant - reference, with a
+    bootstrap 95% CI over images and a Wilcoxon signed-rank p (NaN when undefined: < 2 images)."""
     diff = np.asarray(variant, dtype=float) - np.asarray(reference, dtype=float)
-    if diff.size < 2 or np.allclose(diff, diff[0]):
-        value = float(diff.mean()) if diff.size else 0.0
-        return {"mean_diff": value, "ci_low": value, "ci_high": value,
-                "p_wilcoxon": 1.0 if np.allclose(diff, 0) else 0.0, "n": int(diff.size)}
-    boot = stats.bootstrap((diff,), np.mean, confidence_level=0.95, n_resamples=n_resamples,
-                           method="percentile", random_state=np.random.default_rng(seed))
+    diff = diff[~np.isnan(diff)]
+    mean = float(diff.mean()) if diff.size else float("nan")
+    if diff.size < 2:
+        return {"mean_diff": mean, "ci_low": float("nan"), "ci_high": float("nan"), "p_wilcoxon": float("nan"),
+                "n": int(diff.size)}
+    if np.allclose(diff, diff[0]):  # no spread: the interval is the point, the test still applies
+        low = high = mean
+    else:
+        boot = stats.bootstrap((diff,), np.mean, confidence_level=0.95, n_resamples=n_resamples,
+                               method="percentile", random_state=np.random.default_rng(seed))
+        low, high = float(boot.confidence_interval.low), float(boot.confidence_interval.high)
     p = float(stats.wilcoxon(diff).pvalue) if np.any(diff != 0) else 1.0
-    return {"mean_diff": float(diff.mean()), "ci_low": float(boot.confidence_interval.low),
-            "ci_high": float(boot.confidence_interval.high), "p_wilcoxon": p, "n": int(diff.size)}
+    return {"mean_diff": mean, "ci_low": low, "ci_high": high, "p_wilcoxon": p, "n": int(diff.size)}
 
 
-def vs_reference(per_image: dict[str, pd.Series], reference: str = "full") -> pd.DataFrame:
-    """``per_image[variant]``: per-image metric averaged over seeds (index = image id)."""
-    rows = []
-    if reference not in per_image:
-        return pd.DataFrame(columns=["variant", "mean_diff", "ci_low", "ci_high", "p_wilcoxon", "n"])
-    ref = per_image[reference]
-    for name, series in per_image.items():
-        if name == reference:
-            continue
-        common = ref.index.intersection(series.index)
-        rows.append({"variant": name, **paired_difference(series.loc[common].values, ref.loc[common].values)})
-    return pd.DataFrame(rows)
+@dataclass
+class Comparison:
+    """variant - reference on one per-image quantity, at seed level (verdicts) and image level."""
+
+    variant: str
+    reference: str
+    metric: str
+    seed: Interval  # Welch on per-seed means
+    sd_variant: float
+    sd_reference: float
+    seeds_needed: int | None
+    image: dict  # paired_difference on per-image values averaged over seeds
+
+
+def compare(variant: pd.DataFrame, reference: pd.DataFrame, names: tuple[str, str] = ("variant", "reference"),
+            metric: str = "CIDEr", n_resamples: int = 2000) -> Comparison:
+    """``variant`` / ``reference``: per-image values, one column per seed (index = image id)."""
+    x, y = variant.mean(axis=0).to_numpy(), reference.mean(axis=0).to_numpy()  # per-seed means (NaN skipped)
+    seed = welch(x, y)
+    sd_x = float(np.std(x, ddof=1)) if len(x) > 1 else float("nan")
+    sd_y = float(np.std(y, ddof=1)) if len(y) > 1 else float("nan")
+    common = variant.index.intersection(reference.index)
+    image = paired_difference(variant.loc[common].mean(axis=1).to_numpy(), reference.loc[common].mean(axis=1).to_numpy(),
+                              n_resamples=n_resamples)
+    needed = seeds_needed(seed.estimate, sd_x, sd_y) if decide(seed, 0.0, "below") == "inconclusive" else None
+    return Comparison(names[0], names[1], metric, seed, sd_x, sd_y, needed, image)

@@ -49,6 +49,8 @@ class DataSpec:
     def __post_init__(self):
         if self.name not in DATA_NAMES:
             raise UserError(f"data.name: must be one of {', '.join(DATA_NAMES)}, not {self.name!r}")
+        if self.eval_images == 1 or self.eval_images < 0:
+            raise UserError("data.eval_images: 0 (all) or at least 2 (the swap probes pair images)")
 
 
 @dataclass

@@ -6,14 +6,15 @@ run, and the wall time per stage of a finished table (default: shapes).
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
 import torch
 
+from ablations.collect import collect
 from ablations.runner import build_model, prepare
 from ablations.tables import load_table
+from vlm_core.errors import UserError
 
 
 def samples_per_second(ws, variant, steps: int, reencode: bool) -> float:
@@ -58,27 +59,21 @@ def main() -> None:
     print(f"  re-encode images: {encoded:8.1f}")
     print(f"  ratio cached / re-encode: {cached / encoded:.1f}x")
 
-    root = Path(args.runs_dir) / table.name
-    stages = {"train": 0.0, "generate": 0.0, "score": 0.0, "probe": 0.0}
-    n = 0
-    for m in root.glob("*/*/metrics.json"):
-        t = json.loads(m.read_text())["timings"]
-        for k in stages:
-            stages[k] += t.get(k, 0.0)
-        n += 1
-    if n:
-        prep = json.loads((root / "timing.json").read_text()) if (root / "timing.json").exists() else []
-        parts = {}
-        for p in prep:
-            for k, v in p["prepare_parts"].items():
-                parts[k] = parts.get(k, 0.0) + v
-        print(f"\nwall time per stage of the stored '{table.name}' runs ({n} runs):")
-        for k, v in {**parts, **stages}.items():
-            print(f"  {k:15s} {v:8.1f} s")
-        print(f"  {'total':15s} {sum(parts.values()) + sum(stages.values()):8.1f} s")
-    else:
-        print(f"\nno stored runs under {root}: run `ablate run-all {table.name}` for per-stage times")
-
+    try:
+        stored = collect(table, Path(args.runs_dir))
+    except UserError:
+        print(f"\nno stored runs under {Path(args.runs_dir) / table.name}: run `ablate run-all {table.name}` "
+              "for per-stage times")
+        return
+    parts: dict[str, float] = {}
+    for entry in stored.timing:
+        for k, v in entry["prepare_parts"].items():
+            parts[k] = parts.get(k, 0.0) + v
+    stages = stored.stage_seconds[["train", "generate", "score", "probe"]].sum().to_dict()
+    print(f"\nwall time per stage of the stored '{table.name}' runs ({len(stored.stage_seconds)} runs):")
+    for k, v in {**parts, **stages}.items():
+        print(f"  {k:15s} {v:8.1f} s")
+    print(f"  {'total':15s} {sum(parts.values()) + sum(stages.values()):8.1f} s")
 
 if __name__ == "__main__":
     main()

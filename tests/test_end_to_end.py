@@ -47,47 +47,133 @@ def test_rerun_trains_nothing(micro_runs):
     assert snapshot(micro_runs["runs"] / "micro") == before
 
 
-def test_report_sections_and_numbers_match_runs(micro_runs):
-    result = runner.invoke(app, ["report", str(micro_runs["table"]), "--runs-dir", str(micro_runs["runs"]),
-                                 "--out", str(micro_runs["reports"])])
+SECTIONS = ("## Setup", "## Targets", "## Provenance", "## Trainable parameters", "## Loss per epoch", "## Main table",
+            "## Comparisons with `{ref}`", "## Expected vs observed", "## Diagnosis of degenerate variants",
+            "## Gallery", "## Time per stage")
+
+
+def _report(runs, table, out):
+    result = runner.invoke(app, ["report", str(table), "--runs-dir", str(runs), "--out", str(out)])
     assert result.exit_code == 0, result.output
+    return (out / table.stem / "README.md").read_text() if (out / table.stem).exists() else \
+        next(out.glob("*/README.md")).read_text()
+
+
+def _metrics(runs, variant, seed, name="micro"):
+    return json.loads((runs / name / variant / f"seed-{seed}" / "metrics.json").read_text())
+
+
+def test_report_sections_and_numbers_match_runs(micro_runs):
+    text = _report(micro_runs["runs"], micro_runs["table"], micro_runs["reports"])
     out = micro_runs["reports"] / "micro"
-    text = (out / "README.md").read_text()
-    for section in ("## Setup", "## Trainable parameters", "## Loss per epoch", "## Main table",
-                    "## Significance vs `full`", "## Expected vs observed", "## Diagnosis of degenerate variants",
-                    "## Gallery", "## Time per stage"):
-        assert section in text, section
+    for section in SECTIONS:
+        assert section.format(ref="full") in text, section
     assert (out / "loss.png").stat().st_size > 1000
     assert list((out / "gallery").glob("*.png"))
     # Main-table numbers are the mean ± std over the stored seeds.
     for variant in ("full", "blind", "seed-recipe"):
-        ciders = [json.loads((micro_runs["runs"] / "micro" / variant / f"seed-{s}" / "metrics.json").read_text())
-                  ["metrics"]["CIDEr"] for s in (0, 1)]
+        ciders = [_metrics(micro_runs["runs"], variant, s)["metrics"]["CIDEr"] for s in (0, 1)]
         expected = f"{pd.Series(ciders).mean():.3f} ± {pd.Series(ciders).std():.3f}"
         row = next(line for line in text.splitlines() if line.startswith(f"| {variant} | 2 |"))
         assert expected in row, (row, expected)
-    # Likelihood-swap test: per-image gaps averaged over the stored seeds, tested against 0.
+    # Likelihood swap: the seed-level mean of the stored per-run gaps; images: per-image gaps averaged over seeds.
     gaps = pd.concat([pd.read_csv(micro_runs["runs"] / "micro" / "full" / f"seed-{s}" / "per_image.csv",
-                                  index_col=0)["nll_gap"] for s in (0, 1)], axis=1).mean(axis=1)
-    p_full = scipy.stats.wilcoxon(gaps.values).pvalue
-    assert re.search(rf"^\| full \| {gaps.mean():.3f} \| {(gaps > 0).mean():.1%} \| {p_full:.2g} \| {len(gaps)} \|",
-                     text, re.M)
-    assert re.search(r"^\| blind \| 0\.000 \| 0\.0% \| 1 \|", text, re.M)  # identical visual tokens: no gap
-    # Every variant has a computed verdict; the seed recipe's diagnosis names its cause when it collapsed.
+                                  index_col=0)["nll_gap"] for s in (0, 1)], axis=1)
+    seed_mean = gaps.mean(axis=0).mean()
+    per_image = gaps.mean(axis=1)
+    p_full = scipy.stats.wilcoxon(per_image.values).pvalue
+    assert re.search(rf"^\| full \| {seed_mean:.3f} \[[-0-9.]+, [-0-9.]+\] \| {(per_image > 0).mean():.1%} \| "
+                     rf"{p_full:.2g} \| {len(per_image)} \|", text, re.M)
+    assert re.search(r"^\| blind \| 0\.000 \[0\.000, 0\.000\] \| 0\.0% \| 1 \|", text, re.M)  # identical tokens
+    # Seed-level comparison: Welch's t over the per-run CIDEr of the stored runs.
+    full = [_metrics(micro_runs["runs"], "full", s)["metrics"]["CIDEr"] for s in (0, 1)]
+    blind = [_metrics(micro_runs["runs"], "blind", s)["metrics"]["CIDEr"] for s in (0, 1)]
+    welch = scipy.stats.ttest_ind(blind, full, equal_var=False)
+    diff = pd.Series(blind).mean() - pd.Series(full).mean()
+    row = next(line for line in text.split("### ΔCIDEr")[1].splitlines() if line.startswith("| blind |"))
+    assert f"| blind | {diff:.3f} [" in row and (f"| {welch.pvalue:.2g} |" in row or "| – |" in row), row
+    # Every variant has a computed verdict; an EOS collapse is described by measured probabilities.
     for variant in ("full", "blind", "seed-recipe"):
-        assert re.search(rf"^\| {re.escape(variant)} \|.*\*\*(held|not held)\*\*", text, re.M), variant
-    seed = json.loads((micro_runs["runs"] / "micro" / "seed-recipe" / "seed-0" / "metrics.json").read_text())
-    if seed["probes"]["empty_rate"] >= 0.5:
-        assert "EOS collapse" in text and "generation then starts from EOS" in text
+        assert re.search(rf"^\| {re.escape(variant)} \|.*\*\*(held|not held|inconclusive)\*\*", text, re.M), variant
+    seed = [_metrics(micro_runs["runs"], "seed-recipe", s)["probes"] for s in (0, 1)]
+    if sum(p["empty_rate"] for p in seed) / 2 >= 0.5:
+        p_start = sum(p["p_eos_start"] for p in seed) / 2
+        assert f"P(EOS) at the first position is {p_start:.2f}" in text
     summary = pd.read_csv(out / "summary.csv", index_col=0)
     assert list(summary.index) == ["full", "blind", "seed-recipe"]
     # Targets: each line with the measured number and a verdict (thresholds chosen to be surely met / missed).
-    assert "## Targets" in text
     assert re.search(r"^\| `full` CIDEr ≥ 0 \|.*\| met \|$", text, re.M)
-    bleu = pd.Series([json.loads((micro_runs["runs"] / "micro" / "full" / f"seed-{s}" / "metrics.json").read_text())
-                      ["metrics"]["BLEU-4"] for s in (0, 1)]).mean()
+    bleu = pd.Series([_metrics(micro_runs["runs"], "full", s)["metrics"]["BLEU-4"] for s in (0, 1)]).mean()
     assert f"**not met** (short by {100 - bleu:.3f})" in text
     assert re.search(r"^\| whole table wall time ≤ 1000 min \| [0-9.]+ min \| met \|$", text, re.M)
+    # Provenance: one code version, no stale run.
+    assert "matches the table's current settings" in text and "Warning" not in text.split("## Provenance")[1].split("##")[0]
+
+
+def test_run_folders_record_code_version_config_hash_and_libraries(micro_runs):
+    from ablations.record import config_hash
+
+    cfg = json.loads((micro_runs["runs"] / "micro" / "full" / "seed-0" / "config.json").read_text())
+    prov = cfg["provenance"]
+    assert len(prov["code"]["source_hash"]) == 16
+    assert len(prov["code"]["git_commit"]) == 40 and isinstance(prov["code"]["dirty"], bool)
+    assert {"torch", "transformers", "peft", "pycocoevalcap"} <= set(prov["libraries"])
+    assert all(prov["libraries"][k] for k in ("torch", "transformers", "peft", "pycocoevalcap"))
+    assert prov["device"] == "cpu" and "CPU cores" in prov["machine"]
+    settings = {k: cfg[k] for k in ("table", "variant", "data", "backbones", "caption_lm", "model", "train", "probes",
+                                    "seed", "eval_split")}
+    assert cfg["config_hash"] == config_hash(settings)
+
+
+def test_a_changed_table_key_makes_finished_runs_stale_and_they_are_redone(micro_runs, tmp_path):
+    import shutil
+
+    runs = tmp_path / "runs"
+    shutil.copytree(micro_runs["runs"], runs)
+    table = tmp_path / "micro.toml"
+    table.write_text(micro_runs["table"].read_text().replace("max_new_tokens = 8", "max_new_tokens = 7"))
+    before = (runs / "micro" / "full" / "seed-0" / "captions.json").stat().st_mtime_ns
+    result = runner.invoke(app, ["run-all", str(table), "--only", "full", "--seeds", "1", "--runs-dir", str(runs),
+                                 "--cache-dir", str(micro_runs["cache"])])
+    assert result.exit_code == 0, result.output
+    assert "redo full seed 0: stale" in result.output and "finished 1 run(s)" in result.output
+    cfg = json.loads((runs / "micro" / "full" / "seed-0" / "config.json").read_text())
+    assert cfg["train"]["max_new_tokens"] == 7
+    assert (runs / "micro" / "full" / "seed-0" / "captions.json").stat().st_mtime_ns != before
+    # Kept on request, a stale run is flagged by `list` and by the report.
+    result = runner.invoke(app, ["run-all", str(table), "--keep-stale", "--only", "blind", "--seeds", "1",
+                                 "--runs-dir", str(runs), "--cache-dir", str(micro_runs["cache"])])
+    assert "keep blind seed 0: STALE" in result.output and "nothing to do" in result.output
+    text = _report(runs, table, tmp_path / "reports")
+    assert "stale run(s)" in text and "blind seed 0" in text.split("stale run(s)")[1].split("\n")[0]
+
+
+def test_a_renamed_reference_variant_still_gets_every_section(micro_runs, tmp_path):
+    import shutil
+
+    runs = tmp_path / "runs"
+    shutil.copytree(micro_runs["runs"], runs)
+    (runs / "micro" / "full").rename(runs / "micro" / "base")
+    table = tmp_path / "micro.toml"
+    text = micro_runs["table"].read_text().replace("[variants.full]", "[variants.base]")
+    table.write_text(text.replace('[table]\n', '[table]\nreference = "base"\n', 1))
+    report = _report(runs, table, tmp_path / "reports")
+    for section in SECTIONS:
+        assert section.format(ref="base") in report, section
+    assert "### ΔCIDEr" in report and "| blind |" in report.split("### ΔCIDEr")[1]
+    assert "Loss falls every epoch (base" in report and "`base` CIDEr ≥ 0" in report
+    assert "matches the table's current settings" in report  # a rename keeps runs current
+    bad = tmp_path / "bad.toml"
+    bad.write_text(text)  # no variant named full, no reference declared
+    result = runner.invoke(app, ["report", str(bad), "--runs-dir", str(runs), "--out", str(tmp_path / "r2")])
+    assert result.exit_code == 2 and "table.reference: no variant 'full'" in result.output
+
+
+def test_timing_is_recorded_per_invocation_and_run(micro_runs):
+    timing = json.loads((micro_runs["runs"] / "micro" / "timing.json").read_text())
+    assert timing[0]["runs"] == 6 and timing[0]["total_seconds"] > 0
+    done = json.loads((micro_runs["runs"] / "micro" / "full" / "seed-0" / "DONE").read_text())
+    assert done["seconds"] > 0
 
 
 def test_list_shows_tables_and_run_states(micro_runs):
@@ -123,3 +209,30 @@ def test_caption_command_uses_a_saved_run(micro_runs, tmp_path):
     assert result.exit_code == 0, result.output
     lines = [line for line in result.output.splitlines() if line.startswith(str(img))]
     assert len(lines) == 1 and "\t" in lines[0]
+
+
+def test_caption_command_decodes_as_the_run_was_scored(micro_runs, tmp_path, monkeypatch):
+    from vlm_core.model import CaptionModel
+    from vlm_core.shapes import ShapesConfig, load_shapes
+
+    seen = []
+    real = CaptionModel.generate
+
+    def spy(self, features, **kwargs):
+        seen.append(kwargs)
+        return real(self, features, **kwargs)
+
+    monkeypatch.setattr(CaptionModel, "generate", spy)
+    img = tmp_path / "x.png"
+    load_shapes(ShapesConfig(seed=7, train=24, dev=8, test=8)).load_image("shapes_00032.png").save(img)
+    run = micro_runs["runs"] / "micro" / "full" / "seed-0"
+    train = json.loads((run / "config.json").read_text())["train"]
+    result = runner.invoke(app, ["caption", str(img), "--run", str(run), "--cache-dir", str(micro_runs["cache"])])
+    assert result.exit_code == 0, result.output
+    assert seen[-1] == {"max_new_tokens": train["max_new_tokens"], "num_beams": train["num_beams"],
+                        "no_repeat_ngram_size": train["no_repeat_ngram_size"]}
+    result = runner.invoke(app, ["caption", str(img), "--run", str(run), "--cache-dir", str(micro_runs["cache"]),
+                                 "--beams", "2", "--no-repeat-ngram-size", "3"])
+    assert result.exit_code == 0, result.output
+    assert seen[-1]["num_beams"] == 2 and seen[-1]["no_repeat_ngram_size"] == 3
+    assert seen[-1]["max_new_tokens"] == train["max_new_tokens"]

@@ -166,11 +166,11 @@ def test_real_process_prints_no_traceback(tmp_path):
 
 
 def test_second_run_all_on_same_folder_is_refused(tmp_path):
-    from ablations.runner import table_lock
+    from ablations.record import table_lock
     from ablations.tables import load_table
 
     table = load_table(str(write_micro(tmp_path / "micro.toml", seeds=(0,), variants=("full",))))
-    with table_lock(tmp_path / "runs", table):
+    with table_lock(tmp_path / "runs", table.name):
         result = _cli("run-all", tmp_path / "micro.toml", "--runs-dir", tmp_path / "runs")
     _assert_one_line_error(result, "another 'ablate run-all' is already writing here")
 
@@ -215,6 +215,8 @@ def test_sigkill_at_several_points_then_resume_matches_uninterrupted(tmp_path):
     for point in points:
         killed += _kill_when(_start(table, runs, cache), point)
     assert killed >= 2, "the micro table finished before the kill points were reached"
+    timing = json.loads((table_runs / "timing.json").read_text())  # killed invocations keep their time
+    assert sum(t["runs"] for t in timing) >= dones() and all(t["total_seconds"] > 0 for t in timing)
     final = _start(table, runs, cache)
     assert final.wait(timeout=600) == 0
     assert not list(cache.rglob("*.partial"))

@@ -61,35 +61,3 @@ def test_mean_std_over_seeds():
     assert s.loc["b", "CIDEr_std"] == 0.0 and s.loc["a", "seeds"] == 2
     # One seed: no spread to report (the report then prints the mean alone, not "± 0").
     assert s.loc["c", "CIDEr"] == 5.0 and np.isnan(s.loc["c", "CIDEr_std"]) and s.loc["c", "seeds"] == 1
-
-
-def test_partial_collapse_is_located_by_reference_length(tmp_path):
-    """Empty captions on the short-reference images only: the diagnosis says where the collapse happens."""
-    import json
-
-    from ablations.report import _empty_by_length, diagnose
-    from ablations.tables import load_table
-
-    from .micro import write_micro
-
-    table = load_table(write_micro(tmp_path / "micro.toml"))
-    ids = [f"img{i}" for i in range(9)]
-    ref_length = pd.Series({i: float(n) for n, i in enumerate(ids)})  # img0 shortest ... img8 longest
-    for seed in table.seeds:
-        run = tmp_path / "runs" / table.name / "seed-recipe" / f"seed-{seed}"
-        run.mkdir(parents=True)
-        # empty on the 3 shortest, on img3 for seed 0 only, never on the 3 longest
-        caps = {i: ("" if n < 3 or (n == 3 and seed == table.seeds[0]) else "a red circle") for n, i in enumerate(ids)}
-        (run / "captions.json").write_text(json.dumps(caps))
-        (run / "DONE").write_text("")
-    short, long = _empty_by_length(table, tmp_path / "runs", "seed-recipe", ref_length)
-    assert (short, long) == (1.0, 0.0)
-    summary = pd.Series({"empty_rate": 0.6, "eos_first_rate": 0.6, "top_caption": "", "top_caption_share": 0.6,
-                         "unique_share": 0.2})
-    text = diagnose(table, "seed-recipe", summary, (short, long))
-    assert "EOS collapse (60% empty" in text and "100% empty on the images with the shortest references" in text
-    assert "0% on those with the longest: where the training captions ran long" in text
-    level = diagnose(table, "seed-recipe", summary, (0.6, 0.55))
-    assert "caption length does not explain" in level and "ran long" not in level
-    assert "partial" not in diagnose(table, "seed-recipe", summary.replace(0.6, 0.97), (short, long))
-    assert _empty_by_length(table, tmp_path / "runs", "seed-recipe", None) is None

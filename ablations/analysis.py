@@ -1,0 +1,236 @@
+"""From collected runs to verdicts: summaries, seed-level comparisons with the reference variant,
+one rule per expectation (tables.EXPECTATIONS), and diagnoses built from measured numbers only.
+"""
+from __future__ import annotations
+
+import math
+from collections import Counter
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from scipy import stats as sps
+
+from .collect import TableRuns
+from .stats import Comparison, Interval, compare, decide, mean_std, one_sample
+
+COMPARED = {"CIDEr": "CIDEr", "nll_gap": "NLL gap", "slot_relation": "relation slot"}  # per-image quantities
+
+
+# ---- formatting shared with the report
+def fmt(x, digits: int = 3) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "–"
+    return f"{x:.{digits}f}"
+
+
+def fmt_p(p: float) -> str:
+    return "–" if p is None or math.isnan(p) else f"{p:.2g}"
+
+
+def fmt_ci(i: Interval, digits: int = 3) -> str:
+    if not i.decided:
+        return f"{fmt(i.estimate, digits)} (no CI: {i.n} seed{'s' if i.n != 1 else ''})"
+    return f"{fmt(i.estimate, digits)} [{fmt(i.low, digits)}, {fmt(i.high, digits)}]"
+
+
+# ---- summaries and comparisons
+def summarize(tr: TableRuns) -> pd.DataFrame:
+    """Mean and std over seeds of every per-run number, one row per variant (table order)."""
+    if tr.runs.empty:
+        return pd.DataFrame()
+    cols = [c for c in tr.runs.columns if c not in ("variant", "seed") and pd.api.types.is_numeric_dtype(tr.runs[c])]
+    return mean_std(tr.runs, cols).reindex(tr.order)
+
+
+def comparisons(tr: TableRuns, metric: str) -> dict[str, Comparison]:
+    """Every variant against the table's reference on one per-image quantity."""
+    ref = tr.table.reference
+    if ref not in tr.order:
+        return {}
+    out = {}
+    for v in tr.order:
+        if v != ref and not tr.matrix(v, metric).empty and not tr.matrix(ref, metric).empty:
+            out[v] = compare(tr.matrix(v, metric), tr.matrix(ref, metric), (v, ref), metric)
+    return out
+
+
+def combine(*verdicts: str) -> str:
+    if "not held" in verdicts:
+        return "not held"
+    return "held" if all(v == "held" for v in verdicts) else "inconclusive"
+
+
+def _undecided_note(c: Comparison) -> str:
+    if decide(c.seed, 0.0, "below") != "inconclusive":
+        return ""
+    if not c.seed.decided:
+        return f"; inconclusive: {c.seed.n} seed(s) give no seed-level CI"
+    needed = f"; roughly {c.seeds_needed} seeds per variant would decide it at the observed seed SDs" \
+        if c.seeds_needed else ""
+    return f"; inconclusive with {c.seed.n} seeds{needed}"
+
+
+def comparison_text(c: Comparison) -> str:
+    return (f"Δ{COMPARED.get(c.metric, c.metric)} vs {c.reference} {fmt_ci(c.seed)} (seed level, Welch p = "
+            f"{fmt_p(c.seed.p)})" + _undecided_note(c))
+
+
+# ---- one rule per expectation: (verdict, the numbers behind it)
+@dataclass
+class Verdict:
+    variant: str
+    expectation: str
+    expected: str
+    verdict: str  # held / not held / inconclusive / n/a
+    numbers: str
+
+
+def _threshold(tr: TableRuns, v: str, column: str, bound: float, side: str, label: str, digits: int = 3):
+    i = one_sample(tr.seed_values(v, column).to_numpy())
+    need = f"need {'≥' if side == 'above' else '≤'} {bound:g}" if bound else f"need {'>' if side == 'above' else '<'} 0"
+    return decide(i, bound, side), f"{label} {fmt_ci(i, digits)} ({need})"
+
+
+def rule_image_dependent(tr: TableRuns, v: str) -> tuple[str, str]:
+    a, ta = _threshold(tr, v, "swap_rate", 0.9, "above", "swap rate")
+    b, tb = _threshold(tr, v, "nll_gap", 0.0, "above", "NLL gap")
+    return combine(a, b), f"{ta}; {tb}; means over seeds with 95% CIs"
+
+
+def _worse_on(tr: TableRuns, v: str, metric: str) -> tuple[str, str]:
+    c = comparisons(tr, metric).get(v)
+    if c is None:
+        return "n/a", f"no {metric} to compare with the reference `{tr.table.reference}`"
+    return decide(c.seed, 0.0, "below"), comparison_text(c)
+
+
+def rule_worse_than_reference(tr: TableRuns, v: str) -> tuple[str, str]:
+    return _worse_on(tr, v, "CIDEr")
+
+
+def rule_loses_relations(tr: TableRuns, v: str) -> tuple[str, str]:
+    return _worse_on(tr, v, "slot_relation")
+
+
+def rule_uses_image_less(tr: TableRuns, v: str) -> tuple[str, str]:
+    return _worse_on(tr, v, "nll_gap")
+
+
+def rule_floor(tr: TableRuns, v: str) -> tuple[str, str]:
+    swap, swap_text = _threshold(tr, v, "swap_rate", 0.05, "below", "swap rate")
+    summary = summarize(tr)
+    others = [o for o in tr.order if o != v and summary.loc[o, "empty_rate"] < 0.5]
+    if not others:
+        return swap, swap_text + "; no other working variant to compare CIDEr with"
+    comps = [compare(tr.matrix(v, "CIDEr"), tr.matrix(o, "CIDEr"), (v, o)) for o in others]
+    verdicts = [decide(c.seed, 0.0, "below") for c in comps]
+    nearest = max(comps, key=lambda c: c.seed.estimate)  # the working variant closest to the floor
+    return combine(swap, *verdicts), (f"{swap_text}; CIDEr below all {len(others)} working variants: "
+                                      f"{verdicts.count('held')} of {len(others)} held; closest: "
+                                      + comparison_text(nearest))
+
+
+def rule_collapsed(tr: TableRuns, v: str) -> tuple[str, str]:
+    verdict, text = _threshold(tr, v, "empty_rate", 0.9, "above", "empty-caption rate")
+    return verdict, text + f"; EOS first {fmt(float(tr.seed_values(v, 'eos_first_rate').mean()))}"
+
+
+RULES = {"image_dependent": rule_image_dependent, "worse_than_reference": rule_worse_than_reference,
+         "loses_relations": rule_loses_relations, "uses_image_less": rule_uses_image_less, "floor": rule_floor,
+         "collapsed": rule_collapsed}
+
+
+def expectations(tr: TableRuns) -> list[Verdict]:
+    out = []
+    for name, v in tr.table.variants.items():
+        for e in v.expect or ["none"]:
+            if e == "none":
+                out.append(Verdict(name, e, v.expected, "n/a", "no expectation checked"))
+            elif name not in tr.order:
+                out.append(Verdict(name, e, v.expected, "n/a", "no finished run"))
+            else:
+                out.append(Verdict(name, e, v.expected, *RULES[e](tr, name)))
+    return out
+
+
+# ---- measured descriptions of what variants produce
+def pooled_mode(tr: TableRuns, v: str) -> tuple[str, float, int]:
+    """The most frequent caption over every caption of every seed, its share, and the caption count."""
+    caps = [c for seed_caps in tr.captions.get(v, {}).values() for c in seed_caps.values()]
+    if not caps:
+        return "", 0.0, 0
+    caption, n = Counter(caps).most_common(1)[0]
+    return caption, n / len(caps), len(caps)
+
+
+def empty_by_length(tr: TableRuns, v: str, ref_length: pd.Series | None) -> tuple[float, float] | None:
+    """Empty-caption rate (over seeds) on the third of images with the shortest / longest references."""
+    seeds = tr.captions.get(v, {})
+    if ref_length is None or not seeds:
+        return None
+    rate = pd.DataFrame({s: {i: float(not c.strip()) for i, c in caps.items()} for s, caps in seeds.items()}).mean(axis=1)
+    lengths = ref_length.reindex(rate.index).dropna()
+    if len(lengths) < 3:
+        return None
+    ranked = lengths.rank(method="first")
+    third = len(ranked) // 3
+    short, long = ranked.index[ranked <= third], ranked.index[ranked > len(ranked) - third]
+    return float(rate[short].mean()), float(rate[long].mean())
+
+
+def likelihood_rows(tr: TableRuns) -> list[dict]:
+    """Likelihood swap per variant: seed-level mean gap with CI, and the per-image view of these models."""
+    rows = []
+    for v in tr.order:
+        m = tr.matrix(v, "nll_gap")
+        if m.empty:
+            continue
+        gap = m.mean(axis=1).dropna().to_numpy()
+        p = 1.0 if np.allclose(gap, 0) else float(sps.wilcoxon(gap).pvalue)
+        caption, share, n = pooled_mode(tr, v)
+        rows.append({"variant": v, "seed": one_sample(m.mean(axis=0).to_numpy()), "positive": float((gap > 0).mean()),
+                     "p_images": p, "images": len(gap), "mode": caption, "mode_share": share, "captions": n})
+    return rows
+
+
+def eos_diagnosis(tr: TableRuns, v: str, s: pd.Series, by_length: tuple[float, float] | None) -> str:
+    """An EOS collapse described by what was measured on the stored models."""
+    recipe = tr.configs[v].get("model", {}).get("recipe", "fixed")
+    start = "[visual][EOS]" if recipe == "seed" else "[visual][BOS]"
+    a, b, c = s.get("p_eos_start", np.nan), s.get("p_eos_bos", np.nan), s.get("p_eos_after_eos", np.nan)
+    text = (f"EOS collapse ({s['empty_rate']:.0%} empty captions, EOS the first token in {s['eos_first_rate']:.0%}). "
+            f"Measured on the stored models (means over seeds, up to 200 images each): P(EOS) at the first "
+            f"position is {fmt(a, 2)} from the prefix this variant generates from ({start}), {fmt(b, 2)} from the "
+            f"correct [visual][BOS] prefix, and {fmt(c, 2)} right after the EOS that ends a caption.")
+    if c >= 0.5:
+        text += (f" Training taught it that EOS follows EOS (P = {fmt(c, 2)})"
+                 + (": its labels keep the padding, which is EOS, as targets (recipe = seed)." if recipe == "seed" else "."))
+    if recipe == "seed" and a - b >= 0.2:
+        text += f" Starting from EOS is what ends the captions: from the correct prefix P(EOS) is {fmt(b, 2)}."
+    elif a >= 0.5 and abs(a - b) < 0.2:
+        text += " The start token is not the cause: the correct prefix ends captions about as often."
+    if by_length is not None and s["empty_rate"] < 0.95:
+        short, long = by_length
+        text += (f" The collapse is partial: {short:.0%} empty on the third of images with the shortest references, "
+                 f"{long:.0%} on the third with the longest"
+                 + (" (where captions run long, the EOS start less often ends them)." if short - long >= 0.1
+                    else ", so caption length does not explain where it happens."))
+    return text
+
+
+def diagnose(tr: TableRuns, v: str, s: pd.Series, by_length: tuple[float, float] | None = None) -> str | None:
+    """What is degenerate about a variant's captions, in measured numbers; None when they look healthy."""
+    if s["empty_rate"] >= 0.5 or s["eos_first_rate"] >= 0.5:
+        return eos_diagnosis(tr, v, s, by_length)
+    caption, share, n = pooled_mode(tr, v)
+    if share >= 0.5 or s["unique_share"] <= 0.05:
+        return (f"mode collapse: {share:.0%} of all {n} captions ({len(tr.captions[v])} seeds) are “{caption}” "
+                f"({s['unique_share']:.1%} unique per seed on average); the caption changes for "
+                f"{s['swap_rate']:.1%} of swapped images (NLL gap {fmt(s['nll_gap'])} nats/token).")
+    return None
+
+
+def falls_every_epoch(history: list[pd.DataFrame], column: str) -> bool:
+    mean = pd.concat(history).groupby("epoch")[column].mean().values
+    return bool(len(mean) > 1 and np.all(np.diff(mean) < 0))

@@ -1,0 +1,92 @@
+"""Read every stored run of a table (through the run record) into frames the analysis can use."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from vlm_core.errors import UserError
+
+from .record import RunRecord, TableTiming, code_label, run_path
+from .runner import expected_hash
+from .tables import Table
+
+
+@dataclass
+class TableRuns:
+    """The finished runs of one table. ``runs`` has one row per run: every corpus metric, slot score
+    and scalar probe of its metrics.json (so a new probe needs no change here)."""
+
+    table: Table
+    runs_dir: Path
+    runs: pd.DataFrame
+    order: list[str]  # variants with at least one finished run, in table order
+    per_image: dict[str, dict[int, pd.DataFrame]] = field(default_factory=dict)  # variant -> seed -> frame
+    captions: dict[str, dict[int, dict[str, str]]] = field(default_factory=dict)
+    histories: dict[str, list[pd.DataFrame]] = field(default_factory=dict)
+    params: dict[str, dict] = field(default_factory=dict)
+    configs: dict[str, dict] = field(default_factory=dict)  # the first finished seed's config per variant
+    failed: list[dict] = field(default_factory=list)
+    provenance: pd.DataFrame = field(default_factory=pd.DataFrame)  # one row per run
+    timing: list[dict] = field(default_factory=list)  # timing.json entries (one per run-all invocation)
+    stage_seconds: pd.DataFrame = field(default_factory=pd.DataFrame)  # variant, seed, seconds per stage
+
+    def matrix(self, variant: str, column: str) -> pd.DataFrame:
+        """Per-image values of ``column`` for a variant: images x seeds."""
+        frames = self.per_image.get(variant, {})
+        cols = {s: f[column] for s, f in frames.items() if column in f}
+        return pd.DataFrame(cols)
+
+    def seed_values(self, variant: str, column: str) -> pd.Series:
+        """Per-run values of a run-level quantity (index = seed)."""
+        rows = self.runs[self.runs["variant"] == variant]
+        return rows.set_index("seed")[column] if column in rows else pd.Series(dtype=float)
+
+
+def _run_row(variant: str, seed: int, m: dict) -> dict:
+    row = {"variant": variant, "seed": seed, "images": m["images"], **m["metrics"], **m["slots"]}
+    row.update({k: v for k, v in m["probes"].items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
+    return row
+
+
+def _provenance_row(variant: str, seed: int, record: RunRecord, current: bool) -> dict:
+    p = record.provenance()
+    libs = p.get("libraries", {})
+    return {"variant": variant, "seed": seed, "code": code_label(p.get("code", {})) if p else "not recorded",
+            "libraries": ", ".join(f"{k} {v}" for k, v in libs.items()) or "not recorded",
+            "device": p.get("device", "not recorded"), "machine": p.get("machine", "not recorded"),
+            "current": current}
+
+
+def collect(table: Table, runs_dir: Path) -> TableRuns:
+    """Every stored run of the table: finished ones with their results, failed ones with why."""
+    rows, prov, stages = [], [], []
+    out = TableRuns(table, Path(runs_dir), pd.DataFrame(), [])
+    for v in table.variants.values():
+        for seed in table.seeds:
+            record = RunRecord(run_path(runs_dir, table.name, v.name, seed))
+            state = record.state()
+            if state == "failed":
+                out.failed.append({"variant": v.name, "seed": seed, "reason": record.failure()["reason"]})
+            if state != "done":
+                continue
+            current = record.is_current(expected_hash(table, v, seed))
+            metrics = record.metrics()
+            rows.append(_run_row(v.name, seed, metrics))
+            stages.append({"variant": v.name, "seed": seed, **metrics["timings"]})
+            prov.append(_provenance_row(v.name, seed, record, current))
+            out.per_image.setdefault(v.name, {})[seed] = record.per_image()
+            out.captions.setdefault(v.name, {})[seed] = record.captions()
+            out.histories.setdefault(v.name, []).append(record.history())
+            out.params.setdefault(v.name, record.params())
+            out.configs.setdefault(v.name, record.config())
+    if not rows and not out.failed:
+        raise UserError(f"{Path(runs_dir) / table.name}: no finished runs of table '{table.name}'; "
+                        f"run `ablate run-all {table.name}` first")
+    out.runs = pd.DataFrame(rows)
+    out.order = [v for v in table.variants if v in out.per_image]
+    out.provenance = pd.DataFrame(prov)
+    out.stage_seconds = pd.DataFrame(stages)
+    out.timing = TableTiming(runs_dir, table.name).read()
+    return out
