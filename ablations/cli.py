@@ -7,44 +7,39 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table as RichTable
 
 from vlm_core.errors import BackboneUnavailable, UserError
 
+from .console import console, err_console, quiet_libraries
+
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True,
                   help="Ablation-study harness for a minimal BLIP-2-style image captioner.")
 data_app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, help="Data set tools.")
 app.add_typer(data_app, name="data")
-console = Console()
-err_console = Console(stderr=True)
-
-
-def _quiet_libraries() -> None:
-    """Our own progress bars and messages only: no per-load bars or deprecation chatter."""
-    import os
-    import warnings
-
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    warnings.filterwarnings("ignore", message=".*non-writable tensors.*")
-    # We want n-gram blocking on the new tokens only: the prompt is visual embeddings, not text.
-    warnings.filterwarnings("ignore", message=".*no_repeat_ngram_size.*inputs_embeds.*")
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
 
 
 @app.callback()
 def _main() -> None:
-    _quiet_libraries()
+    quiet_libraries()
+
 
 RUNS = typer.Option(Path("runs"), "--runs-dir", help="Where run folders go (runs/<table>/<variant>/seed-<k>).")
 CACHE = typer.Option(Path(".cache"), "--cache-dir", envvar="ABLATE_CACHE",
                      help="Feature and LM caches (Flickr8k EfficientNet features: ~1.0 GiB on disk).")
 DATA_DIR = typer.Option(None, "--data-dir", help="Flickr8k folder (else $ABLATE_FLICKR8K, else the table's data.path).")
+DEVICE = typer.Option(None, "--device", help="auto (CUDA when present, else CPU), cpu, cuda, cuda:N, mps "
+                      "(default: the table's run.device, auto).")
+PRECISION = typer.Option(None, "--precision", help="fp32 | bf16 | fp16 autocast (default: the table's, fp32).")
+
+
+def _run_options(tbl, **options) -> None:
+    """`run-all` / `train` options over the table's [run] section, checked like table keys."""
+    from .tables import apply_settings
+
+    given = [f"run.{k}={v!r}" if isinstance(v, str) else f"run.{k}={v}" for k, v in options.items() if v is not None]
+    apply_settings(tbl, None, given)
 
 
 def _fail(err: Exception, hint: str = "") -> None:
@@ -65,6 +60,14 @@ def run_all(
     force: bool = typer.Option(False, "--force", help="Redo finished (and failed) runs."),
     keep_stale: bool = typer.Option(False, "--keep-stale", help="Keep finished runs whose settings differ from the "
                                     "table's now (default: redo them); the report flags them."),
+    device: Optional[str] = DEVICE, precision: Optional[str] = PRECISION,
+    executor: Optional[str] = typer.Option(None, "--executor", help="serial | local (process pool) | ray "
+                                           "(default: the table's run.executor)."),
+    cpus_per_run: Optional[int] = typer.Option(None, "--cpus-per-run", help="Threads per run (0: all cores serial, "
+                                               "1 local/ray)."),
+    gpus_per_run: Optional[float] = typer.Option(None, "--gpus-per-run", help="GPUs per Ray task."),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="An existing Ray cluster (default: start "
+                                              "a local one)."),
     runs_dir: Path = RUNS, cache_dir: Path = CACHE, data_dir: Optional[str] = DATA_DIR,
 ):
     """Train every variant x seed of TABLE, then caption, score and probe each run.
@@ -73,13 +76,15 @@ def run_all(
     a run killed half-way is redone from scratch. A second run-all on the same --runs-dir and
     table is refused while the first holds the lock.
     """
-    from .record import TableTiming, run_path, table_lock
-    from .runner import execute_run, plan_runs, prepare
+    from .record import table_lock
+    from .runner import plan_runs
     from .tables import load_table
 
     tbl = None
     try:
         tbl = load_table(table)
+        _run_options(tbl, device=device, precision=precision, executor=executor, cpus_per_run=cpus_per_run,
+                     gpus_per_run=gpus_per_run)
         seed_list = tbl.seeds[:seeds] if seeds else tbl.seeds
         with table_lock(runs_dir, tbl.name):
             todo, notes = plan_runs(tbl, runs_dir, tbl.select(only), seed_list, force, keep_stale)
@@ -89,29 +94,56 @@ def run_all(
                 console.print(f"[green]nothing to do[/green]: every selected run of '{tbl.name}' is finished "
                               f"and current; `ablate report {table}` writes the report")
                 return
-            timing = TableTiming(runs_dir, tbl.name)
-            ws = prepare(tbl, cache_dir, data_dir, log=console.print)
-            timing.begin(time.time() - timing.start, ws.seconds)
-            with _progress() as progress:
-                overall = progress.add_task(f"[bold]{tbl.name}[/bold] runs", total=len(todo))
-                for v, s in todo:
-                    label = f"{v.name} seed {s}"
-                    task = progress.add_task(f"  {label}", total=None)
-
-                    def on_step(step, total, loss, task=task, label=label):
-                        progress.update(task, total=total, completed=step, description=f"  {label} loss {loss:.3f}")
-
-                    state = execute_run(ws, v, s, run_path(runs_dir, tbl.name, v.name, s), on_step=on_step,
-                                        log=progress.console.print)
-                    timing.run_finished()
-                    progress.update(task, description=f"  {label}: {state}")
-                    progress.advance(overall)
-            console.print(f"[green]finished[/green] {len(todo)} run(s) in {time.time() - timing.start:.0f} s; "
-                          f"next: `ablate report {table}`")
+            lost = _execute(tbl, todo, runs_dir, cache_dir, data_dir, ray_address)
+        console.print(f"next: `ablate report {table}`", highlight=False)
+        if lost:
+            raise UserError(f"{lost} run(s) could not be finished (their Ray workers kept dying); "
+                            "`ablate run-all` again redoes them")
     except BackboneUnavailable as err:
         _fail(err, f" (table '{tbl.name}' requires: {tbl.requires})" if tbl and tbl.requires else "")
     except UserError as err:
         _fail(err)
+
+
+def _execute(tbl, todo, runs_dir: Path, cache_dir: Path, data_dir: Optional[str], ray_address: Optional[str]) -> int:
+    """Prepare once, run ``todo`` on the table's executor with progress, record the time after every run."""
+    from . import executors
+    from .record import TableTiming
+    from .runner import prepare
+
+    timing = TableTiming(runs_dir, tbl.name)
+    ws = prepare(tbl, cache_dir, data_dir, log=console.print)
+    timing.begin(time.time() - timing.start, ws.seconds)
+    console.print(f"{len(todo)} run(s) on {ws.provenance['device']}, executor {tbl.run.executor}, "
+                  f"{executors.threads_per_run(tbl)} thread(s) per run", highlight=False)
+    lost = 0
+    with _progress() as progress:
+        overall = progress.add_task(f"[bold]{tbl.name}[/bold] runs", total=len(todo))
+        tasks = {}
+
+        def done(v, s, state, lines):
+            for line in lines:
+                progress.console.print(line, highlight=False)
+            timing.run_finished()
+            if (v.name, s) in tasks:
+                progress.update(tasks[(v.name, s)], description=f"  {v.name} seed {s}: {state}")
+            else:
+                progress.console.print(f"{v.name} seed {s}: {state}", highlight=False)
+            progress.advance(overall)
+
+        def on_step(v, s):
+            tasks[(v.name, s)] = task = progress.add_task(f"  {v.name} seed {s}", total=None)
+            return lambda step, total, loss: progress.update(task, total=total, completed=step,
+                                                             description=f"  {v.name} seed {s} loss {loss:.3f}")
+
+        if tbl.run.executor == "serial":
+            executors.run_serial(ws, todo, runs_dir, done, on_step, log=progress.console.print)
+        elif tbl.run.executor == "local":
+            executors.run_local(tbl, todo, runs_dir, cache_dir, data_dir, done)
+        else:
+            lost = executors.run_ray(ws, todo, runs_dir, done, ray_address, log=progress.console.print)
+    console.print(f"[green]finished[/green] {len(todo) - lost} run(s) in {time.time() - timing.start:.0f} s")
+    return lost
 
 
 @app.command()
@@ -171,6 +203,7 @@ DEFAULT_TABLE = {"shapes": "shapes", "flickr8k": "flickr8k-tiny"}  # `ablate tra
 @app.command()
 def train(
     data: str = typer.Option("shapes", "--data", help="shapes | flickr8k (picks the shapes or flickr8k-tiny table)."),
+    device: Optional[str] = DEVICE, precision: Optional[str] = PRECISION,
     variant: str = typer.Option("full", "--variant"),
     table: Optional[str] = typer.Option(None, "--table", help="Take settings from this table instead."),
     seed: int = typer.Option(0, "--seed"),
@@ -192,6 +225,7 @@ def train(
         tbl = load_table(table or DEFAULT_TABLE[data])
         (v,) = tbl.select([variant])
         apply_settings(tbl, v, settings or [])
+        _run_options(tbl, device=device, precision=precision)
         if epochs:
             v.train.epochs = epochs
         tbl.data.eval_split = "dev"
@@ -223,6 +257,7 @@ def caption(
     beams: Optional[int] = typer.Option(None, "--beams", help="Default: the run's own decoding settings."),
     max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", help="Default: the run's."),
     no_repeat_ngram_size: Optional[int] = typer.Option(None, "--no-repeat-ngram-size", help="Default: the run's."),
+    device: str = typer.Option("auto", "--device", help="auto (CUDA when present, else CPU), cpu, cuda, cuda:N, mps."),
     cache_dir: Path = CACHE,
 ):
     """Caption any image file with a trained run, decoding as the run was scored (overridable)."""
@@ -233,7 +268,7 @@ def caption(
     from .runner import load_run_model, run_decoding
 
     try:
-        model, vision = load_run_model(run, cache_dir)
+        model, vision = load_run_model(run, cache_dir, device)
         pics = []
         for p in images:
             try:

@@ -72,7 +72,7 @@ def perceptual_score(gts: dict, res: dict, ids: list[str], perm: list[int]) -> d
 def likelihood_swap(model: CaptionModel, feats: torch.Tensor, refs: list[list[str]], perm: list[int]) -> dict:
     """Mean NLL/token of each image's references given its own vs its pair's features."""
     own = reference_nll(model, feats, refs)
-    swapped = reference_nll(model, feats[torch.tensor(perm)], refs)
+    swapped = reference_nll(model, feats[torch.as_tensor(perm, device=feats.device)], refs)
     gap = swapped - own
     p = 1.0 if np.allclose(gap, 0) else float(stats.wilcoxon(swapped, own).pvalue)
     return {"nll_own": float(own.mean()), "nll_swapped": float(swapped.mean()),

@@ -89,6 +89,17 @@ class RunRecord:
     def write_captions(self, captions: dict[str, str]) -> None:
         atomic_write_json(self.path / "captions.json", captions)
 
+    def write_files(self, files: dict[str, bytes]) -> None:
+        """A run made elsewhere (a Ray worker's scratch folder): its files written here, each atomically,
+        the DONE / FAILED marker last, so a driver killed half-way leaves a partial folder (redone)."""
+        shutil.rmtree(self.path, ignore_errors=True)
+        markers = [name for name in (DONE, FAILED) if name in files]
+        for name, data in sorted(files.items()):
+            if name not in markers:
+                atomic_write(self.path / name, lambda p, data=data: p.write_bytes(data))
+        for name in markers:
+            atomic_write(self.path / name, lambda p, data=files[name]: p.write_bytes(data))
+
     def finish(self, per_image: pd.DataFrame, metrics: dict) -> None:
         atomic_write(self.path / "per_image.csv", lambda p: per_image.to_csv(p))
         atomic_write_json(self.path / "metrics.json", metrics)
@@ -217,7 +228,7 @@ def code_label(code: dict) -> str:
     return f"source {code.get('source_hash', '?')}"
 
 
-def provenance(device: str) -> dict:
+def provenance(device: str, precision: str = "fp32") -> dict:
     import torch
 
     versions = {}
@@ -229,5 +240,5 @@ def provenance(device: str) -> dict:
     return {
         "code": code_version(), "libraries": versions, "python": platform.python_version(),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, {torch.get_num_threads()} torch threads",
-        "host": platform.node(), "device": device,
+        "host": platform.node(), "device": device, "precision": precision,
     }

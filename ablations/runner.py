@@ -15,6 +15,7 @@ import torch
 
 from vlm_core.caption_lm import CaptionCorpus, CaptionLMConfig, load_caption_lm_dir
 from vlm_core.data import CaptionData
+from vlm_core.device import describe, resolve_device
 from vlm_core.errors import UserError
 from vlm_core.features import FeatureSet, cached_features
 from vlm_core.flickr8k import load_flickr8k
@@ -70,15 +71,18 @@ class Workspace:
     features: dict[str, FeatureSet]
     seconds: dict[str, float]
     provenance: dict = field(default_factory=dict)
+    device: torch.device = torch.device("cpu")
 
 
 def prepare(table: Table, cache_dir: Path, data_dir: str | None = None, splits: tuple[str, ...] | None = None,
             log: Callable[[str], None] = print) -> Workspace:
+    """Data, frozen backbones (on the table's run.device) and cached features for every run of a table."""
     t0 = time.time()
+    device = resolve_device(table.run.device)
     data = load_data(table.data, data_dir)
     if data.problems:
         log(f"note: {data.problems[0]}" + (f" (and {len(data.problems) - 1} more like it)" if len(data.problems) > 1 else ""))
-    vision = load_vision_backbone(table.backbones.vision)
+    vision = load_vision_backbone(table.backbones.vision).to(device)
     t1 = time.time()
     lm = load_language_backbone(table.backbones.language, cache_dir=cache_dir, caption_corpus=caption_corpus(data),
                                 caption_lm_config=table.caption_lm)
@@ -89,7 +93,7 @@ def prepare(table: Table, cache_dir: Path, data_dir: str | None = None, splits: 
     feats = {s: cached_features(vision, data, s, cache_dir, log=log) for s in wanted}
     t3 = time.time()
     return Workspace(table, data, vision, lm, feats, {"load": t1 - t0, "language_model": t2 - t1, "features": t3 - t2},
-                     provenance(device="cpu"))
+                     provenance(describe(device), table.run.precision), device)
 
 
 def run_config(table: Table, variant: Variant, seed: int, eval_split: str) -> dict:
@@ -127,7 +131,9 @@ def plan_runs(table: Table, runs_dir: Path, variants: list[Variant], seeds: list
 
 def build_model(ws: Workspace, cfg: CaptionModelConfig, seed: int) -> CaptionModel:
     torch.manual_seed(seed)
-    return CaptionModel(cfg, ws.lm, ws.vision.feature_dim, ws.vision.grid)
+    model = CaptionModel(cfg, ws.lm, ws.vision.feature_dim, ws.vision.grid).to(ws.device)
+    model.precision = ws.table.run.precision
+    return model
 
 
 class Stopwatch:
@@ -223,13 +229,14 @@ def probe_stage(ws: Workspace, model: CaptionModel, feats: FeatureSet, captions:
     return probe
 
 
-def load_run_model(run: Path, cache_dir: Path) -> tuple[CaptionModel, VisionBackbone]:
-    """Rebuild a trained model from a run folder (for `ablate caption`)."""
+def load_run_model(run: Path, cache_dir: Path, device: str = "auto") -> tuple[CaptionModel, VisionBackbone]:
+    """Rebuild a trained model from a run folder (for `ablate caption`), on ``device``."""
     record = RunRecord(run)
     config = record.config()
     if not config or not (record.weights_dir / "model_config.json").exists():
         raise UserError(f"{run}: not a finished run folder (config.json / weights/ missing)")
-    vision = load_vision_backbone(config["backbones"]["vision"])
+    target = resolve_device(device)
+    vision = load_vision_backbone(config["backbones"]["vision"]).to(target)
     lm_dir = config.get("lm_info", {}).get("cache_dir")
     if config["backbones"]["language"] == "caption-gpt2-tiny" and lm_dir and Path(lm_dir).exists():
         lm = load_caption_lm_dir(Path(lm_dir))
@@ -238,7 +245,8 @@ def load_run_model(run: Path, cache_dir: Path) -> tuple[CaptionModel, VisionBack
         corpus = caption_corpus(data)
         lm = load_language_backbone(config["backbones"]["language"], cache_dir=cache_dir, caption_corpus=corpus,
                                     caption_lm_config=CaptionLMConfig(**config["caption_lm"]))
-    model = CaptionModel(CaptionModelConfig(**config["model"]), lm, vision.feature_dim, vision.grid)
+    model = CaptionModel(CaptionModelConfig(**config["model"]), lm, vision.feature_dim, vision.grid).to(target)
+    model.precision = config.get("precision", "fp32")
     model.load_trainable(record.weights_dir)
     model.eval()
     return model, vision

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from vlm_core.caption_lm import CaptionLMConfig
+from vlm_core.device import check_precision
 from vlm_core.errors import UserError
 from vlm_core.model import CaptionModelConfig
 from vlm_core.shapes import ShapesConfig
@@ -53,6 +54,28 @@ class DataSpec:
             raise UserError("data.eval_images: 0 (all) or at least 2 (the swap probes pair images)")
 
 
+EXECUTORS = ("serial", "local", "ray")
+
+
+@dataclass
+class RunSpec:
+    """Where and how the runs execute ([run]; each key also a `run-all` option). Only ``precision``
+    can change a run's numbers, so only it enters the config hash; the device is in the provenance."""
+
+    device: str = "auto"  # auto (CUDA when present, else CPU) | cpu | cuda | cuda:N | mps
+    precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast; fp32 measured fastest on these CPUs)
+    executor: str = "serial"  # serial | local (a process pool on this machine) | ray
+    cpus_per_run: int = 0  # torch threads per run; 0 = all cores (serial) or 1 (local, ray)
+    gpus_per_run: float = 0.0  # ray only
+
+    def __post_init__(self):
+        check_precision(self.precision)
+        if self.executor not in EXECUTORS:
+            raise UserError(f"run.executor: one of {', '.join(EXECUTORS)}, not {self.executor!r}")
+        if self.cpus_per_run < 0 or self.gpus_per_run < 0:
+            raise UserError("run.cpus_per_run and run.gpus_per_run must be >= 0")
+
+
 @dataclass
 class BackboneSpec:
     vision: str = "efficientnet-lite0"
@@ -87,6 +110,7 @@ class Table:
     caption_lm: CaptionLMConfig
     probes: ProbeSpec
     variants: dict[str, Variant]
+    run: RunSpec = field(default_factory=RunSpec)
     reference: str = "full"  # the variant every other one is compared with
     notes: str = ""
     requires: str = ""  # e.g. "hub+gpu": printed when a run cannot start
@@ -151,7 +175,7 @@ def _build(cls, raw: Any, where: str, base: dict | None = None):
         raise UserError(f"{where}: {err}") from err
 
 
-TOP_KEYS = {"table", "data", "backbones", "caption_lm", "model", "train", "probes", "variants", "sweep", "targets"}
+TOP_KEYS = {"table", "data", "backbones", "caption_lm", "model", "train", "probes", "variants", "sweep", "targets", "run"}
 TABLE_KEYS = {"name", "description", "seeds", "notes", "requires", "reference"}
 VARIANT_KEYS = {"model", "train", "expect", "expected", "description"}
 
@@ -195,6 +219,7 @@ def load_table(name_or_path: str) -> Table:
     backbones, _ = _build(BackboneSpec, raw.get("backbones", {}), f"{where}: backbones")
     caption_lm, _ = _build(CaptionLMConfig, raw.get("caption_lm", {}), f"{where}: caption_lm")
     probes, _ = _build(ProbeSpec, raw.get("probes", {}), f"{where}: probes")
+    run, _ = _build(RunSpec, raw.get("run", {}), f"{where}: run")
     _, model_base = _build(CaptionModelConfig, raw.get("model", {}), f"{where}: model")
     _, train_base = _build(TrainConfig, raw.get("train", {}), f"{where}: train")
 
@@ -224,7 +249,7 @@ def load_table(name_or_path: str) -> Table:
     return Table(
         name=str(head.get("name", path.stem)), path=path, description=str(head.get("description", "")),
         seeds=list(seeds), data=data, backbones=backbones, caption_lm=caption_lm, probes=probes,
-        variants=variants, reference=reference, notes=str(head.get("notes", "")),
+        variants=variants, run=run, reference=reference, notes=str(head.get("notes", "")),
         requires=str(head.get("requires", "")), targets={k: float(v) for k, v in targets.items()},
     )
 
@@ -275,19 +300,21 @@ def variant_config(table: Table, variant: Variant) -> dict:
         "table": table.name, "variant": variant.name, "data": asdict(table.data),
         "backbones": asdict(table.backbones), "caption_lm": asdict(table.caption_lm),
         "model": asdict(variant.model), "train": asdict(variant.train), "probes": asdict(table.probes),
+        "precision": table.run.precision,
     }
 
 
-def apply_settings(table: Table, variant: Variant, settings: list[str]) -> None:
-    """One-off ``section.key=value`` overrides (``--set`` of `ablate train`), checked like table keys.
+def apply_settings(table: Table, variant: Variant | None, settings: list[str]) -> None:
+    """One-off ``section.key=value`` overrides (``--set`` of `ablate train`, and the `run-all` options
+    for ``run``), checked like table keys.
 
-    ``model``/``train`` change the variant; ``data``/``caption_lm``/``probes`` the table. Values are
+    ``model``/``train`` change the variant; ``data``/``caption_lm``/``probes``/``run`` the table. Values are
     TOML (``3``, ``1e-3``, ``true``, ``["c_attn", "lm_head"]``); anything else is taken as a string."""
-    owners = {"model": variant, "train": variant, "data": table, "caption_lm": table, "probes": table}
+    owners = {"model": variant, "train": variant, "data": table, "caption_lm": table, "probes": table, "run": table}
     for setting in settings:
         name, sep, text = setting.partition("=")
         section, dot, key = name.strip().partition(".")
-        if not sep or not dot or section not in owners:
+        if not sep or not dot or section not in owners or owners[section] is None:
             raise UserError(f"--set {setting!r}: expected SECTION.KEY=VALUE with SECTION one of {', '.join(owners)}")
         try:
             value = tomllib.loads(f"v = {text.strip()}")["v"]

@@ -76,13 +76,14 @@ def caption_token_ids(tokenizer, captions: list[str], max_tokens: int) -> list[l
 
 
 def pad_batch(rows: list[list[int]], pad_id: int, width: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-padded ids [B, width] and attention mask (1 = real token); rows longer than width are cut."""
+    """Right-padded ids [B, width] and attention mask (1 = real token), built on the CPU (the model moves
+    them to its device); rows longer than width are cut."""
     width = width or max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long, device="cpu")
     mask = torch.zeros_like(ids)
     for r, row in enumerate(rows):
         row = row[:width]
-        ids[r, : len(row)] = torch.tensor(row, dtype=torch.long)
+        ids[r, : len(row)] = torch.tensor(row, dtype=torch.long, device="cpu")
         mask[r, : len(row)] = 1
     return ids, mask
 

@@ -23,6 +23,7 @@ from torch import nn
 
 from .atomic import atomic_dir, atomic_write, atomic_write_json
 from .connector import MeanPoolConnector, QFormerConnector
+from .device import autocast
 from .errors import UserError
 from .lm import LanguageBackbone, caption_token_ids, pad_batch, start_given_labels
 from .seed_recipe import SeedRecipeText
@@ -85,6 +86,7 @@ class CaptionModel(nn.Module):
                      else CaptionText(lm, cfg.max_caption_tokens))
         self.bos_id, self.eos_id, self.pad_id = self.text.bos_id, self.text.eos_id, self.text.pad_id
         self.lm_bos_id = lm.bos_id  # the LM's own start token (what the correct recipe starts from)
+        self.precision = "fp32"  # "bf16" / "fp16": autocast around every forward (see device.py)
 
         if cfg.connector == "qformer":
             self.connector = QFormerConnector(
@@ -130,9 +132,18 @@ class CaptionModel(nn.Module):
             self.connector.eval()
         return self
 
+    # ---- device ----------------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        """Where the model's weights are: every tensor the model makes is made there."""
+        return self.projection.weight.device
+
+    def _autocast(self):
+        return autocast(self.device, self.precision)
+
     # ---- inputs --------------------------------------------------------------------------
     def visual_tokens(self, features: torch.Tensor) -> torch.Tensor:
-        features = features.float()
+        features = features.to(self.device, torch.float32)
         if self.cfg.blind:  # every image gives the same tokens: compute them once, then repeat
             zeros = features.new_zeros(1, *features.shape[1:])
             return self.projection(self.connector(zeros)).expand(features.shape[0], -1, -1)
@@ -147,11 +158,12 @@ class CaptionModel(nn.Module):
 
         The LM head (vocab x width) is the most expensive layer here; running it only on target
         positions, as one matrix product, skips visual, BOS and padding positions."""
+        ids, mask, labels = ids.to(self.device), mask.to(self.device), labels.to(self.device)
         visual = self.visual_tokens(features)
         if repeats > 1:  # several captions per image: run the connector once per image
             visual = visual.repeat_interleave(repeats, dim=0)
         embeds = torch.cat([visual, self.lm.get_input_embeddings()(ids)], dim=1)
-        attn = torch.cat([torch.ones(visual.shape[:2], dtype=mask.dtype), mask], dim=1)
+        attn = torch.cat([torch.ones(visual.shape[:2], dtype=mask.dtype, device=self.device), mask], dim=1)
         out = self.lm(inputs_embeds=embeds, attention_mask=attn, output_hidden_states=True, logits_to_keep=1)
         n_visual = visual.shape[1]
         hidden = out.hidden_states[-1][:, n_visual - 1 : n_visual - 1 + ids.shape[1]]  # position t predicts token t
@@ -162,32 +174,35 @@ class CaptionModel(nn.Module):
     def forward(self, features: torch.Tensor, captions: list[str], repeats: int = 1) -> torch.Tensor:
         """Mean loss per target token; ``captions`` holds ``repeats`` captions per image, in order."""
         ids, mask, labels = self.encode_captions(captions)
-        logits, targets, _ = self._target_logits(features, ids, mask, labels, repeats)
-        return F.cross_entropy(logits, targets)
+        with self._autocast():
+            logits, targets, _ = self._target_logits(features, ids, mask, labels, repeats)
+            return F.cross_entropy(logits.float(), targets)
 
     @torch.no_grad()
     def caption_nll(self, features: torch.Tensor, captions: list[str], repeats: int = 1) -> torch.Tensor:
-        """Mean NLL per target token of each caption given its image, in nats [len(captions)]."""
+        """Mean NLL per target token of each caption given its image, in nats [len(captions)], on the CPU."""
         ids, mask, labels = self.encode_captions(captions)
-        logits, targets, keep = self._target_logits(features, ids, mask, labels, repeats)
-        nll = F.cross_entropy(logits, targets, reduction="none")
+        with self._autocast():
+            logits, targets, keep = self._target_logits(features, ids, mask, labels, repeats)
+        nll = F.cross_entropy(logits.float(), targets, reduction="none")
         rows = keep.nonzero()[:, 0]
-        total = torch.zeros(len(captions)).index_add_(0, rows, nll)
-        return total / keep.sum(1).clamp(min=1)
+        total = torch.zeros(len(captions), device=self.device).index_add_(0, rows, nll)
+        return (total / keep.sum(1).clamp(min=1)).cpu()
 
     # ---- generation ----------------------------------------------------------------------
     @torch.no_grad()
     def generate(self, features: torch.Tensor, max_new_tokens: int, num_beams: int = 1,
                  no_repeat_ngram_size: int = 0, first_token_ids: bool = False):
         """Captions for cached features. Returns strings (and the first generated id if asked)."""
-        visual = self.visual_tokens(features)
-        start = torch.full((features.shape[0], 1), self.text.start_id, dtype=torch.long)
-        embeds = torch.cat([visual, self.lm.get_input_embeddings()(start)], dim=1)
-        out = self.lm.generate(  # with inputs_embeds only new tokens come back
-            inputs_embeds=embeds, attention_mask=torch.ones(embeds.shape[:2], dtype=torch.long),
-            max_new_tokens=max_new_tokens, num_beams=num_beams, do_sample=False,
-            no_repeat_ngram_size=no_repeat_ngram_size, eos_token_id=self.eos_id, pad_token_id=self.pad_id,
-        )
+        with self._autocast():
+            visual = self.visual_tokens(features)
+            start = torch.full((features.shape[0], 1), self.text.start_id, dtype=torch.long, device=self.device)
+            embeds = torch.cat([visual, self.lm.get_input_embeddings()(start)], dim=1)
+            out = self.lm.generate(  # with inputs_embeds only new tokens come back
+                inputs_embeds=embeds, attention_mask=torch.ones(embeds.shape[:2], dtype=torch.long, device=self.device),
+                max_new_tokens=max_new_tokens, num_beams=num_beams, do_sample=False,
+                no_repeat_ngram_size=no_repeat_ngram_size, eos_token_id=self.eos_id, pad_token_id=self.pad_id,
+            ).cpu()
         texts = [t.strip() for t in self.tokenizer.batch_decode(_cut_at_eos(out, self.eos_id), skip_special_tokens=True)]
         if first_token_ids:
             return texts, out[:, 0].tolist()
@@ -197,15 +212,16 @@ class CaptionModel(nn.Module):
     def next_token_probs(self, features: torch.Tensor, rows: list[list[int]]) -> torch.Tensor:
         """P(next token) [B, vocab] after [visual tokens][row] for each image and token row: what a
         diagnosis measures (e.g. P(EOS) right after the start token)."""
-        visual = self.visual_tokens(features)
-        ids, mask = pad_batch(rows, self.pad_id)
-        embeds = torch.cat([visual, self.lm.get_input_embeddings()(ids)], dim=1)
-        attn = torch.cat([torch.ones(visual.shape[:2], dtype=mask.dtype), mask], dim=1)
-        hidden = self.lm(inputs_embeds=embeds, attention_mask=attn, output_hidden_states=True,
-                         logits_to_keep=1).hidden_states[-1]
-        last = visual.shape[1] + mask.sum(1) - 1  # right padding: the last real position of each row
-        logits = self.lm.get_output_embeddings()(hidden[torch.arange(len(rows)), last])
-        return logits.float().softmax(-1)
+        ids, mask = (t.to(self.device) for t in pad_batch(rows, self.pad_id))
+        with self._autocast():
+            visual = self.visual_tokens(features)
+            embeds = torch.cat([visual, self.lm.get_input_embeddings()(ids)], dim=1)
+            attn = torch.cat([torch.ones(visual.shape[:2], dtype=mask.dtype, device=self.device), mask], dim=1)
+            hidden = self.lm(inputs_embeds=embeds, attention_mask=attn, output_hidden_states=True,
+                             logits_to_keep=1).hidden_states[-1]
+            last = visual.shape[1] + mask.sum(1) - 1  # right padding: the last real position of each row
+            logits = self.lm.get_output_embeddings()(hidden[torch.arange(len(rows), device=self.device), last])
+        return logits.float().softmax(-1).cpu()
 
     # ---- bookkeeping ---------------------------------------------------------------------
     def parameter_report(self) -> dict[str, dict[str, int]]:
@@ -232,7 +248,7 @@ class CaptionModel(nn.Module):
         head = {f"connector.{k}": v for k, v in self.connector.state_dict().items()}
         head.update({f"projection.{k}": v for k, v in self.projection.state_dict().items()})
         atomic_write(out_dir / "connector_projection.safetensors",
-                     lambda p: save_file({k: v.contiguous() for k, v in head.items()}, str(p)))
+                     lambda p: save_file({k: v.contiguous().cpu() for k, v in head.items()}, str(p)))
         if self.cfg.lora_rank > 0:
             # The (tied, frozen) embedding is part of the base LM: an adapter on lm_head must not make
             # peft save the whole embedding matrix as if it had been trained.
@@ -243,13 +259,14 @@ class CaptionModel(nn.Module):
         from safetensors.torch import load_file
 
         out_dir = Path(out_dir)
-        head = load_file(str(out_dir / "connector_projection.safetensors"))
+        head = load_file(str(out_dir / "connector_projection.safetensors"), device=str(self.device))
         self.connector.load_state_dict({k[len("connector."):]: v for k, v in head.items() if k.startswith("connector.")})
         self.projection.load_state_dict({k[len("projection."):]: v for k, v in head.items() if k.startswith("projection.")})
         if self.cfg.lora_rank > 0:
             from peft import set_peft_model_state_dict
 
-            set_peft_model_state_dict(self.lm, load_file(str(out_dir / "lora" / "adapter_model.safetensors")))
+            set_peft_model_state_dict(self.lm, load_file(str(out_dir / "lora" / "adapter_model.safetensors"),
+                                                         device=str(self.device)))
 
 
 def _cut_at_eos(ids: torch.Tensor, eos: int) -> list[list[int]]:

@@ -139,6 +139,7 @@ def train_model(model: CaptionModel, data: CaptionData, train_feats: FeatureSet,
     dev_ids = dev_feats.ids[:n_dev]
     model.connector.fit_feature_stats(train_x)
     params, opt, sched, total, warmup = _optimizer(model, cfg, len(train_feats.ids))
+    scaler = torch.amp.GradScaler(model.device.type, enabled=model.precision == "fp16")  # fp16 only: loss scaling
     history = [] if history is None else history
     step, first_loss = 0, None
     for epoch in range(1, cfg.epochs + 1):
@@ -146,7 +147,7 @@ def train_model(model: CaptionModel, data: CaptionData, train_feats: FeatureSet,
         model.train_trainable_parts()
         losses = []
         for rows, caps in _image_batches(data, train_feats.ids, cfg.captions_per_image, cfg.batch_size, rng):
-            loss = model(train_x[torch.tensor(rows)].float(), caps, repeats=cfg.captions_per_image)
+            loss = model(train_x[torch.as_tensor(rows, device="cpu")], caps, repeats=cfg.captions_per_image)
             step += 1
             if cfg.debug_nan_at_step and step >= cfg.debug_nan_at_step:
                 loss = loss * float("nan")
@@ -157,10 +158,12 @@ def train_model(model: CaptionModel, data: CaptionData, train_feats: FeatureSet,
             if step > warmup and value > cfg.explode_factor * first_loss:
                 raise TrainingDiverged(f"loss exploded to {value:.3f} (first loss {first_loss:.3f}) at step {step}")
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            scaler.scale(loss).backward()
             if cfg.grad_clip:
+                scaler.unscale_(opt)
                 torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-            opt.step()
+            scaler.step(opt)
+            scaler.update()
             sched.step()
             losses.append(value)
             if on_step:

@@ -41,12 +41,24 @@ class VisionBackbone:
                 img = img.resize((self.image_size, self.image_size), Image.BICUBIC)
             arrays.append(np.asarray(img, dtype=np.float32) / 255.0)
         x = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)
-        mean = torch.tensor(self.mean).view(1, 3, 1, 1)
-        std = torch.tensor(self.std).view(1, 3, 1, 1)
+        mean = torch.tensor(self.mean, device="cpu").view(1, 3, 1, 1)
+        std = torch.tensor(self.std, device="cpu").view(1, 3, 1, 1)
         return (x - mean) / std
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def to(self, device: torch.device) -> "VisionBackbone":
+        self.model.to(device)
+        return self
 
     @torch.no_grad()  # not inference_mode: callers may train a connector on these tensors directly
     def encode(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Patch tokens [B, N, D], computed on the encoder's device, returned on the CPU."""
+        return self._tokens(pixels.to(self.device)).cpu()
+
+    def _tokens(self, pixels: torch.Tensor) -> torch.Tensor:
         if self.kind == "efficientnet":
             fmap = self.model.extract_features(pixels)  # [B, 1280, 7, 7]
             return fmap.flatten(2).transpose(1, 2).contiguous()  # [B, 49, 1280]

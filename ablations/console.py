@@ -1,0 +1,23 @@
+"""The terminal: our own progress bars and one-line messages, and libraries kept quiet."""
+from __future__ import annotations
+
+import os
+import warnings
+
+from rich.console import Console
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+def quiet_libraries() -> None:
+    """Our own progress bars and messages only: no per-load bars or deprecation chatter (also in workers)."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", message=".*non-writable tensors.*")
+    # We want n-gram blocking on the new tokens only: the prompt is visual embeddings, not text.
+    warnings.filterwarnings("ignore", message=".*no_repeat_ngram_size.*inputs_embeds.*")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()

@@ -1,0 +1,135 @@
+"""Device plumbing without a GPU: a tensor our code creates without naming a device would stay on the
+CPU next to a CUDA model. Under ``off_device()`` such a tensor lands on ``meta`` instead, and any op
+that mixes devices fails (torch lets a few through, e.g. an embedding lookup with meta indices, so a
+function mode checks every call), so these tests fail on any stray tensor."""
+import contextlib
+
+import numpy as np
+import pytest
+import torch
+from torch.overrides import TorchFunctionMode
+from torch.utils._pytree import tree_leaves
+
+from ablations import probes
+from vlm_core.device import autocast, resolve_device
+from vlm_core.errors import UserError
+from vlm_core.features import FeatureSet
+from vlm_core.model import CaptionModel, CaptionModelConfig
+from vlm_core.train import Decoding, generate_captions, reference_nll
+
+CFG = dict(num_queries=2, qformer_hidden=32, qformer_layers=1, qformer_heads=2, qformer_intermediate=64)
+CAPTIONS = ["a small red circle", "a large blue square left of a small green triangle"]
+
+
+@pytest.fixture(params=["fixed", "seed"])
+def model(request, gpt2_tiny):
+    return CaptionModel(CaptionModelConfig(recipe=request.param, **CFG), gpt2_tiny, 32, (2, 2))
+
+
+def _feats():
+    return torch.randn(2, 4, 32)
+
+
+class SameDevice(TorchFunctionMode):
+    """Every torch call gets tensors (beyond 0-d scalars) on one device only."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        devices = {t.device for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor) and t.dim() > 0}
+        if len(devices) > 1 and getattr(func, "__name__", "") not in ("to", "copy_", "cpu"):
+            raise AssertionError(f"{getattr(func, '__name__', func)} mixes devices {devices}")
+        return func(*args, **kwargs)
+
+
+@contextlib.contextmanager
+def off_device():
+    with torch.device("meta"), SameDevice():
+        yield
+
+
+def test_forward_backward_and_likelihood_make_no_tensor_off_the_model_device(model):
+    x = _feats()
+    with off_device():
+        loss = model(x, CAPTIONS)
+        loss.backward()
+        nll = model.caption_nll(x, CAPTIONS)
+        ref = reference_nll(model, x, [[c] for c in CAPTIONS])
+    assert loss.device == model.device and torch.isfinite(loss)
+    assert nll.shape == (2,) and np.isfinite(ref).all()
+    assert all(p.grad is None or p.grad.device == model.device for p in model.parameters())
+
+
+def test_generation_and_probes_make_no_tensor_off_the_model_device(model):
+    x = _feats()
+    feats = FeatureSet(["a", "b"], x.numpy().astype(np.float16), None, True, 0.0)
+    with off_device():
+        texts, first = model.generate(x, max_new_tokens=4, first_token_ids=True)
+        captions = generate_captions(model, feats, Decoding(max_new_tokens=4))
+        like = probes.likelihood_swap(model, x, [[c] for c in CAPTIONS], [1, 0])
+        eos = probes.eos_probabilities(model, x, CAPTIONS)
+        p = model.next_token_probs(x, [[model.text.start_id], [model.text.start_id, 5]])
+    assert len(texts) == len(first) == len(captions) == 2
+    assert np.isfinite(like["nll_gap"]) and 0 <= eos["p_eos_start"] <= 1
+    assert p.device.type == "cpu" and torch.allclose(p.sum(-1), torch.ones(2))
+
+
+def test_vision_encoding_makes_no_tensor_off_the_encoder_device():
+    from PIL import Image
+
+    from vlm_core.vision import tiny_random_clip
+
+    vision = tiny_random_clip()
+    with off_device():
+        tokens = vision.encode_images([Image.new("RGB", (40, 40), (200, 30, 30))])
+    assert tokens.device.type == "cpu" and tokens.shape[0] == 1
+
+
+def test_every_parameter_and_buffer_follows_the_workspace_device(gpt2_tiny):
+    from dataclasses import dataclass
+
+    from ablations.runner import build_model
+
+    @dataclass
+    class Vision:
+        feature_dim = 32
+        grid = (2, 2)
+
+    @dataclass
+    class Run:
+        precision = "bf16"
+
+    @dataclass
+    class Table:
+        run = Run()
+
+    @dataclass
+    class Workspace:
+        lm = gpt2_tiny
+        vision = Vision()
+        device = torch.device("meta")
+        table = Table()
+
+    m = build_model(Workspace(), CaptionModelConfig(**CFG), seed=0)
+    assert m.device.type == "meta" and m.precision == "bf16"
+    assert all(t.device.type == "meta" for t in list(m.parameters()) + list(m.buffers()))
+
+
+def test_device_and_precision_are_checked():
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(UserError, match="no CUDA device"):
+            resolve_device("cuda:0")
+    with pytest.raises(UserError, match="not a device"):
+        resolve_device("tpu-9000")
+    with pytest.raises(UserError, match="precision must be one of"):
+        autocast(torch.device("cpu"), "fp8")
+
+
+def test_bf16_autocast_runs_the_loss_in_bf16(model):
+    model.precision = "bf16"
+    seen = []
+    handle = model.projection.register_forward_hook(lambda mod, inp, out: seen.append(out.dtype))
+    loss = model(_feats(), CAPTIONS)
+    handle.remove()
+    assert seen == [torch.bfloat16] and loss.dtype == torch.float32 and torch.isfinite(loss)

@@ -1,0 +1,87 @@
+"""The local process pool and the Ray executor give the serial executor's results, and a Ray worker
+killed mid-run is redone: every run ends DONE, nothing half-written."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from ablations.cli import app
+
+from .micro import write_micro
+
+ROOT = Path(__file__).resolve().parents[1]
+RUNS = [(v, s) for v in ("full", "blind") for s in (0, 1)]
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def serial(tmp_path_factory):
+    root = tmp_path_factory.mktemp("executors")
+    table = write_micro(root / "micro.toml", seeds=(0, 1), variants=("full", "blind"))
+    result = runner.invoke(app, ["run-all", str(table), "--cpus-per-run", "1", "--runs-dir", str(root / "serial"),
+                                 "--cache-dir", str(root / "cache")])
+    assert result.exit_code == 0, result.output
+    return root, table
+
+
+def _same_results(a: Path, b: Path):
+    for v, s in RUNS:
+        ra, rb = a / "micro" / v / f"seed-{s}", b / "micro" / v / f"seed-{s}"
+        assert (rb / "DONE").exists(), rb
+        ma, mb = (json.loads((r / "metrics.json").read_text()) for r in (ra, rb))
+        assert ma["metrics"] == mb["metrics"] and ma["probes"] == mb["probes"] and ma["slots"] == mb["slots"], (v, s)
+        assert (ra / "captions.json").read_text() == (rb / "captions.json").read_text()
+        assert sorted(p.relative_to(ra) for p in ra.rglob("*")) == sorted(p.relative_to(rb) for p in rb.rglob("*"))
+
+
+@pytest.mark.parametrize("executor", ["local", "ray"])
+def test_parallel_executors_equal_the_serial_one(serial, executor):
+    root, table = serial
+    result = runner.invoke(app, ["run-all", str(table), "--executor", executor, "--runs-dir", str(root / executor),
+                                 "--cache-dir", str(root / "cache")])
+    assert result.exit_code == 0, result.output
+    _same_results(root / "serial", root / executor)
+    cfg = json.loads((root / executor / "micro" / "full" / "seed-0" / "config.json").read_text())
+    assert cfg["provenance"]["machine"].endswith("1 torch threads")
+
+
+def _ray_task_pids() -> list[int]:
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                if (proc / "cmdline").read_bytes().startswith(b"ray::ablate_run"):
+                    pids.append(int(proc.name))
+            except OSError:
+                continue
+    return pids
+
+
+def test_a_killed_ray_worker_is_redone_and_nothing_is_half_written(serial):
+    root, table = serial
+    runs = root / "ray-killed"
+    proc = subprocess.Popen([sys.executable, "-m", "ablations.cli", "run-all", str(table), "--executor", "ray",
+                             "--runs-dir", str(runs), "--cache-dir", str(root / "cache")], cwd=ROOT,
+                            env=dict(os.environ, PYTHONUNBUFFERED="1"), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    killed, end = None, time.time() + 300
+    while killed is None and time.time() < end and proc.poll() is None:
+        pids = _ray_task_pids()
+        if pids:
+            time.sleep(0.5)  # mid-run: the task has started training
+            try:
+                os.kill(pids[0], signal.SIGKILL)
+                killed = pids[0]
+            except ProcessLookupError:
+                continue
+        time.sleep(0.05)
+    out, _ = proc.communicate(timeout=600)
+    assert killed is not None, "no Ray task process was seen running"
+    assert proc.returncode == 0, out.decode()[-3000:]
+    assert not list(runs.rglob("*.tmp")) and not list(runs.rglob("*.partial"))
+    _same_results(root / "serial", runs)
