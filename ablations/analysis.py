@@ -234,3 +234,66 @@ def diagnose(tr: TableRuns, v: str, s: pd.Series, by_length: tuple[float, float]
 def falls_every_epoch(history: list[pd.DataFrame], column: str) -> bool:
     mean = pd.concat(history).groupby("epoch")[column].mean().values
     return bool(len(mean) > 1 and np.all(np.diff(mean) < 0))
+
+
+# ---- inside the model: grounding of the queries, the LM's reading of the visual tokens
+def _variants_where(tr: TableRuns, section: str, key: str, value) -> list[str]:
+    """Variants whose stored config has ``section.key == value`` (not their names: rows may be renamed)."""
+    return [v for v in tr.order if v != tr.table.reference and tr.configs[v].get(section, {}).get(key) == value]
+
+
+def _seed_interval(tr: TableRuns, v: str, column: str) -> Interval:
+    return one_sample(tr.matrix(v, column).mean(axis=0).to_numpy())
+
+
+def grounding_rows(tr: TableRuns) -> list[dict]:
+    rows = []
+    for v in tr.order:
+        if tr.matrix(v, "grounding_mass").empty:
+            continue
+        s = tr.runs[tr.runs["variant"] == v]
+        rows.append({"variant": v, "mass": _seed_interval(tr, v, "grounding_mass"),
+                     "chance": float(s["grounding_chance"].mean()), "excess": _seed_interval(tr, v, "grounding_excess"),
+                     "ratio": float(s["grounding_ratio"].mean()), "entropy": float(s["query_entropy"].mean()),
+                     "entropy_max": float(s["query_entropy_max"].mean()), "overlap": float(s["query_overlap"].mean())})
+    return rows
+
+
+def _more_than(tr: TableRuns, column: str, other: str, label: str) -> Verdict:
+    ref = tr.table.reference
+    c = compare(tr.matrix(ref, column), tr.matrix(other, column), (ref, other), column)
+    return Verdict(ref, column, f"{label} than `{other}`", decide(c.seed, 0.0, "above"),
+                   f"{ref} − {other}: {fmt_ci(c.seed)} (seed level, Welch p = {fmt_p(c.seed.p)})" + _undecided_note(c))
+
+
+def grounding_verdicts(tr: TableRuns) -> list[Verdict]:
+    ref = tr.table.reference
+    if ref not in tr.order or tr.matrix(ref, "grounding_excess").empty:
+        return []
+    excess = _seed_interval(tr, ref, "grounding_excess")
+    out = [Verdict(ref, "grounding_excess", "its queries put more attention on object pixels than chance",
+                   decide(excess, 0.0, "above"), f"attention mass on objects − objects' share of the image: "
+                   f"{fmt_ci(excess)} over seeds")]
+    for v in _variants_where(tr, "model", "train_qformer", False):
+        if not tr.matrix(v, "grounding_excess").empty:
+            out.append(_more_than(tr, "grounding_excess", v, "its queries are more on the objects"))
+    return out
+
+
+def reliance_rows(tr: TableRuns) -> list[dict]:
+    rows = []
+    for v in tr.order:
+        if tr.matrix(v, "visual_reliance").empty:
+            continue
+        s = tr.runs[tr.runs["variant"] == v]
+        layers = sorted(c for c in s.columns if c.startswith("visual_reliance_layer_") and s[c].notna().any())
+        rows.append({"variant": v, "share": _seed_interval(tr, v, "visual_reliance"),
+                     "layers": [float(s[c].mean()) for c in sorted(layers, key=lambda c: int(c.rsplit("_", 1)[1]))]})
+    return rows
+
+
+def reliance_verdicts(tr: TableRuns) -> list[Verdict]:
+    if tr.table.reference not in tr.order or tr.matrix(tr.table.reference, "visual_reliance").empty:
+        return []
+    return [_more_than(tr, "visual_reliance", v, "the LM reads the visual tokens more (LoRA raises it)")
+            for v in _variants_where(tr, "model", "lora_rank", 0) if not tr.matrix(v, "visual_reliance").empty]

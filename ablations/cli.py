@@ -155,13 +155,15 @@ def report(
     thumbnails: Optional[bool] = typer.Option(
         None, "--thumbnails/--no-thumbnails",
         help="Gallery thumbnails. Default: only for data the project generates (shapes), never copies of Flickr8k photos."),
+    cache_dir: Path = CACHE,
 ):
     """Write reports/<table>/README.md (and plots) from the stored runs only: no retraining."""
     from .report import write_report
     from .tables import load_table
 
     try:
-        path = write_report(load_table(table), runs_dir, out_dir, data_dir=data_dir, thumbnails=thumbnails)
+        path = write_report(load_table(table), runs_dir, out_dir, data_dir=data_dir, thumbnails=thumbnails,
+                            cache_dir=cache_dir)
     except UserError as err:
         _fail(err)
     console.print(f"wrote {path}")
@@ -283,6 +285,39 @@ def caption(
                                num_beams=decoding.num_beams, no_repeat_ngram_size=decoding.no_repeat_ngram_size)
         for p, t in zip(images, texts):
             typer.echo(f"{p}\t{t}")
+    except UserError as err:
+        _fail(err)
+
+
+@app.command("attention")
+def attention_maps(
+    images: list[Path] = typer.Argument(..., help="Image files."),
+    run: Path = typer.Option(..., "--run", help="A finished run folder of a Q-Former variant."),
+    out: Path = typer.Option(Path("attention"), "--out", help="Folder for the PNGs."),
+    per_query: bool = typer.Option(True, "--per-query/--grid-only", help="Also one PNG per query and layer."),
+    device: str = typer.Option("auto", "--device"),
+    cache_dir: Path = CACHE,
+):
+    """Where each query of the run's Q-Former looks: per image, each query's cross-attention map (per
+    layer, mean over heads, upsampled and overlaid on the image) and one grid of all queries."""
+    from PIL import Image
+
+    from .attention import maps_for_images, render_maps
+    from .runner import load_run_model
+
+    try:
+        model, vision = load_run_model(run, cache_dir, device)
+        written = []
+        for p in images:
+            try:
+                with Image.open(p) as img:
+                    pic = img.convert("RGB").resize((vision.image_size, vision.image_size))
+            except (OSError, ValueError) as err:
+                raise UserError(f"{p}: cannot read image ({err})") from err
+            maps = maps_for_images(model, vision.encode_images([pic]), str(run))[:, 0]
+            written += render_maps(pic, maps, vision.grid, out, Path(p).stem, per_query)
+        console.print(f"wrote {len(written)} PNG(s) to {out}/ ({maps.shape[0]} layer(s) x {maps.shape[1]} queries "
+                      "per image; `*_grid.png` shows all queries)", highlight=False)
     except UserError as err:
         _fail(err)
 

@@ -37,6 +37,7 @@ class Context:
     out_dir: Path
     data_dir: str | None
     thumbnails: bool
+    cache_dir: Path = Path(".cache")  # where the stored runs' caption LM lives (for attention maps)
 
     @property
     def order(self) -> list[str]:
@@ -252,6 +253,71 @@ def section_expectations(ctx: Context) -> list[str]:
     return lines
 
 
+def _verdict_rows(verdicts) -> list[list[str]]:
+    return [[v.variant, v.expected, f"**{v.verdict}**", v.numbers] for v in verdicts]
+
+
+def section_attention(ctx: Context) -> list[str]:
+    rows = an.grounding_rows(ctx.tr)
+    if not rows:
+        return []
+    lines = ["## Where the Q-Former looks", "",
+             "Grounding on the test images (object pixels known): each query's cross-attention mass on object "
+             "pixels (a patch counts by the share of its pixels on an object), averaged over queries, layers and "
+             "images, against the objects' share of the image (chance); seed-level 95% CIs. Specialisation: "
+             "per-query entropy of the map (nats; uniform = the maximum) and the mean pairwise overlap of the "
+             "queries' maps (1 = identical).", "",
+             md_table(["variant", "mass on objects", "chance", "mass − chance", "ratio", "entropy (max)", "overlap"],
+                      [[r["variant"], fmt_ci(r["mass"]), fmt(r["chance"]), fmt_ci(r["excess"]), fmt(r["ratio"], 2),
+                        f"{fmt(r['entropy'], 2)} ({fmt(r['entropy_max'], 2)})", fmt(r["overlap"])] for r in rows]), ""]
+    verdicts = an.grounding_verdicts(ctx.tr)
+    if verdicts:
+        lines += [md_table(["variant", "claim", "verdict", "numbers"], _verdict_rows(verdicts)), ""]
+    return lines + _attention_gallery(ctx)
+
+
+def _attention_gallery(ctx: Context) -> list[str]:
+    """Maps of the reference and of frozen-Q-Former variants on the first gallery images (generated data only)."""
+    if not ctx.thumbnails:
+        return []
+    from .attention import render_maps
+    from .runner import load_run_model
+
+    seed = ctx.table.seeds[0]
+    names = [ctx.ref] + an._variants_where(ctx.tr, "model", "train_qformer", False)
+    lines = []
+    for n in [n for n in names if n in ctx.tr.order]:
+        try:
+            model, vision = load_run_model(ctx.tr.runs_dir / ctx.table.name / n / f"seed-{seed}", ctx.cache_dir, "cpu")
+            data = load_data(ctx.table.data, ctx.data_dir)
+        except (UserError, OSError) as err:
+            return lines + [f"_(attention maps unavailable: {err})_", ""]
+        for image_id in list(ctx.tr.captions[n][seed])[:2]:
+            img = data.load_image(image_id).resize((vision.image_size, vision.image_size))
+            maps = model.query_attention(vision.encode_images([img]))
+            paths = render_maps(img, maps[:, 0], vision.grid, ctx.out_dir / "attention", f"{n}_{Path(image_id).stem}",
+                                per_query=False)
+            lines += [f"`{n}`, {image_id} (seed {seed}): ![{n} {image_id}](attention/{paths[-1].name})", ""]
+    return lines
+
+
+def section_reliance(ctx: Context) -> list[str]:
+    rows = an.reliance_rows(ctx.tr)
+    if not rows:
+        return []
+    n_layers = max(len(r["layers"]) for r in rows)
+    lines = ["## How much the LM reads the visual tokens", "",
+             "While it writes its own test captions (teacher-forced on them, the same attention as greedy "
+             "generation), the share of the LM's attention mass that lands on the visual prefix, averaged over heads "
+             "and generated tokens; the mean over layers with a seed-level 95% CI, then the mean per layer.", "",
+             md_table(["variant", "visual share [95% CI, seeds]"] + [f"layer {k}" for k in range(n_layers)],
+                      [[r["variant"], fmt_ci(r["share"])] + [fmt(x) for x in r["layers"]] for r in rows]), ""]
+    verdicts = an.reliance_verdicts(ctx.tr)
+    if verdicts:
+        lines += [md_table(["variant", "claim", "verdict", "numbers"], _verdict_rows(verdicts)), ""]
+    return lines
+
+
 def section_diagnosis(ctx: Context) -> list[str]:
     ref_length = _reference_lengths(ctx.table, ctx.data_dir)
     diags = []
@@ -300,17 +366,18 @@ def section_timing(ctx: Context) -> list[str]:
 
 
 SECTIONS = [section_setup, section_targets, section_provenance, section_failed, section_parameters, section_loss,
-            section_main, section_comparisons, section_expectations, section_diagnosis, section_gallery, section_timing]
+            section_main, section_comparisons, section_expectations, section_attention, section_reliance,
+            section_diagnosis, section_gallery, section_timing]
 
 
 def write_report(table: Table, runs_dir: Path, out_root: Path, data_dir: str | None = None,
-                 thumbnails: bool | None = None) -> Path:
+                 thumbnails: bool | None = None, cache_dir: Path = Path(".cache")) -> Path:
     """``thumbnails=None``: gallery thumbnails only for data the project generates (shapes)."""
     tr = collect(table, Path(runs_dir))
     out_dir = Path(out_root) / table.name
     out_dir.mkdir(parents=True, exist_ok=True)
     ctx = Context(table, tr, an.summarize(tr), out_dir, data_dir,
-                  table.data.name == "shapes" if thumbnails is None else thumbnails)
+                  table.data.name == "shapes" if thumbnails is None else thumbnails, Path(cache_dir))
     lines = [f"# Ablation report: `{table.name}`", "", table.description, "",
              f"Generated by `ablate report {table.name}` from the runs in `{Path(runs_dir) / table.name}`; "
              "every number below is computed from those stored runs.", ""]

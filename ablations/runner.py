@@ -25,7 +25,7 @@ from vlm_core.shapes import ShapesConfig, load_shapes
 from vlm_core.train import Decoding, TrainConfig, TrainingDiverged, generate_captions, train_model
 from vlm_core.vision import VisionBackbone, load_vision_backbone
 
-from . import probes
+from . import attention, probes
 from .record import REPO_ROOT, RunRecord, config_hash, provenance, run_path
 from .scoring import score_tokenized, tokenize
 from .slots import slot_scores
@@ -226,6 +226,14 @@ def probe_stage(ws: Workspace, model: CaptionModel, feats: FeatureSet, captions:
     probe.update(like)
     probe.update(probes.degeneracy(captions, first_ids, model.eos_id))
     probe.update(probes.eos_probabilities(model, x, [r[0] for r in refs]))
+    per_image["visual_reliance"], scalars = attention.visual_reliance(model, x, captions)
+    probe.update(scalars)
+    if ws.data.labels and not model.cfg.blind:  # where the objects are is known: is the Q-Former looking there?
+        found = attention.grounding(model, x, [ws.data.labels[i] for i in ids], ws.vision.grid)
+        if found is not None:
+            for column, values in found[0].items():
+                per_image[column] = values.to_numpy()
+            probe.update(found[1])
     return probe
 
 

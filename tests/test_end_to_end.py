@@ -121,7 +121,7 @@ def test_run_folders_record_code_version_config_hash_and_libraries(micro_runs):
     assert all(prov["libraries"][k] for k in ("torch", "transformers", "peft", "pycocoevalcap"))
     assert prov["device"] == "cpu" and "CPU cores" in prov["machine"]
     settings = {k: cfg[k] for k in ("table", "variant", "data", "backbones", "caption_lm", "model", "train", "probes",
-                                    "seed", "eval_split")}
+                                    "precision", "seed", "eval_split")}
     assert cfg["config_hash"] == config_hash(settings)
 
 

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .atomic import atomic_dir, atomic_write, atomic_write_json
-from .connector import MeanPoolConnector, QFormerConnector
+from .connector import MeanPoolConnector, QFormerConnector, eager_attention
 from .device import autocast
 from .errors import UserError
 from .lm import LanguageBackbone, caption_token_ids, pad_batch, start_given_labels
@@ -222,6 +222,34 @@ class CaptionModel(nn.Module):
             last = visual.shape[1] + mask.sum(1) - 1  # right padding: the last real position of each row
             logits = self.lm.get_output_embeddings()(hidden[torch.arange(len(rows), device=self.device), last])
         return logits.float().softmax(-1).cpu()
+
+    # ---- looking inside ------------------------------------------------------------------
+    @torch.no_grad()
+    def query_attention(self, features: torch.Tensor) -> torch.Tensor | None:
+        """Where each query looks: [layers, B, Q, N patch tokens] on the CPU; None without a Q-Former."""
+        if not isinstance(self.connector, QFormerConnector):
+            return None
+        x = features.to(self.device, torch.float32)
+        if self.cfg.blind:
+            x = torch.zeros_like(x)
+        return self.connector.cross_attention_maps(x).cpu()
+
+    @torch.no_grad()
+    def visual_attention_share(self, features: torch.Tensor, rows: list[list[int]]) -> torch.Tensor:
+        """How much the LM reads the visual prefix while it writes: per layer, the share of attention mass on
+        the visual tokens, averaged over heads and over the text positions that produced a token. ``rows`` are
+        [start] + the generated ids, run teacher-forced (the same attention as during greedy generation).
+        Returns [layers, B] on the CPU."""
+        ids, mask = (t.to(self.device) for t in pad_batch(rows, self.pad_id))
+        with eager_attention(self.lm), self._autocast():
+            visual = self.visual_tokens(features)
+            embeds = torch.cat([visual, self.lm.get_input_embeddings()(ids)], dim=1)
+            attn = torch.cat([torch.ones(visual.shape[:2], dtype=mask.dtype, device=self.device), mask], dim=1)
+            layers = self.lm(inputs_embeds=embeds, attention_mask=attn, output_attentions=True, logits_to_keep=1).attentions
+        n = visual.shape[1]
+        weights = mask.float()
+        shares = [(a.float().mean(1)[:, n:, :n].sum(-1) * weights).sum(1) / weights.sum(1) for a in layers]
+        return torch.stack(shares).cpu()
 
     # ---- bookkeeping ---------------------------------------------------------------------
     def parameter_report(self) -> dict[str, dict[str, int]]:

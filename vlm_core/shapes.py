@@ -9,6 +9,7 @@ import random
 import re
 from dataclasses import dataclass
 
+import numpy as np
 from PIL import Image, ImageDraw
 
 from .data import CaptionData
@@ -95,19 +96,36 @@ def shapes_captions(label: dict, rng: random.Random) -> list[str]:
     return caps
 
 
+def _draw(draw: ImageDraw.ImageDraw, o: dict, fill) -> None:
+    (x, y), r = o["centre"], o["radius"]
+    if o["shape"] == "circle":
+        draw.ellipse([x - r, y - r, x + r, y + r], fill=fill)
+    elif o["shape"] == "square":
+        draw.rectangle([x - r, y - r, x + r, y + r], fill=fill)
+    else:
+        draw.polygon([(x, y - r), (x - r, y + r), (x + r, y + r)], fill=fill)
+
+
 def render_shapes(label: dict) -> Image.Image:
     size = label["image_size"]
     img = Image.new("RGB", (size, size), tuple(label["background"]))
     draw = ImageDraw.Draw(img)
     for o in label["objects"]:
-        (x, y), r, fill = o["centre"], o["radius"], COLOURS[o["colour"]]
-        if o["shape"] == "circle":
-            draw.ellipse([x - r, y - r, x + r, y + r], fill=fill)
-        elif o["shape"] == "square":
-            draw.rectangle([x - r, y - r, x + r, y + r], fill=fill)
-        else:
-            draw.polygon([(x, y - r), (x - r, y + r), (x + r, y + r)], fill=fill)
+        _draw(draw, o, COLOURS[o["colour"]])
     return img
+
+
+def object_masks(label: dict) -> list[tuple[dict, np.ndarray]]:
+    """Each object's labels with its pixel mask [size, size] (bool), drawn exactly as it is rendered;
+    ``box`` (x0, y0, x1, y1) is added to the labels."""
+    size, out = label["image_size"], []
+    for o in label["objects"]:
+        img = Image.new("L", (size, size), 0)
+        _draw(ImageDraw.Draw(img), o, 255)
+        mask = np.asarray(img) > 0
+        ys, xs = np.nonzero(mask)
+        out.append(({**o, "box": (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1)}, mask))
+    return out
 
 
 def load_shapes(cfg: ShapesConfig | None = None) -> CaptionData:
