@@ -44,14 +44,14 @@ def summarize(tr: TableRuns) -> pd.DataFrame:
 
 
 def comparisons(tr: TableRuns, metric: str) -> dict[str, Comparison]:
-    """Every variant against the table's reference on one per-image quantity."""
-    ref = tr.table.reference
-    if ref not in tr.order:
-        return {}
-    out = {}
-    for v in tr.order:
+    """Every variant against the table's reference on one per-image quantity (computed once per table)."""
+    if metric in tr.comparisons:
+        return tr.comparisons[metric]
+    ref, out = tr.table.reference, {}
+    for v in tr.order if ref in tr.order else []:
         if v != ref and not tr.matrix(v, metric).empty and not tr.matrix(ref, metric).empty:
             out[v] = compare(tr.matrix(v, metric), tr.matrix(ref, metric), (v, ref), metric)
+    tr.comparisons[metric] = out
     return out
 
 
@@ -61,7 +61,7 @@ def combine(*verdicts: str) -> str:
     return "held" if all(v == "held" for v in verdicts) else "inconclusive"
 
 
-def _undecided_note(c: Comparison) -> str:
+def undecided_note(c: Comparison) -> str:
     if decide(c.seed, 0.0, "below") != "inconclusive":
         return ""
     if not c.seed.decided:
@@ -73,7 +73,7 @@ def _undecided_note(c: Comparison) -> str:
 
 def comparison_text(c: Comparison) -> str:
     return (f"Δ{COMPARED.get(c.metric, c.metric)} vs {c.reference} {fmt_ci(c.seed)} (seed level, Welch p = "
-            f"{fmt_p(c.seed.p)})" + _undecided_note(c))
+            f"{fmt_p(c.seed.p)})" + undecided_note(c))
 
 
 # ---- one rule per expectation: (verdict, the numbers behind it)
@@ -86,15 +86,14 @@ class Verdict:
     numbers: str
 
 
-def _threshold(tr: TableRuns, v: str, column: str, bound: float, side: str, label: str, digits: int = 3):
+def threshold(tr: TableRuns, v: str, column: str, bound: float, side: str, label: str, digits: int = 3):
     i = one_sample(tr.seed_values(v, column).to_numpy())
-    need = f"need {'≥' if side == 'above' else '≤'} {bound:g}" if bound else f"need {'>' if side == 'above' else '<'} 0"
-    return decide(i, bound, side), f"{label} {fmt_ci(i, digits)} ({need})"
+    return decide(i, bound, side), f"{label} {fmt_ci(i, digits)} (need the 95% CI {side} {bound:g})"
 
 
 def rule_image_dependent(tr: TableRuns, v: str) -> tuple[str, str]:
-    a, ta = _threshold(tr, v, "swap_rate", 0.9, "above", "swap rate")
-    b, tb = _threshold(tr, v, "nll_gap", 0.0, "above", "NLL gap")
+    a, ta = threshold(tr, v, "swap_rate", 0.9, "above", "swap rate")
+    b, tb = threshold(tr, v, "nll_gap", 0.0, "above", "NLL gap")
     return combine(a, b), f"{ta}; {tb}; means over seeds with 95% CIs"
 
 
@@ -118,7 +117,7 @@ def rule_uses_image_less(tr: TableRuns, v: str) -> tuple[str, str]:
 
 
 def rule_floor(tr: TableRuns, v: str) -> tuple[str, str]:
-    swap, swap_text = _threshold(tr, v, "swap_rate", 0.05, "below", "swap rate")
+    swap, swap_text = threshold(tr, v, "swap_rate", 0.05, "below", "swap rate")
     summary = summarize(tr)
     others = [o for o in tr.order if o != v and summary.loc[o, "empty_rate"] < 0.5]
     if not others:
@@ -132,7 +131,7 @@ def rule_floor(tr: TableRuns, v: str) -> tuple[str, str]:
 
 
 def rule_collapsed(tr: TableRuns, v: str) -> tuple[str, str]:
-    verdict, text = _threshold(tr, v, "empty_rate", 0.9, "above", "empty-caption rate")
+    verdict, text = threshold(tr, v, "empty_rate", 0.9, "above", "empty-caption rate")
     return verdict, text + f"; EOS first {fmt(float(tr.seed_values(v, 'eos_first_rate').mean()))}"
 
 
@@ -237,7 +236,7 @@ def falls_every_epoch(history: list[pd.DataFrame], column: str) -> bool:
 
 
 # ---- inside the model: grounding of the queries, the LM's reading of the visual tokens
-def _variants_where(tr: TableRuns, section: str, key: str, value) -> list[str]:
+def variants_where(tr: TableRuns, section: str, key: str, value) -> list[str]:
     """Variants whose stored config has ``section.key == value`` (not their names: rows may be renamed)."""
     return [v for v in tr.order if v != tr.table.reference and tr.configs[v].get(section, {}).get(key) == value]
 
@@ -263,18 +262,19 @@ def _more_than(tr: TableRuns, column: str, other: str, label: str) -> Verdict:
     ref = tr.table.reference
     c = compare(tr.matrix(ref, column), tr.matrix(other, column), (ref, other), column)
     return Verdict(ref, column, f"{label} than `{other}`", decide(c.seed, 0.0, "above"),
-                   f"{ref} − {other}: {fmt_ci(c.seed)} (seed level, Welch p = {fmt_p(c.seed.p)})" + _undecided_note(c))
+                   f"{ref} − {other}: {fmt_ci(c.seed)} (seed level, Welch p = {fmt_p(c.seed.p)})" + undecided_note(c))
 
 
 def grounding_verdicts(tr: TableRuns) -> list[Verdict]:
     ref = tr.table.reference
-    if ref not in tr.order or tr.matrix(ref, "grounding_excess").empty:
+    trained = tr.configs.get(ref, {}).get("model", {}).get("train_qformer", False)
+    if ref not in tr.order or tr.matrix(ref, "grounding_excess").empty or not trained:
         return []
     excess = _seed_interval(tr, ref, "grounding_excess")
     out = [Verdict(ref, "grounding_excess", "its queries put more attention on object pixels than chance",
                    decide(excess, 0.0, "above"), f"attention mass on objects − objects' share of the image: "
                    f"{fmt_ci(excess)} over seeds")]
-    for v in _variants_where(tr, "model", "train_qformer", False):
+    for v in variants_where(tr, "model", "train_qformer", False):
         if not tr.matrix(v, "grounding_excess").empty:
             out.append(_more_than(tr, "grounding_excess", v, "its queries are more on the objects"))
     return out
@@ -293,7 +293,8 @@ def reliance_rows(tr: TableRuns) -> list[dict]:
 
 
 def reliance_verdicts(tr: TableRuns) -> list[Verdict]:
-    if tr.table.reference not in tr.order or tr.matrix(tr.table.reference, "visual_reliance").empty:
+    ref = tr.table.reference
+    if ref not in tr.order or tr.matrix(ref, "visual_reliance").empty or not tr.configs[ref]["model"]["lora_rank"]:
         return []
     return [_more_than(tr, "visual_reliance", v, "the LM reads the visual tokens more (LoRA raises it)")
-            for v in _variants_where(tr, "model", "lora_rank", 0) if not tr.matrix(v, "visual_reliance").empty]
+            for v in variants_where(tr, "model", "lora_rank", 0) if not tr.matrix(v, "visual_reliance").empty]

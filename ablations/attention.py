@@ -110,7 +110,7 @@ def render_maps(image: Image.Image, maps: torch.Tensor, grid, out_dir: Path, ste
         ax.axis("off")
 
     def save(fig, path):
-        atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=80, bbox_inches="tight"))
+        atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=100, bbox_inches="tight"))
         plt.close(fig)
         written.append(path)
 

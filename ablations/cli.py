@@ -191,10 +191,7 @@ def list_tables(runs_dir: Path = RUNS):
         for v in tbl.variants.values():
             states = []
             for s in tbl.seeds:
-                record = RunRecord(run_path(runs_dir, tbl.name, v.name, s))
-                state = record.state()
-                stale = state in ("done", "failed") and not record.is_current(expected_hash(tbl, v, s))
-                states.append("stale" if stale else state)
+                states.append(RunRecord(run_path(runs_dir, tbl.name, v.name, s)).status(expected_hash(tbl, v, s)))
             t.add_row(v.name, v.expected, *[f"[{colour[x]}]{x}[/{colour[x]}]" for x in states])
         console.print(t)
 
@@ -252,6 +249,16 @@ def train(
         _fail(err)
 
 
+def _read_image(path: Path):
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            return img.convert("RGB")
+    except (OSError, ValueError) as err:
+        raise UserError(f"{path}: cannot read image ({err})") from err
+
+
 @app.command()
 def caption(
     images: list[Path] = typer.Argument(..., help="Image files to caption."),
@@ -260,24 +267,16 @@ def caption(
     max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", help="Default: the run's."),
     no_repeat_ngram_size: Optional[int] = typer.Option(None, "--no-repeat-ngram-size", help="Default: the run's."),
     device: str = typer.Option("auto", "--device", help="auto (CUDA when present, else CPU), cpu, cuda, cuda:N, mps."),
-    cache_dir: Path = CACHE,
+    cache_dir: Path = CACHE, data_dir: Optional[str] = DATA_DIR,
 ):
     """Caption any image file with a trained run, decoding as the run was scored (overridable)."""
     from dataclasses import replace
 
-    from PIL import Image
-
     from .runner import load_run_model, run_decoding
 
     try:
-        model, vision = load_run_model(run, cache_dir, device)
-        pics = []
-        for p in images:
-            try:
-                with Image.open(p) as img:
-                    pics.append(img.convert("RGB"))
-            except (OSError, ValueError) as err:
-                raise UserError(f"{p}: cannot read image ({err})") from err
+        model, vision = load_run_model(run, cache_dir, device, data_dir)
+        pics = [_read_image(p) for p in images]
         decoding = run_decoding(run)
         overrides = {"max_new_tokens": max_new_tokens, "num_beams": beams, "no_repeat_ngram_size": no_repeat_ngram_size}
         decoding = replace(decoding, **{k: v for k, v in overrides.items() if v is not None})
@@ -296,24 +295,18 @@ def attention_maps(
     out: Path = typer.Option(Path("attention"), "--out", help="Folder for the PNGs."),
     per_query: bool = typer.Option(True, "--per-query/--grid-only", help="Also one PNG per query and layer."),
     device: str = typer.Option("auto", "--device"),
-    cache_dir: Path = CACHE,
+    cache_dir: Path = CACHE, data_dir: Optional[str] = DATA_DIR,
 ):
     """Where each query of the run's Q-Former looks: per image, each query's cross-attention map (per
     layer, mean over heads, upsampled and overlaid on the image) and one grid of all queries."""
-    from PIL import Image
-
     from .attention import maps_for_images, render_maps
     from .runner import load_run_model
 
     try:
-        model, vision = load_run_model(run, cache_dir, device)
+        model, vision = load_run_model(run, cache_dir, device, data_dir)
         written = []
         for p in images:
-            try:
-                with Image.open(p) as img:
-                    pic = img.convert("RGB").resize((vision.image_size, vision.image_size))
-            except (OSError, ValueError) as err:
-                raise UserError(f"{p}: cannot read image ({err})") from err
+            pic = _read_image(p).resize((vision.image_size, vision.image_size))
             maps = maps_for_images(model, vision.encode_images([pic]), str(run))[:, 0]
             written += render_maps(pic, maps, vision.grid, out, Path(p).stem, per_query)
         console.print(f"wrote {len(written)} PNG(s) to {out}/ ({maps.shape[0]} layer(s) x {maps.shape[1]} queries "

@@ -31,6 +31,7 @@ class TableRuns:
     provenance: pd.DataFrame = field(default_factory=pd.DataFrame)  # one row per run
     timing: list[dict] = field(default_factory=list)  # timing.json entries (one per run-all invocation)
     stage_seconds: pd.DataFrame = field(default_factory=pd.DataFrame)  # variant, seed, seconds per stage
+    comparisons: dict = field(default_factory=dict)  # analysis.comparisons, per metric, computed once
 
     def matrix(self, variant: str, column: str) -> pd.DataFrame:
         """Per-image values of ``column`` for a variant: images x seeds."""

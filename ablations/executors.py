@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import tempfile
-import traceback
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import replace
 from multiprocessing import get_context
@@ -28,7 +27,7 @@ from vlm_core.errors import UserError
 from vlm_core.features import FeatureSet
 
 from .console import quiet_libraries
-from .record import RunRecord, provenance, run_path
+from .record import RunRecord, provenance, read_folder, run_path
 from .runner import Workspace, execute_run, prepare
 from .tables import Table, Variant
 
@@ -74,17 +73,21 @@ def run_local(table: Table, todo: list[tuple[Variant, int]], runs_dir: Path, cac
     with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_init_local_worker,
                              initargs=(table, cache_dir, data_dir, threads)) as pool:
         futures = {pool.submit(_local_run, v.name, s, run_path(runs_dir, table.name, v.name, s)): (v, s) for v, s in todo}
-        for fut in as_completed(futures):
-            v, s = futures[fut]
-            state, lines = fut.result()
-            done(v, s, state, lines)
+        try:
+            for fut in as_completed(futures):
+                v, s = futures[fut]
+                state, lines = fut.result()  # a run's error is raised here, as the serial executor would
+                done(v, s, state, lines)
+        except BaseException:
+            pool.shutdown(wait=True, cancel_futures=True)  # runs not started are dropped; `run-all` again redoes them
+            raise
 
 
 # ---- Ray
 def _folder_bytes(save: Callable[[Path], None]) -> dict[str, bytes]:
     with tempfile.TemporaryDirectory() as tmp:
         save(Path(tmp))
-        return {str(p.relative_to(tmp)): p.read_bytes() for p in Path(tmp).rglob("*") if p.is_file()}
+        return read_folder(Path(tmp))
 
 
 def shippable(ws: Workspace) -> tuple[Workspace, dict[str, bytes]]:
@@ -121,13 +124,15 @@ def ablate_run(shipped: tuple[Workspace, dict[str, bytes]], variant: str, seed: 
         ws = _unship(*shipped, Path(tmp) / "lm")
         out = Path(tmp) / "run"
         state = execute_run(ws, ws.table.variants[variant], seed, out, log=lines.append)
-        files = {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+        files = RunRecord(out).read_files()
     return state, files, lines
 
 
 def run_ray(ws: Workspace, todo: list[tuple[Variant, int]], runs_dir: Path, done: Done, address: str | None = None,
             log: Callable[[str], None] = print) -> int:
-    """Returns how many runs could not be finished (their workers kept dying): they stay missing."""
+    """Returns how many runs could not be finished because their workers kept dying (Ray retried each
+    3 times); their folders are left as they were and the next `run-all` redoes them. An error raised
+    by a run itself stops the table, with the remote traceback, as in the serial executor."""
     try:
         import ray
     except ImportError as err:
@@ -136,22 +141,21 @@ def run_ray(ws: Workspace, todo: list[tuple[Variant, int]], runs_dir: Path, done
     if started:
         ray.init(address=address or None, num_cpus=None if address else os.cpu_count(), include_dashboard=False,
                  log_to_driver=False, configure_logging=False)
-    threads = threads_per_run(ws.table)
-    task = ray.remote(ablate_run).options(num_cpus=threads, num_gpus=ws.table.run.gpus_per_run, max_retries=3)
-    payload = ray.put(shippable(ws))
-    pending = {task.remote(payload, v.name, s, threads): (v, s) for v, s in todo}
     lost = 0
     try:
+        threads = threads_per_run(ws.table)
+        task = ray.remote(ablate_run).options(num_cpus=threads, num_gpus=ws.table.run.gpus_per_run, max_retries=3)
+        payload = ray.put(shippable(ws))
+        pending = {task.remote(payload, v.name, s, threads): (v, s) for v, s in todo}
         while pending:
             ready, _ = ray.wait(list(pending), num_returns=1)
             v, s = pending.pop(ready[0])
             try:
                 state, files, lines = ray.get(ready[0])
-            except Exception as err:  # noqa: BLE001 - retries exhausted: report, leave the run missing
+            except (ray.exceptions.WorkerCrashedError, ray.exceptions.NodeDiedError, ray.exceptions.OwnerDiedError,
+                    ray.exceptions.ObjectLostError) as err:
                 lost += 1
-                log(f"{v.name} seed {s}: lost ({type(err).__name__}: {str(err).splitlines()[0][:200]}); "
-                    "`run-all` again redoes it")
-                log(traceback.format_exc(limit=1).splitlines()[-1])
+                log(f"{v.name} seed {s}: lost, its worker kept dying ({type(err).__name__}); `run-all` again redoes it")
                 continue
             RunRecord(run_path(runs_dir, ws.table.name, v.name, s)).write_files(files)
             done(v, s, state, lines)

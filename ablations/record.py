@@ -37,6 +37,10 @@ DONE, FAILED = "DONE", "FAILED"
 LIBRARIES = ("torch", "transformers", "peft", "pycocoevalcap", "numpy", "scipy")
 
 
+def read_folder(path: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(Path(path).rglob("*")) if p.is_file()}
+
+
 def run_path(runs_dir: Path, table: str, variant: str, seed: int) -> Path:
     return Path(runs_dir) / table / variant / f"seed-{seed}"
 
@@ -68,6 +72,11 @@ class RunRecord:
         """Made with the settings the table has now (a run without a stored hash is not)."""
         return self.config_hash() == expected_hash
 
+    def status(self, expected_hash: str) -> str:
+        """state(), with a finished run whose settings differ from the table's now as 'stale'."""
+        state = self.state()
+        return "stale" if state in ("done", "failed") and not self.is_current(expected_hash) else state
+
     # ---- writers
     def begin(self, config: dict, extra: dict) -> None:
         """Start afresh: a partial folder from a killed run is never trusted."""
@@ -88,6 +97,10 @@ class RunRecord:
 
     def write_captions(self, captions: dict[str, str]) -> None:
         atomic_write_json(self.path / "captions.json", captions)
+
+    def read_files(self) -> dict[str, bytes]:
+        """Every file of the folder, by relative path (what a Ray task sends back)."""
+        return read_folder(self.path)
 
     def write_files(self, files: dict[str, bytes]) -> None:
         """A run made elsewhere (a Ray worker's scratch folder): its files written here, each atomically,
@@ -136,11 +149,6 @@ class RunRecord:
 
     def failure(self) -> dict:
         return self._json(FAILED)
-
-    def seconds(self) -> float:
-        """Wall time of the run (train to probes), from its DONE or FAILED marker."""
-        marker = self.path / (DONE if self.state() == "done" else FAILED)
-        return float(json.loads(marker.read_text()).get("seconds", 0.0)) if marker.exists() else 0.0
 
 
 # ---- table-level files

@@ -6,6 +6,7 @@ Each section is one function; to show another probe column, add its name to PROB
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,7 @@ from vlm_core.errors import UserError
 from . import analysis as an
 from .analysis import fmt, fmt_ci, fmt_p
 from .collect import TableRuns, collect
-from .record import code_label, code_version
+from .record import code_label, code_version, run_path
 from .runner import load_data
 from .scoring import METRICS
 from .tables import Table
@@ -46,6 +47,14 @@ class Context:
     @property
     def ref(self) -> str:
         return self.table.reference
+
+    @cached_property
+    def data(self):
+        """The table's data set (for thumbnails, maps and reference lengths), loaded once; None if unreadable."""
+        try:
+            return load_data(self.table.data, self.data_dir)
+        except (UserError, OSError):
+            return None
 
 
 def md_table(header: list[str], rows: list[list]) -> str:
@@ -109,9 +118,9 @@ def section_provenance(ctx: Context) -> list[str]:
                   "variants may partly be differences between code versions.", ""]
     stale = p[~p["current"]]
     if len(stale):
-        lines += [f"**Warning: {len(stale)} stale run(s)**, made with settings that differ from the table's now "
-                  "(kept with `--keep-stale`): " + ", ".join(f"{r.variant} seed {r.seed}" for r in stale.itertuples())
-                  + ".", ""]
+        lines += [f"**Warning: {len(stale)} stale run(s)**, made with settings that differ from the table's now: "
+                  + ", ".join(f"{r.variant} seed {r.seed}" for r in stale.itertuples())
+                  + " (`ablate run-all` redoes them unless told `--keep-stale`).", ""]
     else:
         lines += ["Every run's stored config hash matches the table's current settings.", ""]
     return lines
@@ -125,8 +134,9 @@ def section_targets(ctx: Context) -> list[str]:
     for key, goal in ctx.table.targets.items():
         if key == "minutes":
             got = wall_seconds(ctx.tr) / 60
-            rows.append([f"whole table wall time ≤ {goal:g} min", f"{got:.1f} min",
-                         "met" if 0 < got <= goal else f"**not met** (over by {got - goal:.1f} min)"])
+            verdict = ("**not met** (no `run-all` wall time recorded)" if got == 0 else "met" if got <= goal
+                       else f"**not met** (over by {got - goal:.1f} min)")
+            rows.append([f"whole table wall time ≤ {goal:g} min", f"{got:.1f} min", verdict])
         elif ctx.ref in ctx.summary.index and key in ctx.summary.columns:
             got = float(ctx.summary.loc[ctx.ref, key])
             rows.append([f"`{ctx.ref}` {key} ≥ {goal:g}", pm(got, float(ctx.summary.loc[ctx.ref, f"{key}_std"])),
@@ -228,7 +238,7 @@ def section_comparisons(ctx: Context) -> list[str]:
             if image_differs and seed_verdict == "inconclusive":
                 notes.append(f"- {an.COMPARED[metric]}, `{v}`: these trained models differ (image-level CI "
                              f"{fmt(i['ci_low'])} to {fmt(i['ci_high'])}), but that is **not a seed-level difference**"
-                             f"{an._undecided_note(c)}.")
+                             f"{an.undecided_note(c)}.")
         lines += [f"### Δ{an.COMPARED[metric]}", "",
                   md_table(["variant", "Δ [95% CI, seeds]", "Welch p", "seeds", "SD variant", f"SD {ctx.ref}",
                             "seeds decide", "seeds needed (80% power)", "Δ [95% CI, images]", "Wilcoxon p (images)"],
@@ -245,11 +255,10 @@ def section_expectations(ctx: Context) -> list[str]:
     if ctx.ref in ctx.order:
         h = ctx.tr.histories[ctx.ref]
         falls = an.falls_every_epoch(h, "train_loss") and an.falls_every_epoch(h, "dev_loss")
-        swap, swap_text = an._threshold(ctx.tr, ctx.ref, "swap_rate", 0.9, "above", "swap rate")
+        swap, swap_text = an.threshold(ctx.tr, ctx.ref, "swap_rate", 0.9, "above", "swap rate")
         lines += ["### The original plan's checks", "",
                   f"- Loss falls every epoch ({ctx.ref}, train and dev, mean over seeds): **{'yes' if falls else 'no'}**.",
-                  f"- Changing the image changes the caption ({ctx.ref}): **{swap}** — {swap_text}.",
-                  "- Freezing the Q-Former hurts: see the `worse_than_reference` rows above.", ""]
+                  f"- Changing the image changes the caption ({ctx.ref}): **{swap}** — {swap_text}.", ""]
     return lines
 
 
@@ -278,22 +287,24 @@ def section_attention(ctx: Context) -> list[str]:
 
 def _attention_gallery(ctx: Context) -> list[str]:
     """Maps of the reference and of frozen-Q-Former variants on the first gallery images (generated data only)."""
-    if not ctx.thumbnails:
+    if not ctx.thumbnails or ctx.data is None:
         return []
     from .attention import render_maps
     from .runner import load_run_model
 
     seed = ctx.table.seeds[0]
-    names = [ctx.ref] + an._variants_where(ctx.tr, "model", "train_qformer", False)
+    names = [ctx.ref] + an.variants_where(ctx.tr, "model", "train_qformer", False)
+    names = [n for n in names if n in ctx.tr.order and ctx.tr.configs[n]["model"]["connector"] == "qformer"
+             and seed in ctx.tr.captions[n]]
     lines = []
-    for n in [n for n in names if n in ctx.tr.order]:
+    for n in names:
         try:
-            model, vision = load_run_model(ctx.tr.runs_dir / ctx.table.name / n / f"seed-{seed}", ctx.cache_dir, "cpu")
-            data = load_data(ctx.table.data, ctx.data_dir)
+            model, vision = load_run_model(run_path(ctx.tr.runs_dir, ctx.table.name, n, seed), ctx.cache_dir, "cpu",
+                                           ctx.data_dir)
         except (UserError, OSError) as err:
             return lines + [f"_(attention maps unavailable: {err})_", ""]
         for image_id in list(ctx.tr.captions[n][seed])[:2]:
-            img = data.load_image(image_id).resize((vision.image_size, vision.image_size))
+            img = ctx.data.load_image(image_id).resize((vision.image_size, vision.image_size))
             maps = model.query_attention(vision.encode_images([img]))
             paths = render_maps(img, maps[:, 0], vision.grid, ctx.out_dir / "attention", f"{n}_{Path(image_id).stem}",
                                 per_query=False)
@@ -319,7 +330,7 @@ def section_reliance(ctx: Context) -> list[str]:
 
 
 def section_diagnosis(ctx: Context) -> list[str]:
-    ref_length = _reference_lengths(ctx.table, ctx.data_dir)
+    ref_length = _reference_lengths(ctx.table, ctx.data)
     diags = []
     for n in ctx.order:
         d = an.diagnose(ctx.tr, n, ctx.summary.loc[n], an.empty_by_length(ctx.tr, n, ref_length))
@@ -338,11 +349,10 @@ def section_gallery(ctx: Context) -> list[str]:
     if not ctx.thumbnails:
         note = (f"_Images named, not shown: {table.data.name} photos are third-party data and are not copied "
                 "into the reports (`ablate report --thumbnails` writes them locally)._\n\n")
+    elif ctx.data is None:
+        note = "_(thumbnails unavailable: the data set could not be read)_\n\n"
     else:
-        try:
-            data = load_data(table.data, ctx.data_dir)
-        except UserError as err:
-            note = f"_(thumbnails unavailable: {err})_\n\n"
+        data = ctx.data
     rows = []
     for image_id in ids:
         cell = f"`{image_id}`"
@@ -391,11 +401,9 @@ def write_report(table: Table, runs_dir: Path, out_root: Path, data_dir: str | N
 
 
 # ---- helpers
-def _reference_lengths(table: Table, data_dir: str | None) -> pd.Series | None:
+def _reference_lengths(table: Table, data) -> pd.Series | None:
     """Mean reference length in words per evaluation image, or None when the data cannot be read."""
-    try:
-        data = load_data(table.data, data_dir)
-    except (UserError, OSError):
+    if data is None:
         return None
     return pd.Series({i: np.mean([len(c.split()) for c in data.captions[i]]) for i in data.splits[table.data.eval_split]})
 

@@ -115,10 +115,10 @@ def plan_runs(table: Table, runs_dir: Path, variants: list[Variant], seeds: list
     for v in variants:
         for s in seeds:
             record = RunRecord(run_path(runs_dir, table.name, v.name, s))
-            state = record.state()
-            if state not in ("done", "failed") or force:
+            state = record.status(expected_hash(table, v, s))
+            if state not in ("done", "failed", "stale") or force:
                 todo.append((v, s))
-            elif not record.is_current(expected_hash(table, v, s)):
+            elif state == "stale":
                 if keep_stale:
                     notes.append(f"keep {v.name} seed {s}: STALE (its settings differ from the table's; the report flags it)")
                 else:
@@ -237,22 +237,24 @@ def probe_stage(ws: Workspace, model: CaptionModel, feats: FeatureSet, captions:
     return probe
 
 
-def load_run_model(run: Path, cache_dir: Path, device: str = "auto") -> tuple[CaptionModel, VisionBackbone]:
-    """Rebuild a trained model from a run folder (for `ablate caption`), on ``device``."""
+def load_run_model(run: Path, cache_dir: Path, device: str = "auto",
+                   data_dir: str | None = None) -> tuple[CaptionModel, VisionBackbone]:
+    """Rebuild a finished run's trained model (for `ablate caption`, `ablate attention`), on ``device``."""
     record = RunRecord(run)
     config = record.config()
-    if not config or not (record.weights_dir / "model_config.json").exists():
-        raise UserError(f"{run}: not a finished run folder (config.json / weights/ missing)")
+    if record.state() != "done" or not (record.weights_dir / "model_config.json").exists():
+        raise UserError(f"{run}: not a finished run folder (no DONE marker or no weights/)")
     target = resolve_device(device)
     vision = load_vision_backbone(config["backbones"]["vision"]).to(target)
-    lm_dir = config.get("lm_info", {}).get("cache_dir")
-    if config["backbones"]["language"] == "caption-gpt2-tiny" and lm_dir and Path(lm_dir).exists():
+    language, lm_dir = config["backbones"]["language"], config.get("lm_info", {}).get("cache_dir")
+    if language == "caption-gpt2-tiny" and lm_dir and Path(lm_dir).exists():
         lm = load_caption_lm_dir(Path(lm_dir))
-    else:
-        data = load_data(DataSpec(**{**config["data"], "shapes": ShapesConfig(**config["data"]["shapes"])}))
-        corpus = caption_corpus(data)
-        lm = load_language_backbone(config["backbones"]["language"], cache_dir=cache_dir, caption_corpus=corpus,
+    elif language == "caption-gpt2-tiny":  # rebuilt (or found in cache_dir) from the run's training captions
+        data = load_data(DataSpec(**{**config["data"], "shapes": ShapesConfig(**config["data"]["shapes"])}), data_dir)
+        lm = load_language_backbone(language, cache_dir=cache_dir, caption_corpus=caption_corpus(data),
                                     caption_lm_config=CaptionLMConfig(**config["caption_lm"]))
+    else:
+        lm = load_language_backbone(language, cache_dir=cache_dir)
     model = CaptionModel(CaptionModelConfig(**config["model"]), lm, vision.feature_dim, vision.grid).to(target)
     model.precision = config.get("precision", "fp32")
     model.load_trainable(record.weights_dir)

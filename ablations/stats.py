@@ -9,9 +9,10 @@ the seed-level ones.
 Seed level: each run is reduced to one number (its mean over the eval images) and the variants
 are compared with Welch's t (95% CI and two-sided p on the per-seed values). With the 3-5 seeds a
 CPU table affords, a bootstrap over seeds cannot reach its nominal coverage (it treats three draws
-as the whole population and its intervals come out too narrow), while Welch's t is exact for
-normal seed noise and stays close under moderate skew; images still enter, through each seed's
-mean. The simulation test in tests/test_stats_simulation.py checks the false-positive rate.
+as the whole population and its intervals come out too narrow), while Welch's t holds it for
+normal seed noise up to Welch's approximation of the degrees of freedom, and stays close under
+moderate skew; images still enter, through each seed's mean. The simulation tests in
+tests/test_verdicts.py check its false-positive rate and power.
 """
 from __future__ import annotations
 

@@ -59,8 +59,9 @@ EXECUTORS = ("serial", "local", "ray")
 
 @dataclass
 class RunSpec:
-    """Where and how the runs execute ([run]; each key also a `run-all` option). Only ``precision``
-    can change a run's numbers, so only it enters the config hash; the device is in the provenance."""
+    """Where and how the runs execute ([run]; each key also a `run-all` option). Only ``precision`` is
+    part of the config hash; the device and threads per run are recorded in each run's provenance
+    (they can move numbers by floating-point rounding: kernels differ across devices and thread counts)."""
 
     device: str = "auto"  # auto (CUDA when present, else CPU) | cpu | cuda | cuda:N | mps
     precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast; fp32 measured fastest on these CPUs)
@@ -236,9 +237,9 @@ def load_table(name_or_path: str) -> Table:
     variants: dict[str, Variant] = {}
     for vname, row in rows.items():
         variants[vname] = _variant(vname, row, model_base, train_base, f"{where}: variants.{vname}")
-    for i, sweep in enumerate(raw.get("sweep", [])):
-        _expand_sweep(sweep, variants, rows, model_base, train_base, f"{where}: sweep[{i}]")
     reference = head.get("reference", "full")
+    for i, sweep in enumerate(raw.get("sweep", [])):
+        _expand_sweep(sweep, variants, rows, model_base, train_base, f"{where}: sweep[{i}]", reference)
     if reference not in variants:
         raise UserError(f"{where}: table.reference: no variant {reference!r} (variants: {', '.join(variants)}); "
                         "name the variant every other one is compared with")
@@ -271,11 +272,13 @@ def _variant(vname: str, row: Any, model_base: dict, train_base: dict, where: st
     return Variant(vname, model, train, expect, str(expected), str(row.get("description", "")))
 
 
-def _expand_sweep(sweep: Any, variants: dict, rows: dict, model_base: dict, train_base: dict, where: str) -> None:
-    """``{base = "full", key = "model.num_queries", values = [8, 32]}`` -> rows full-num_queries-8, ..."""
+def _expand_sweep(sweep: Any, variants: dict, rows: dict, model_base: dict, train_base: dict, where: str,
+                  reference: str) -> None:
+    """``{base = "full", key = "model.num_queries", values = [8, 32]}`` -> rows full-num_queries-8, ...
+    (``base`` defaults to the table's reference variant)."""
     if not isinstance(sweep, dict) or set(sweep) - {"base", "key", "values", "expect"} or "key" not in sweep:
         raise UserError(f"{where}: a sweep needs 'key' and 'values' (and optional 'base', 'expect')")
-    base = sweep.get("base", "full")
+    base = sweep.get("base", reference)
     if base not in rows:
         raise UserError(f"{where}.base: unknown variant {base!r}")
     section, _, key = str(sweep["key"]).partition(".")

@@ -153,19 +153,23 @@ class CaptionModel(nn.Module):
         """Token ids, attention mask and labels for the text part of the sequence."""
         return self.text.encode(captions)
 
+    def _prefix_inputs(self, features: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor, repeats: int = 1):
+        """LM inputs for [visual tokens][text ids]: embeddings, attention mask, number of visual tokens."""
+        visual = self.visual_tokens(features)
+        if repeats > 1:  # several captions per image: run the connector once per image
+            visual = visual.repeat_interleave(repeats, dim=0)
+        embeds = torch.cat([visual, self.lm.get_input_embeddings()(ids)], dim=1)
+        attn = torch.cat([torch.ones(visual.shape[:2], dtype=mask.dtype, device=self.device), mask], dim=1)
+        return embeds, attn, visual.shape[1]
+
     def _target_logits(self, features, ids, mask, labels, repeats: int = 1):
         """Logits at the positions that predict a target token, flattened: ([n_targets, vocab], [n_targets]).
 
         The LM head (vocab x width) is the most expensive layer here; running it only on target
         positions, as one matrix product, skips visual, BOS and padding positions."""
         ids, mask, labels = ids.to(self.device), mask.to(self.device), labels.to(self.device)
-        visual = self.visual_tokens(features)
-        if repeats > 1:  # several captions per image: run the connector once per image
-            visual = visual.repeat_interleave(repeats, dim=0)
-        embeds = torch.cat([visual, self.lm.get_input_embeddings()(ids)], dim=1)
-        attn = torch.cat([torch.ones(visual.shape[:2], dtype=mask.dtype, device=self.device), mask], dim=1)
+        embeds, attn, n_visual = self._prefix_inputs(features, ids, mask, repeats)
         out = self.lm(inputs_embeds=embeds, attention_mask=attn, output_hidden_states=True, logits_to_keep=1)
-        n_visual = visual.shape[1]
         hidden = out.hidden_states[-1][:, n_visual - 1 : n_visual - 1 + ids.shape[1]]  # position t predicts token t
         keep = labels != -100
         return self.lm.get_output_embeddings()(hidden[keep]), labels[keep], keep
@@ -214,12 +218,10 @@ class CaptionModel(nn.Module):
         diagnosis measures (e.g. P(EOS) right after the start token)."""
         ids, mask = (t.to(self.device) for t in pad_batch(rows, self.pad_id))
         with self._autocast():
-            visual = self.visual_tokens(features)
-            embeds = torch.cat([visual, self.lm.get_input_embeddings()(ids)], dim=1)
-            attn = torch.cat([torch.ones(visual.shape[:2], dtype=mask.dtype, device=self.device), mask], dim=1)
+            embeds, attn, n_visual = self._prefix_inputs(features, ids, mask)
             hidden = self.lm(inputs_embeds=embeds, attention_mask=attn, output_hidden_states=True,
                              logits_to_keep=1).hidden_states[-1]
-            last = visual.shape[1] + mask.sum(1) - 1  # right padding: the last real position of each row
+            last = n_visual + mask.sum(1) - 1  # right padding: the last real position of each row
             logits = self.lm.get_output_embeddings()(hidden[torch.arange(len(rows), device=self.device), last])
         return logits.float().softmax(-1).cpu()
 
@@ -242,11 +244,8 @@ class CaptionModel(nn.Module):
         Returns [layers, B] on the CPU."""
         ids, mask = (t.to(self.device) for t in pad_batch(rows, self.pad_id))
         with eager_attention(self.lm), self._autocast():
-            visual = self.visual_tokens(features)
-            embeds = torch.cat([visual, self.lm.get_input_embeddings()(ids)], dim=1)
-            attn = torch.cat([torch.ones(visual.shape[:2], dtype=mask.dtype, device=self.device), mask], dim=1)
+            embeds, attn, n = self._prefix_inputs(features, ids, mask)
             layers = self.lm(inputs_embeds=embeds, attention_mask=attn, output_attentions=True, logits_to_keep=1).attentions
-        n = visual.shape[1]
         weights = mask.float()
         shares = [(a.float().mean(1)[:, n:, :n].sum(-1) * weights).sum(1) / weights.sum(1) for a in layers]
         return torch.stack(shares).cpu()
