@@ -108,3 +108,14 @@ def test_attention_command_on_a_run_without_a_q_former_says_so(two_runs):
     assert result.exit_code == 2
     assert "no Q-Former (connector = meanpool)" in result.output and "Traceback" not in result.output
     assert not (two_runs / "maps2").exists()
+
+
+def test_commands_refuse_a_run_that_did_not_finish(two_runs):
+    import shutil
+
+    unfinished = two_runs / "unfinished"
+    shutil.copytree(two_runs / "runs/micro/full/seed-0", unfinished)
+    (unfinished / "DONE").unlink()  # killed while probing: weights are there, the run is not finished
+    result = runner.invoke(app, ["attention", str(two_runs / "x.png"), "--run", str(unfinished),
+                                 "--out", str(two_runs / "maps3"), "--cache-dir", str(two_runs / "cache")])
+    assert result.exit_code == 2 and "not a finished run folder" in result.output

@@ -59,6 +59,17 @@ def test_overrides_and_sweeps(tmp_path):
         t.select(["nope"])
 
 
+def test_a_renamed_reference_is_the_sweeps_default_base_and_must_exist(tmp_path):
+    text = GOOD.replace("[variants.full]", "[variants.base]").replace('base = "full"\n', "")
+    t = load_table(_write(tmp_path, text.replace("[table]\n", '[table]\nreference = "base"\n', 1)))
+    assert t.reference == "base" and t.variants["base-num_queries-2"].model.num_queries == 2
+    with pytest.raises(UserError, match="table.reference: no variant 'full'"):
+        load_table(_write(tmp_path, text))
+    with pytest.raises(UserError, match="loses_relations needs slot labels"):
+        load_table(_write(tmp_path, GOOD.replace('name = "shapes"', 'name = "flickr8k"').replace(
+            'expect = "worse_than_reference"', 'expect = ["worse_than_reference", "loses_relations"]')))
+
+
 @pytest.mark.parametrize("bad, message", [
     ("[table\nname = 'x'", "TOML syntax error"),
     (GOOD.replace("num_queries = 4", "num_querys = 4"), "model: unknown key 'num_querys'"),
