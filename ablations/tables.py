@@ -238,11 +238,11 @@ def load_table(name_or_path: str) -> Table:
     for vname, row in rows.items():
         variants[vname] = _variant(vname, row, model_base, train_base, f"{where}: variants.{vname}")
     reference = head.get("reference", "full")
-    for i, sweep in enumerate(raw.get("sweep", [])):
-        _expand_sweep(sweep, variants, rows, model_base, train_base, f"{where}: sweep[{i}]", reference)
     if reference not in variants:
         raise UserError(f"{where}: table.reference: no variant {reference!r} (variants: {', '.join(variants)}); "
                         "name the variant every other one is compared with")
+    for i, sweep in enumerate(raw.get("sweep", [])):
+        _expand_sweep(sweep, variants, rows, model_base, train_base, f"{where}: sweep[{i}]", reference)
     for v in variants.values():
         if set(v.expect) & NEEDS_SLOTS and data.name != "shapes":
             raise UserError(f"{where}: variants.{v.name}.expect: {', '.join(set(v.expect) & NEEDS_SLOTS)} needs "
