@@ -219,13 +219,15 @@ def source_hash() -> str:
 
 
 def code_version() -> dict:
-    """git commit and dirty flag (tracked files changed) when run from a checkout; always the source hash."""
+    """git commit and dirty flag (tracked code changed) when run from a checkout; always the source hash."""
     out = {"source_hash": source_hash()}
     if (REPO_ROOT / ".git").exists():
         commit = _git("rev-parse", "HEAD")
         if commit:
             out["git_commit"] = commit
-            out["dirty"] = bool(_git("status", "--porcelain", "--untracked-files=no"))
+            # Dirty = the code or its pins changed since the commit (generated reports do not count).
+            out["dirty"] = bool(_git("status", "--porcelain", "--untracked-files=no", "--", "vlm_core", "ablations",
+                                     "pyproject.toml"))
     return out
 
 
