@@ -86,8 +86,11 @@ class Verdict:
     numbers: str
 
 
+RATES = {"swap_rate", "empty_rate", "eos_first_rate"}  # shares: their CIs are clipped to [0, 1]
+
+
 def threshold(tr: TableRuns, v: str, column: str, bound: float, side: str, label: str, digits: int = 3):
-    i = one_sample(tr.seed_values(v, column).to_numpy())
+    i = one_sample(tr.seed_values(v, column).to_numpy(), limits=(0.0, 1.0) if column in RATES else None)
     return decide(i, bound, side), f"{label} {fmt_ci(i, digits)} (need the 95% CI {side} {bound:g})"
 
 

@@ -27,7 +27,7 @@ def _main() -> None:
 
 RUNS = typer.Option(Path("runs"), "--runs-dir", help="Where run folders go (runs/<table>/<variant>/seed-<k>).")
 CACHE = typer.Option(Path(".cache"), "--cache-dir", envvar="ABLATE_CACHE",
-                     help="Feature and LM caches (Flickr8k EfficientNet features: ~1.0 GiB on disk).")
+                     help="Feature and LM caches (Flickr8k EfficientNet features: ~0.95 GiB on disk).")
 DATA_DIR = typer.Option(None, "--data-dir", help="Flickr8k folder (else $ABLATE_FLICKR8K, else the table's data.path).")
 DEVICE = typer.Option(None, "--device", help="auto (CUDA when present, else CPU), cpu, cuda, cuda:N, mps "
                       "(default: the table's run.device, auto).")

@@ -72,8 +72,9 @@ def welch(x: np.ndarray, y: np.ndarray) -> Interval:
     return Interval(diff, diff - half, diff + half, p, n)
 
 
-def one_sample(values: np.ndarray, bound: float = 0.0) -> Interval:
-    """Mean over seeds with a t 95% CI, and p against ``bound``."""
+def one_sample(values: np.ndarray, bound: float = 0.0, limits: tuple[float, float] | None = None) -> Interval:
+    """Mean over seeds with a t 95% CI, and p against ``bound``; ``limits`` clips the CI to the values the
+    quantity can take (a rate's CI stays within [0, 1])."""
     v = np.asarray(values, float)
     mean = float(v.mean()) if len(v) else float("nan")
     if len(v) < 2:
@@ -83,7 +84,10 @@ def one_sample(values: np.ndarray, bound: float = 0.0) -> Interval:
         return Interval(mean, mean, mean, 1.0 if mean == bound else float("nan"), len(v))
     half = stats.t.ppf(1 - ALPHA / 2, len(v) - 1) * se
     p = float(2 * stats.t.sf(abs(mean - bound) / se, len(v) - 1))
-    return Interval(mean, mean - half, mean + half, p, len(v))
+    low, high = mean - half, mean + half
+    if limits is not None:
+        low, high = max(low, limits[0]), min(high, limits[1])
+    return Interval(mean, low, high, p, len(v))
 
 
 def decide(interval: Interval, bound: float, side: str) -> str:

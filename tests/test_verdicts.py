@@ -79,6 +79,8 @@ def test_one_sample_decide_and_seeds_needed():
     assert decide(one_sample(np.array([0.5, 0.6, 0.55])), 0.9, "above") == "not held"
     assert decide(one_sample(np.array([0.5, 0.99, 0.95])), 0.9, "above") == "inconclusive"
     assert decide(one_sample(np.zeros(3)), 0.05, "below") == "held"  # no spread: the point decides
+    rate = one_sample(np.array([0.6, 1.0, 1.0]), limits=(0.0, 1.0))  # a share's CI stays within [0, 1]
+    assert rate.high == 1.0 and rate.low < 0.6 and one_sample(np.array([0.6, 1.0, 1.0])).high > 1.0
     small, large = seeds_needed(-0.3, 0.25, 0.2), seeds_needed(-1.0, 0.25, 0.2)
     assert small > large >= 2 and seeds_needed(0.0, 0.2, 0.2) is None
 

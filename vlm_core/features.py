@@ -1,7 +1,7 @@
 """Frozen-encoder features, computed once per (encoder, data set, split, image list) and memory-mapped.
 
-Stored as fp16 ``.npy`` (49 x 1280 x 2 bytes = 125 KiB an image for EfficientNet-Lite0: about
-1.0 GiB for all 8,091 Flickr8k images). A file appears under its final name only when complete,
+Stored as fp16 ``.npy`` (49 x 1280 x 2 bytes = 122.5 KiB an image for EfficientNet-Lite0: about
+0.95 GiB for all 8,091 Flickr8k images). A file appears under its final name only when complete,
 so a killed build is simply rebuilt.
 """
 from __future__ import annotations
