@@ -44,7 +44,8 @@ def summarize(tr: TableRuns) -> pd.DataFrame:
 
 
 def comparisons(tr: TableRuns, metric: str) -> dict[str, Comparison]:
-    """Every variant against the table's reference on one per-image quantity (computed once per table)."""
+    """Every row of the table against the reference on one per-image quantity, computed once per table;
+    budget rows (tr.sweep_order) are compared at their own budget in budgets.py."""
     if metric in tr.comparisons:
         return tr.comparisons[metric]
     ref, out = tr.table.reference, {}
@@ -146,6 +147,8 @@ RULES = {"image_dependent": rule_image_dependent, "worse_than_reference": rule_w
 def expectations(tr: TableRuns) -> list[Verdict]:
     out = []
     for name, v in tr.table.variants.items():
+        if v.is_budget_row:  # compared at their own budget in the budget section
+            continue
         for e in v.expect or ["none"]:
             if e == "none":
                 out.append(Verdict(name, e, v.expected, "n/a", "no expectation checked"))

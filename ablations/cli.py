@@ -196,12 +196,12 @@ def list_tables(runs_dir: Path = RUNS):
         console.print(t)
 
 
-DEFAULT_TABLE = {"shapes": "shapes", "flickr8k": "flickr8k-tiny"}  # `ablate train --data NAME` takes its settings here
+DEFAULT_TABLE = {"shapes": "shapes", "flickr8k": "flickr8k"}  # `ablate train --data NAME` takes its settings here
 
 
 @app.command()
 def train(
-    data: str = typer.Option("shapes", "--data", help="shapes | flickr8k (picks the shapes or flickr8k-tiny table)."),
+    data: str = typer.Option("shapes", "--data", help="shapes | flickr8k (picks the shapes or flickr8k table)."),
     device: Optional[str] = DEVICE, precision: Optional[str] = PRECISION,
     variant: str = typer.Option("full", "--variant"),
     table: Optional[str] = typer.Option(None, "--table", help="Take settings from this table instead."),

@@ -21,7 +21,8 @@ class TableRuns:
     table: Table
     runs_dir: Path
     runs: pd.DataFrame
-    order: list[str]  # variants with at least one finished run, in table order
+    order: list[str]  # the table's own rows with at least one finished run, in table order
+    sweep_order: list[str] = field(default_factory=list)  # budget rows (train.epochs sweeps) with a finished run
     per_image: dict[str, dict[int, pd.DataFrame]] = field(default_factory=dict)  # variant -> seed -> frame
     captions: dict[str, dict[int, dict[str, str]]] = field(default_factory=dict)
     histories: dict[str, list[pd.DataFrame]] = field(default_factory=dict)
@@ -86,7 +87,8 @@ def collect(table: Table, runs_dir: Path) -> TableRuns:
         raise UserError(f"{Path(runs_dir) / table.name}: no finished runs of table '{table.name}'; "
                         f"run `ablate run-all {table.name}` first")
     out.runs = pd.DataFrame(rows)
-    out.order = [v for v in table.variants if v in out.per_image]
+    out.order = [v for v in table.variants if v in out.per_image and not table.variants[v].is_budget_row]
+    out.sweep_order = [v for v in table.variants if v in out.per_image and table.variants[v].is_budget_row]
     out.provenance = pd.DataFrame(prov)
     out.stage_seconds = pd.DataFrame(stages)
     out.timing = TableTiming(runs_dir, table.name).read()

@@ -16,6 +16,7 @@ from vlm_core.atomic import atomic_write, atomic_write_text
 from vlm_core.errors import UserError
 
 from . import analysis as an
+from . import budgets
 from .analysis import fmt, fmt_ci, fmt_p
 from .collect import TableRuns, collect
 from .record import code_label, code_version, run_path
@@ -97,8 +98,14 @@ def section_setup(ctx: Context) -> list[str]:
         [f"training ({ctx.ref})", _kv(cfg.get("train", {}))],
         ["wall time", f"{run_s / 60:.1f} min in runs ({len(tr.stage_seconds)} runs) + {prep / 60:.1f} min shared "
                       f"preparation (features, LM); `run-all` wall clock {wall / 60:.1f} min over {len(tr.timing)} "
-                      "invocation(s)" if tr.timing else f"{run_s / 60:.1f} min in runs; `run-all` wall clock not recorded"],
+                      "invocation(s): " + "; ".join(f"{x['total_seconds'] / 60:.1f} min for {x['runs']} run(s) "
+                                                    f"(started {x['when']})" for x in tr.timing)
+         if tr.timing else f"{run_s / 60:.1f} min in runs; `run-all` wall clock not recorded"],
     ]
+    missing = [v for v in t.variants if v not in tr.order + tr.sweep_order]
+    if missing:
+        rows.append(["not run yet", ", ".join(f"`{v}`" for v in missing) + f" (no finished run: `ablate run-all "
+                     f"{t.name}` resumes; every section below covers the finished runs only)"])
     lines = ["## Setup", "", md_table(["", ""], rows), ""]
     return lines + (["Notes: " + t.notes.strip(), ""] if t.notes else [])
 
@@ -266,6 +273,40 @@ def _verdict_rows(verdicts) -> list[list[str]]:
     return [[v.variant, v.expected, f"**{v.verdict}**", v.numbers] for v in verdicts]
 
 
+def section_budgets(ctx: Context) -> list[str]:
+    """Verdicts across training budgets: the plot, the per-budget means, one measured sentence per verdict."""
+    rows = budgets.budget_table(ctx.tr)
+    if not rows:
+        return []
+    budgets.plot(ctx.tr, ctx.out_dir / "budgets.png")
+    n_train = len(ctx.data.splits["train"]) if ctx.data is not None else None
+    per_image = {ctx.table.variants[v].train.captions_per_image for v in ctx.tr.order + ctx.tr.sweep_order}
+    unit = (f"one epoch = every training image once with {'/'.join(map(str, sorted(per_image)))} caption(s)"
+            + (f" ({int(n_train):,} images)" if n_train else ""))
+    t = ctx.tr.stage_seconds
+    train_s = t.set_index("variant")["train"].groupby(level=0).mean() if not t.empty else pd.Series(dtype=float)
+    for r in rows:
+        row = r[2].strip("`")
+        r.append(f"{train_s[row]:.0f}" if row in train_s else "–")
+    lines = ["## Verdicts across training budgets", "",
+             f"Each budget is its own set of runs ({unit}; warmup + cosine schedule over that run's own epochs, "
+             "every other setting as in the table). At each budget the ablation is compared with the reference "
+             "trained for the same epochs: Welch's t over seeds on per-run means, 95% CI. The pattern names the "
+             "sequence of per-budget outcomes, budgets ascending (lower / higher = the whole CI below / above 0).", "",
+             "![CIDEr and likelihood-swap gap against training budget](budgets.png)", "",
+             md_table(["variant", "epochs", "row", "seeds", "CIDEr [95% CI]", "NLL gap [95% CI]", "train s (mean)"],
+                      rows), ""]
+    verdicts = budgets.verdicts(ctx.tr)
+    if not verdicts:
+        return lines + [f"No ablation has budget rows that `{ctx.ref}` also has finished, so nothing is compared.", ""]
+    k = max(len(v.budgets) for v in verdicts)
+    lines += [f"- {v.sentence}" for v in sorted(verdicts, key=lambda v: not v.expected)]
+    return lines + ["", f"Each budget is its own 95% test: with {k} budgets and no true difference, the chance that at "
+                    f"least one of them comes out decided is about {1 - 0.95 ** k:.0%}, so a verdict decided at one "
+                    "budget only (\"appears only late\", \"fades\", \"at some budgets only\") is weaker evidence than one "
+                    "decided at every budget; \"undecided\" means the seeds cannot tell, not that there is no effect.", ""]
+
+
 def section_attention(ctx: Context) -> list[str]:
     rows = an.grounding_rows(ctx.tr)
     if not rows:
@@ -376,7 +417,7 @@ def section_timing(ctx: Context) -> list[str]:
 
 
 SECTIONS = [section_setup, section_targets, section_provenance, section_failed, section_parameters, section_loss,
-            section_main, section_comparisons, section_expectations, section_attention, section_reliance,
+            section_main, section_comparisons, section_expectations, section_budgets, section_attention, section_reliance,
             section_diagnosis, section_gallery, section_timing]
 
 

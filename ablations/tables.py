@@ -32,6 +32,9 @@ EXPECTATIONS = {
     "collapsed": "degenerate: >= 90% empty captions (over seeds)",
 }
 NEEDS_SLOTS = {"loses_relations"}
+# A [[sweep]] over this key retrains a variant at other training budgets; those rows are compared with the
+# reference at the same budget (budgets.py), never with the table's own reference row.
+BUDGET_KEY = "train.epochs"
 
 # ``[targets]``: thresholds for the reference variant on the eval split (metric names), and ``minutes`` for the table.
 TARGET_KEYS = ["BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr", "SPICE", "minutes"]
@@ -98,6 +101,14 @@ class Variant:
     expect: list[str] = field(default_factory=list)  # keys of EXPECTATIONS
     expected: str = ""
     description: str = ""
+    # A [[sweep]] row: the variant it varies, the key and this row's value (not part of the config hash).
+    sweep_of: str = ""
+    sweep_key: str = ""
+    sweep_value: Any = None
+
+    @property
+    def is_budget_row(self) -> bool:
+        return self.sweep_key == BUDGET_KEY
 
 
 @dataclass
@@ -293,7 +304,17 @@ def _expand_sweep(sweep: Any, variants: dict, rows: dict, model_base: dict, trai
         row["expect"] = sweep.get("expect", [])
         row.pop("expected", None)
         name = f"{base}-{key}-{value}"
-        variants[name] = _variant(name, row, model_base, train_base, f"{where} ({name})")
+        if name in variants:
+            raise UserError(f"{where}: row {name!r} is defined twice")
+        new = _variant(name, row, model_base, train_base, f"{where} ({name})")
+        if getattr(getattr(new, section), key) == getattr(getattr(variants[base], section), key):
+            raise UserError(f"{where}.values: {value!r} is what {base!r} already has ({sweep['key']}); the row "
+                            "would repeat it")
+        if sweep["key"] == BUDGET_KEY and new.expect:
+            raise UserError(f"{where}.expect: rows of a {BUDGET_KEY} sweep are compared with the reference at their "
+                            "own budget in the budget section; they take no expectations")
+        new.sweep_of, new.sweep_key, new.sweep_value = base, sweep["key"], value
+        variants[name] = new
 
 
 def variant_config(table: Table, variant: Variant) -> dict:
@@ -311,9 +332,10 @@ def apply_settings(table: Table, variant: Variant | None, settings: list[str]) -
     """One-off ``section.key=value`` overrides (``--set`` of `ablate train`, and the `run-all` options
     for ``run``), checked like table keys.
 
-    ``model``/``train`` change the variant; ``data``/``caption_lm``/``probes``/``run`` the table. Values are
+    ``model``/``train`` change the variant; ``data``/``backbones``/``caption_lm``/``probes``/``run`` the table. Values are
     TOML (``3``, ``1e-3``, ``true``, ``["c_attn", "lm_head"]``); anything else is taken as a string."""
-    owners = {"model": variant, "train": variant, "data": table, "caption_lm": table, "probes": table, "run": table}
+    owners = {"model": variant, "train": variant, "data": table, "backbones": table, "caption_lm": table,
+              "probes": table, "run": table}
     for setting in settings:
         name, sep, text = setting.partition("=")
         section, dot, key = name.strip().partition(".")

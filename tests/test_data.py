@@ -161,3 +161,15 @@ def test_feature_cache_serves_a_prefix_of_a_larger_cache(tmp_path, effnet):
     other = cached_features(effnet, data, "train", tmp_path, log=lambda *_: None)
     assert not other.cache_hit and other.array.shape == (2, 49, 1280)
     assert np.allclose(np.asarray(other.array, dtype=np.float32), np.asarray(full.array[1:3], dtype=np.float32), atol=1e-2)
+
+
+def test_efficientnet_lite2_gives_a_finer_grid_at_its_own_input_size():
+    from vlm_core.vision import load_vision_backbone
+
+    lite2 = load_vision_backbone("efficientnet-lite2")
+    assert (lite2.image_size, lite2.grid, lite2.num_tokens, lite2.feature_dim) == (260, (9, 9), 81, 1280)
+    images = [Image.new("RGB", (224, 224), (200, 30, 30)), Image.new("RGB", (224, 224), (30, 30, 200))]
+    tokens = lite2.encode_images(images)  # 224-px images are resized to 260 first
+    assert tokens.shape == (2, 81, 1280)
+    assert not any(p.requires_grad for p in lite2.model.parameters())  # frozen
+    assert (tokens[0] - tokens[1]).abs().mean() > 1e-3  # the image reaches the tokens

