@@ -82,7 +82,7 @@ def pattern(directions: list[str], wanted: str | None) -> str:
     last = len(directions) - 1 - directions[::-1].index(side)
     if all(d == side for d in directions[: last + 1]):
         return prefix + f"fades ({side} up to the {ordinal(last + 1)} budget, undecided after)"
-    return prefix + f"{side} at some budgets only"
+    return prefix + f"{side} at {directions.count(side)} of {len(directions)} budgets, undecided at the others"
 
 
 def ordinal(n: int) -> str:

@@ -302,8 +302,8 @@ def section_budgets(ctx: Context) -> list[str]:
     k = max(len(v.budgets) for v in verdicts)
     lines += [f"- {v.sentence}" for v in sorted(verdicts, key=lambda v: not v.expected)]
     return lines + ["", f"Each budget is its own 95% test: with {k} budgets and no true difference, the chance that at "
-                    f"least one of them comes out decided is about {1 - 0.95 ** k:.0%}, so a verdict decided at one "
-                    "budget only (\"appears only late\", \"fades\", \"at some budgets only\") is weaker evidence than one "
+                    f"least one of them comes out decided is about {1 - 0.95 ** k:.0%}, so a verdict decided at some "
+                    "budgets only (\"appears only late\", \"fades\", \"at k of n budgets\") is weaker evidence than one "
                     "decided at every budget; \"undecided\" means the seeds cannot tell, not that there is no effect.", ""]
 
 

@@ -28,7 +28,7 @@ BUDGET_SWEEPS = "".join(f'\n[[sweep]]\nbase = "{b}"\nkey = "train.epochs"\nvalue
     (["undecided", "undecided"], "lower", "undecided at every budget"),
     (["higher", "higher"], "lower", "the opposite of the expectation: higher at every budget"),
     (["higher", "higher"], None, "higher at every budget"),
-    (["lower", "undecided", "lower"], "lower", "lower at some budgets only"),
+    (["lower", "undecided", "lower", "lower"], "lower", "lower at 3 of 4 budgets, undecided at the others"),
 ])
 def test_pattern_names_the_sequence_of_per_budget_outcomes(directions, wanted, name):
     assert budgets.pattern(directions, wanted) == name

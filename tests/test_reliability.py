@@ -216,7 +216,9 @@ def test_sigkill_at_several_points_then_resume_matches_uninterrupted(tmp_path):
         killed += _kill_when(_start(table, runs, cache), point)
     assert killed >= 2, "the micro table finished before the kill points were reached"
     timing = json.loads((table_runs / "timing.json").read_text())  # killed invocations keep their time
-    assert sum(t["runs"] for t in timing) >= dones() and all(t["total_seconds"] > 0 for t in timing)
+    # timing.json is rewritten right after a run's DONE marker: a kill between the two writes loses at most
+    # that one run's count, once per killed invocation.
+    assert sum(t["runs"] for t in timing) >= dones() - killed and all(t["total_seconds"] > 0 for t in timing)
     final = _start(table, runs, cache)
     assert final.wait(timeout=600) == 0
     assert not list(cache.rglob("*.partial"))
