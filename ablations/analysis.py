@@ -194,7 +194,7 @@ def likelihood_rows(tr: TableRuns) -> list[dict]:
         gap = m.mean(axis=1).dropna().to_numpy()
         p = 1.0 if np.allclose(gap, 0) else float(sps.wilcoxon(gap).pvalue)
         caption, share, n = pooled_mode(tr, v)
-        rows.append({"variant": v, "seed": one_sample(m.mean(axis=0).to_numpy()), "positive": float((gap > 0).mean()),
+        rows.append({"variant": v, "seed": one_sample(tr.run_means(v, "nll_gap")), "positive": float((gap > 0).mean()),
                      "p_images": p, "images": len(gap), "mode": caption, "mode_share": share, "captions": n})
     return rows
 
@@ -248,7 +248,7 @@ def variants_where(tr: TableRuns, section: str, key: str, value) -> list[str]:
 
 
 def _seed_interval(tr: TableRuns, v: str, column: str) -> Interval:
-    return one_sample(tr.matrix(v, column).mean(axis=0).to_numpy())
+    return one_sample(tr.run_means(v, column))
 
 
 def grounding_rows(tr: TableRuns) -> list[dict]:

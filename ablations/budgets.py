@@ -100,7 +100,7 @@ def verdicts(tr: TableRuns) -> list[BudgetVerdict]:
             continue
         shared = [b for b in by_budget if b in rows[ref]]
         for quantity, expectation in QUANTITIES.items():
-            diffs = {b: welch(_seed_means(tr, by_budget[b], quantity), _seed_means(tr, rows[ref][b], quantity))
+            diffs = {b: welch(tr.run_means(by_budget[b], quantity), tr.run_means(rows[ref][b], quantity))
                      for b in shared}
             diffs = {b: d for b, d in diffs.items() if not np.isnan(d.estimate)}  # a side without the quantity
             if not diffs:
@@ -114,12 +114,6 @@ def verdicts(tr: TableRuns) -> list[BudgetVerdict]:
                                      sentence(variant, ref, quantity, expected, budgets, list(diffs.values()), dirs,
                                               name, missing)))
     return out
-
-
-def _seed_means(tr: TableRuns, row: str, quantity: str) -> np.ndarray:
-    """Each run's mean over images (what the seed-level comparison tests; the image-level bootstrap of
-    stats.compare is not needed here)."""
-    return tr.matrix(row, quantity).mean(axis=0).to_numpy()
 
 
 def sentence(variant: str, ref: str, quantity: str, expected: bool, budgets: list[int], diffs: list[Interval],

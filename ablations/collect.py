@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from vlm_core.errors import UserError
@@ -39,6 +40,10 @@ class TableRuns:
         frames = self.per_image.get(variant, {})
         cols = {s: f[column] for s, f in frames.items() if column in f}
         return pd.DataFrame(cols)
+
+    def run_means(self, variant: str, column: str) -> np.ndarray:
+        """Each run's mean of ``column`` over images: the unit the seed-level statistics test."""
+        return self.matrix(variant, column).mean(axis=0).to_numpy()
 
     def seed_values(self, variant: str, column: str) -> pd.Series:
         """Per-run values of a run-level quantity (index = seed)."""
