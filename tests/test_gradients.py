@@ -152,3 +152,24 @@ def test_standardisation_folded_into_the_patch_projection_is_the_same_function()
     queries = conn.query_tokens.expand(5, -1, -1)
     expected = conn.qformer(query_embeds=queries, encoder_hidden_states=two_step).last_hidden_state
     assert torch.allclose(conn(x), expected, atol=1e-5)
+
+
+def test_lora_dropout_applies_in_training_only(gpt2_tiny):
+    """lora_dropout lives inside the frozen (eval-mode) LM; it must still act while training."""
+    vision, model = _setup(gpt2_tiny, lora_dropout=0.5)
+    with torch.no_grad():  # B starts at zero, which hides any dropout on A's input
+        for name, p in model.lm.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)
+    feats = vision.encode_images(_images())
+    model.train_trainable_parts()
+    assert not model.lm.training  # the frozen LM (its own dropout) stays in eval mode
+    with torch.no_grad():
+        torch.manual_seed(1)
+        a = model(feats, CAPTIONS)
+        torch.manual_seed(2)
+        b = model(feats, CAPTIONS)
+    assert not torch.allclose(a, b), "LoRA dropout did not act in training mode"
+    model.eval()
+    with torch.no_grad():
+        assert torch.equal(model(feats, CAPTIONS), model(feats, CAPTIONS))

@@ -125,9 +125,15 @@ class CaptionModel(nn.Module):
 
     # ---- modes ---------------------------------------------------------------------------
     def train_trainable_parts(self) -> "CaptionModel":
-        """Train mode for the trained parts only; frozen parts stay in eval() (no dropout)."""
+        """Train mode for the trained parts only; frozen parts stay in eval() (no dropout).
+
+        The LoRA adapters live inside the frozen LM, so their dropout (``lora_dropout``) is switched
+        back on by hand: with the whole LM in eval() it would silently never apply."""
         self.train()
         self.lm.eval()
+        for name, module in self.lm.named_modules():
+            if name.endswith(".lora_dropout"):
+                module.train()
         if not self.cfg.train_qformer:
             self.connector.eval()
         return self
