@@ -156,14 +156,15 @@ def test_standardisation_folded_into_the_patch_projection_is_the_same_function()
 
 def test_lora_dropout_applies_in_training_only(gpt2_tiny):
     """lora_dropout lives inside the frozen (eval-mode) LM; it must still act while training."""
-    vision, model = _setup(gpt2_tiny, lora_dropout=0.5)
+    vision, model = _setup(gpt2_tiny, lora_dropout=0.5, lora_targets=["c_attn", "c_proj", "c_fc", "lm_head"])
     with torch.no_grad():  # B starts at zero, which hides any dropout on A's input
         for name, p in model.lm.named_parameters():
             if "lora_B" in name:
                 p.normal_(0, 0.5)
     feats = vision.encode_images(_images())
     model.train_trainable_parts()
-    assert not model.lm.training  # the frozen LM (its own dropout) stays in eval mode
+    for name, module in model.lm.named_modules():  # adapters' dropout on; the frozen LM's own dropout off
+        assert module.training == (".lora_dropout" in name), name
     with torch.no_grad():
         torch.manual_seed(1)
         a = model(feats, CAPTIONS)
