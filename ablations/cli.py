@@ -272,6 +272,8 @@ def caption(
     """Caption any image file with a trained run, decoding as the run was scored (overridable)."""
     from dataclasses import replace
 
+    from vlm_core.train import decode
+
     from .runner import load_run_model, run_decoding
 
     try:
@@ -280,8 +282,7 @@ def caption(
         decoding = run_decoding(run)
         overrides = {"max_new_tokens": max_new_tokens, "num_beams": beams, "no_repeat_ngram_size": no_repeat_ngram_size}
         decoding = replace(decoding, **{k: v for k, v in overrides.items() if v is not None})
-        texts = model.generate(vision.encode_images(pics), max_new_tokens=decoding.max_new_tokens,
-                               num_beams=decoding.num_beams, no_repeat_ngram_size=decoding.no_repeat_ngram_size)
+        texts, _ = decode(model, vision.encode_images(pics), decoding)
         for p, t in zip(images, texts):
             typer.echo(f"{p}\t{t}")
     except UserError as err:

@@ -24,6 +24,7 @@ import platform
 import shutil
 import subprocess
 import time
+from dataclasses import fields
 from importlib import metadata
 from pathlib import Path
 
@@ -31,6 +32,7 @@ import pandas as pd
 
 from vlm_core.atomic import atomic_write, atomic_write_json
 from vlm_core.errors import UserError
+from vlm_core.train import TrainConfig
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DONE, FAILED = "DONE", "FAILED"
@@ -45,10 +47,19 @@ def run_path(runs_dir: Path, table: str, variant: str, seed: int) -> Path:
     return Path(runs_dir) / table / variant / f"seed-{seed}"
 
 
+# Train keys added after runs existed; at their default they change nothing, so they enter the hash only
+# when set, and the runs made before them stay current (the caption LM's cache key does the same).
+TRAIN_KEYS_ADDED_LATER = ("length_penalty", "rerank", "rerank_samples", "rerank_temperature", "label_smoothing")
+
+
 def config_hash(config: dict) -> str:
     """Hash of the settings that determine a run's result (see tables.variant_config); the table's and
     the variant's names are left out, so renaming either keeps its runs current."""
     settings = {k: v for k, v in config.items() if k not in ("table", "variant")}
+    if isinstance(settings.get("train"), dict):
+        defaults = {f.name: f.default for f in fields(TrainConfig)}
+        settings["train"] = {k: v for k, v in settings["train"].items()
+                             if not (k in TRAIN_KEYS_ADDED_LATER and v == defaults[k])}
     return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

@@ -70,3 +70,17 @@ def snapshot(root: Path) -> dict[str, str]:
     """Hash of every file under root: 'byte-identical' checks."""
     return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
             for p in sorted(Path(root).rglob("*")) if p.is_file()}
+
+
+def spy_on(monkeypatch, owner, name: str) -> tuple[list[dict], list]:
+    """Record every call of ``owner.name`` (its keyword arguments, and what it returned), still calling through."""
+    calls, results = [], []
+    real = getattr(owner, name)
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs)
+        results.append(real(*args, **kwargs))
+        return results[-1]
+
+    monkeypatch.setattr(owner, name, spy)
+    return calls, results

@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from ablations.cli import app
 
-from .micro import snapshot, write_micro
+from .micro import snapshot, spy_on, write_micro
 
 runner = CliRunner()
 
@@ -215,22 +215,15 @@ def test_caption_command_decodes_as_the_run_was_scored(micro_runs, tmp_path, mon
     from vlm_core.model import CaptionModel
     from vlm_core.shapes import ShapesConfig, load_shapes
 
-    seen = []
-    real = CaptionModel.generate
-
-    def spy(self, features, **kwargs):
-        seen.append(kwargs)
-        return real(self, features, **kwargs)
-
-    monkeypatch.setattr(CaptionModel, "generate", spy)
+    seen, _ = spy_on(monkeypatch, CaptionModel, "generate")
     img = tmp_path / "x.png"
     load_shapes(ShapesConfig(seed=7, train=24, dev=8, test=8)).load_image("shapes_00032.png").save(img)
     run = micro_runs["runs"] / "micro" / "full" / "seed-0"
     train = json.loads((run / "config.json").read_text())["train"]
     result = runner.invoke(app, ["caption", str(img), "--run", str(run), "--cache-dir", str(micro_runs["cache"])])
     assert result.exit_code == 0, result.output
-    assert seen[-1] == {"max_new_tokens": train["max_new_tokens"], "num_beams": train["num_beams"],
-                        "no_repeat_ngram_size": train["no_repeat_ngram_size"]}
+    assert {k: seen[-1][k] for k in ("max_new_tokens", "num_beams", "no_repeat_ngram_size", "length_penalty")} == {
+        k: train[k] for k in ("max_new_tokens", "num_beams", "no_repeat_ngram_size", "length_penalty")}
     result = runner.invoke(app, ["caption", str(img), "--run", str(run), "--cache-dir", str(micro_runs["cache"]),
                                  "--beams", "2", "--no-repeat-ngram-size", "3"])
     assert result.exit_code == 0, result.output

@@ -181,12 +181,13 @@ class CaptionModel(nn.Module):
         return self.lm.get_output_embeddings()(hidden[keep]), labels[keep], keep
 
     # ---- loss ----------------------------------------------------------------------------
-    def forward(self, features: torch.Tensor, captions: list[str], repeats: int = 1) -> torch.Tensor:
+    def forward(self, features: torch.Tensor, captions: list[str], repeats: int = 1,
+                label_smoothing: float = 0.0) -> torch.Tensor:
         """Mean loss per target token; ``captions`` holds ``repeats`` captions per image, in order."""
         ids, mask, labels = self.encode_captions(captions)
         with self._autocast():
             logits, targets, _ = self._target_logits(features, ids, mask, labels, repeats)
-            return F.cross_entropy(logits.float(), targets)
+            return F.cross_entropy(logits.float(), targets, label_smoothing=label_smoothing)
 
     @torch.no_grad()
     def caption_nll(self, features: torch.Tensor, captions: list[str], repeats: int = 1) -> torch.Tensor:
@@ -200,23 +201,44 @@ class CaptionModel(nn.Module):
         return (total / keep.sum(1).clamp(min=1)).cpu()
 
     # ---- generation ----------------------------------------------------------------------
+    def _start_embeds(self, features: torch.Tensor) -> torch.Tensor:
+        """[visual tokens][start token] embeddings: where generation and sampling begin."""
+        visual = self.visual_tokens(features)
+        start = torch.full((features.shape[0], 1), self.text.start_id, dtype=torch.long, device=self.device)
+        return torch.cat([visual, self.lm.get_input_embeddings()(start)], dim=1)
+
     @torch.no_grad()
     def generate(self, features: torch.Tensor, max_new_tokens: int, num_beams: int = 1,
-                 no_repeat_ngram_size: int = 0, first_token_ids: bool = False):
-        """Captions for cached features. Returns strings (and the first generated id if asked)."""
+                 no_repeat_ngram_size: int = 0, first_token_ids: bool = False, length_penalty: float = 1.0,
+                 num_return_sequences: int = 1):
+        """Captions for cached features. Returns strings (and the first generated id if asked); with
+        ``num_return_sequences`` = k, the k best beams of each image in turn (image 0's k, then image 1's)."""
         with self._autocast():
-            visual = self.visual_tokens(features)
-            start = torch.full((features.shape[0], 1), self.text.start_id, dtype=torch.long, device=self.device)
-            embeds = torch.cat([visual, self.lm.get_input_embeddings()(start)], dim=1)
+            embeds = self._start_embeds(features)
+            beam_only = {"length_penalty": length_penalty, "num_return_sequences": num_return_sequences} if num_beams > 1 else {}
             out = self.lm.generate(  # with inputs_embeds only new tokens come back
                 inputs_embeds=embeds, attention_mask=torch.ones(embeds.shape[:2], dtype=torch.long, device=self.device),
                 max_new_tokens=max_new_tokens, num_beams=num_beams, do_sample=False,
                 no_repeat_ngram_size=no_repeat_ngram_size, eos_token_id=self.eos_id, pad_token_id=self.pad_id,
+                **beam_only,
             ).cpu()
         texts = [t.strip() for t in self.tokenizer.batch_decode(_cut_at_eos(out, self.eos_id), skip_special_tokens=True)]
         if first_token_ids:
             return texts, out[:, 0].tolist()
         return texts
+
+    @torch.no_grad()
+    def sample(self, features: torch.Tensor, max_new_tokens: int, num_samples: int, temperature: float = 1.0) -> list[str]:
+        """``num_samples`` captions per image drawn from the model (ancestral sampling at ``temperature``),
+        image 0's first; what consensus reranking weighs beam candidates against."""
+        with self._autocast():
+            embeds = self._start_embeds(features)
+            out = self.lm.generate(
+                inputs_embeds=embeds, attention_mask=torch.ones(embeds.shape[:2], dtype=torch.long, device=self.device),
+                max_new_tokens=max_new_tokens, do_sample=True, temperature=temperature, top_k=0, top_p=1.0,
+                num_return_sequences=num_samples, eos_token_id=self.eos_id, pad_token_id=self.pad_id,
+            ).cpu()
+        return [t.strip() for t in self.tokenizer.batch_decode(_cut_at_eos(out, self.eos_id), skip_special_tokens=True)]
 
     @torch.no_grad()
     def next_token_probs(self, features: torch.Tensor, rows: list[list[int]]) -> torch.Tensor:

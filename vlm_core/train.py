@@ -18,6 +18,7 @@ from .data import CaptionData
 from .errors import UserError
 from .features import FeatureSet
 from .model import CaptionModel
+from .rerank import consensus_choice
 
 
 class TrainingDiverged(RuntimeError):
@@ -41,6 +42,11 @@ class TrainConfig:
     max_new_tokens: int = 24
     num_beams: int = 1
     no_repeat_ngram_size: int = 0  # decoding: forbid repeating any n-gram of this size (0 = off)
+    length_penalty: float = 1.0  # beam search ranks by log-probability / length ** length_penalty (transformers')
+    rerank: str = "none"  # "none": the top beam | "consensus": the beam candidate agreeing most with the evidence (rerank.py)
+    rerank_samples: int = 0  # consensus evidence: this many sampled captions per image (0: the other beams)
+    rerank_temperature: float = 1.0  # sampling temperature of that evidence
+    label_smoothing: float = 0.0  # training loss only; dev loss and the probes use the plain NLL
     generate_batch_size: int = 100
     debug_nan_at_step: int = 0  # fault injection for tests: force a NaN loss from this step (0 = never)
 
@@ -50,9 +56,21 @@ class TrainConfig:
                 raise UserError(f"train.{key} must be >= 1, not {getattr(self, key)}")
         if self.lr <= 0 or self.connector_lr < 0:
             raise UserError("train.lr must be > 0 and train.connector_lr >= 0")
+        if self.rerank not in RERANKS:
+            raise UserError(f"train.rerank must be one of {', '.join(RERANKS)}, not {self.rerank!r}")
+        if self.rerank != "none" and self.num_beams < 2:
+            raise UserError(f"train.rerank = {self.rerank!r} chooses among beam candidates: it needs train.num_beams >= 2")
+        if self.rerank_samples < 0 or self.rerank_temperature <= 0:
+            raise UserError("train.rerank_samples must be >= 0 and train.rerank_temperature > 0")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise UserError(f"train.label_smoothing must be in [0, 1), not {self.label_smoothing}")
 
     def decoding(self) -> "Decoding":
-        return Decoding(self.max_new_tokens, self.num_beams, self.no_repeat_ngram_size, self.generate_batch_size)
+        return Decoding(self.max_new_tokens, self.num_beams, self.no_repeat_ngram_size, self.generate_batch_size,
+                        self.length_penalty, self.rerank, self.rerank_samples, self.rerank_temperature)
+
+
+RERANKS = ("none", "consensus")
 
 
 @dataclass(frozen=True)
@@ -63,6 +81,10 @@ class Decoding:
     num_beams: int = 1
     no_repeat_ngram_size: int = 0  # forbid repeating any n-gram of this size among the new tokens (0 = off)
     batch_size: int = 100
+    length_penalty: float = 1.0
+    rerank: str = "none"  # "consensus": every beam is a candidate, the one agreeing most with the evidence wins
+    rerank_samples: int = 0  # evidence: this many sampled captions per image (0: the other beams)
+    rerank_temperature: float = 1.0
 
 
 def _image_batches(data: CaptionData, ids: list[str], per_image: int, batch_images: int, rng: random.Random):
@@ -147,7 +169,8 @@ def train_model(model: CaptionModel, data: CaptionData, train_feats: FeatureSet,
         model.train_trainable_parts()
         losses = []
         for rows, caps in _image_batches(data, train_feats.ids, cfg.captions_per_image, cfg.batch_size, rng):
-            loss = model(train_x[torch.as_tensor(rows, device="cpu")], caps, repeats=cfg.captions_per_image)
+            loss = model(train_x[torch.as_tensor(rows, device="cpu")], caps, repeats=cfg.captions_per_image,
+                         label_smoothing=cfg.label_smoothing)
             step += 1
             if cfg.debug_nan_at_step and step >= cfg.debug_nan_at_step:
                 loss = loss * float("nan")
@@ -177,16 +200,37 @@ def train_model(model: CaptionModel, data: CaptionData, train_feats: FeatureSet,
 
 
 @torch.no_grad()
+def decode(model: CaptionModel, features: torch.Tensor, decoding: Decoding) -> tuple[list[str], list[int]]:
+    """Captions and their first generated ids for a batch of features, as ``decoding`` says."""
+    k = decoding.num_beams if decoding.rerank == "consensus" else 1
+    texts, firsts = model.generate(features, max_new_tokens=decoding.max_new_tokens, num_beams=decoding.num_beams,
+                                   no_repeat_ngram_size=decoding.no_repeat_ngram_size,
+                                   length_penalty=decoding.length_penalty, num_return_sequences=k,
+                                   first_token_ids=True)
+    if k == 1:
+        return texts, firsts
+    candidates = [texts[i : i + k] for i in range(0, len(texts), k)]
+    evidence = None
+    if decoding.rerank_samples:
+        n = decoding.rerank_samples
+        samples = model.sample(features, max_new_tokens=decoding.max_new_tokens, num_samples=n,
+                               temperature=decoding.rerank_temperature)
+        evidence = [samples[i : i + n] for i in range(0, len(samples), n)]
+    picks = consensus_choice(candidates, evidence)
+    return [texts[j * k + p] for j, p in enumerate(picks)], [firsts[j * k + p] for j, p in enumerate(picks)]
+
+
+@torch.no_grad()
 def generate_captions(model: CaptionModel, feats: FeatureSet, decoding: Decoding, rows: list[int] | None = None,
                       with_first_token: bool = False):
     """Captions for the given rows of a feature set (all rows by default), batched."""
     model.eval()
     rows = list(range(len(feats.ids))) if rows is None else rows
     texts, firsts = [], []
+    if decoding.rerank_samples:  # sampled evidence: the same captions for the same run, every time
+        torch.manual_seed(0)
     for i in range(0, len(rows), decoding.batch_size):
-        t, f = model.generate(feats.batch(rows[i : i + decoding.batch_size]), max_new_tokens=decoding.max_new_tokens,
-                              num_beams=decoding.num_beams, no_repeat_ngram_size=decoding.no_repeat_ngram_size,
-                              first_token_ids=True)
+        t, f = decode(model, feats.batch(rows[i : i + decoding.batch_size]), decoding)
         texts += t
         firsts += f
     return (texts, firsts) if with_first_token else texts

@@ -1,0 +1,70 @@
+"""Screen decoding settings on a finished dev run without retraining: captions its eval split with each
+setting and prints BLEU-4, METEOR, ROUGE-L, CIDEr, mean words and the share of distinct captions.
+
+    python benchmarks/decoding_screen.py runs/train/flickr8k-full-seed0 \
+        --setting beams=3 --setting beams=10 --setting beams=10,rerank=consensus,length_penalty=1.2
+
+A setting is comma-separated KEY=VALUE over the run's own decoding (keys: beams, no_repeat,
+length_penalty, rerank, samples, temperature, max_new_tokens). Runs scored on the test split are refused unless
+--allow-test: settings are chosen on dev.
+"""
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import typer
+
+from ablations.record import RunRecord
+from ablations.runner import load_data, load_run_model, run_decoding
+from ablations.scoring import score_captions
+from ablations.tables import DataSpec
+from vlm_core.features import cached_features
+from vlm_core.shapes import ShapesConfig
+from vlm_core.train import generate_captions
+
+KEYS = {"beams": ("num_beams", int), "no_repeat": ("no_repeat_ngram_size", int),
+        "length_penalty": ("length_penalty", float), "rerank": ("rerank", str), "max_new_tokens": ("max_new_tokens", int),
+        "samples": ("rerank_samples", int), "temperature": ("rerank_temperature", float)}
+
+
+def parse(setting: str) -> dict:
+    out = {}
+    for part in filter(None, setting.split(",")):
+        key, _, value = part.partition("=")
+        if key not in KEYS:
+            raise typer.BadParameter(f"{setting!r}: unknown key {key!r} (one of {', '.join(KEYS)})")
+        name, kind = KEYS[key]
+        out[name] = kind(value)
+    return out
+
+
+def main(run: Path, setting: list[str] = typer.Option([], "--setting"), cache_dir: Path = typer.Option(Path(".cache")),
+         allow_test: bool = typer.Option(False, "--allow-test")):
+    config = RunRecord(run).config()
+    if config["eval_split"] != "dev" and not allow_test:
+        sys.exit(f"{run}: scored on {config['eval_split']!r}; decoding is chosen on dev (--allow-test to override)")
+    model, vision = load_run_model(run, cache_dir)
+    spec = DataSpec(**{**config["data"], "shapes": ShapesConfig(**config["data"]["shapes"])})
+    data = load_data(spec)
+    feats = cached_features(vision, data, config["eval_split"], cache_dir, log=lambda *_: None)
+    refs = {i: data.captions[i] for i in feats.ids}
+    base = run_decoding(run)
+    print(f"{run}: {len(feats.ids)} {config['eval_split']} images; the run's decoding: {base}")
+    print("| setting | BLEU-4 | METEOR | ROUGE-L | CIDEr | mean words | distinct | seconds |")
+    print("|---|---|---|---|---|---|---|---|")
+    for s in setting or [""]:
+        decoding = replace(base, **parse(s))
+        start = time.time()
+        captions = generate_captions(model, feats, decoding)
+        seconds = time.time() - start
+        m, _ = score_captions(refs, dict(zip(feats.ids, captions)))
+        words = sum(len(c.split()) for c in captions) / len(captions)
+        print(f"| {s or 'the run'} | {m['BLEU-4']:.3f} | {m['METEOR']:.3f} | {m['ROUGE-L']:.3f} | {m['CIDEr']:.3f} | "
+              f"{words:.1f} | {len(set(captions)) / len(captions):.0%} | {seconds:.0f} |", flush=True)
+
+
+if __name__ == "__main__":
+    typer.run(main)
