@@ -62,8 +62,8 @@ def test_length_penalty_reaches_beam_search(gpt2_tiny, monkeypatch):
     calls, _ = spy_on(monkeypatch, model.lm, "generate")
     decode(model, feats, TrainConfig(num_beams=3, max_new_tokens=4, length_penalty=1.7).decoding())
     assert calls[-1]["length_penalty"] == 1.7 and calls[-1]["num_beams"] == 3
-    decode(model, feats, TrainConfig(num_beams=1, max_new_tokens=4, length_penalty=1.7).decoding())
-    assert "length_penalty" not in calls[-1]  # greedy: no beam-only flags
+    decode(model, feats, TrainConfig(num_beams=3, max_new_tokens=4).decoding())
+    assert "length_penalty" not in calls[-1] and "num_return_sequences" not in calls[-1]  # defaults: the old call
 
 
 def test_label_smoothing_is_the_smoothed_cross_entropy(gpt2_tiny):
@@ -83,6 +83,8 @@ def test_label_smoothing_is_the_smoothed_cross_entropy(gpt2_tiny):
     (dict(rerank="mbr"), "train.rerank"),
     (dict(rerank="consensus", num_beams=1), "num_beams >= 2"),
     (dict(label_smoothing=1.0), "train.label_smoothing"),
+    (dict(num_beams=3, rerank_samples=8), "only with train.rerank"),
+    (dict(num_beams=1, length_penalty=1.5), "only in beam search"),
 ])
 def test_bad_decoding_settings_name_the_key(bad, message):
     with pytest.raises(UserError, match=message):
@@ -109,6 +111,15 @@ def test_sampled_evidence_is_drawn_per_image_and_repeatable(gpt2_tiny, monkeypat
     first = generate_captions(model, fs, decoding)
     second = generate_captions(model, fs, decoding)
     assert len(samples[0]) == 3 * 4 and samples[0] == samples[1] and first == second
+    # the evidence handed to the reranker is each image's own four samples, in the order sample() returns them
+    import vlm_core.train as train_module
+
+    handed = []
+    real_choice = train_module.consensus_choice
+    monkeypatch.setattr(train_module, "consensus_choice", lambda c, e=None: handed.append((c, e)) or real_choice(c, e))
+    generate_captions(model, fs, decoding)
+    candidates, evidence = handed[-1]
+    assert evidence == [samples[-1][j * 4 : (j + 1) * 4] for j in range(3)] and len(candidates) == 3
 
 
 def test_decoding_keys_at_their_defaults_keep_earlier_runs_current():
@@ -119,5 +130,6 @@ def test_decoding_keys_at_their_defaults_keep_earlier_runs_current():
     train = asdict(TrainConfig(num_beams=3))
     before = {k: v for k, v in train.items() if k not in TRAIN_KEYS_ADDED_LATER}  # a run made before the keys
     assert config_hash({"train": train, "seed": 0}) == config_hash({"train": before, "seed": 0})
-    for key, value in (("rerank", "consensus"), ("label_smoothing", 0.1), ("length_penalty", 1.5)):
+    for key, value in (("rerank", "consensus"), ("label_smoothing", 0.1), ("length_penalty", 1.5),
+                       ("rerank_samples", 8), ("rerank_temperature", 0.7)):
         assert config_hash({"train": {**train, key: value}, "seed": 0}) != config_hash({"train": before, "seed": 0})

@@ -224,6 +224,7 @@ def test_caption_command_decodes_as_the_run_was_scored(micro_runs, tmp_path, mon
     assert result.exit_code == 0, result.output
     assert {k: seen[-1][k] for k in ("max_new_tokens", "num_beams", "no_repeat_ngram_size", "length_penalty")} == {
         k: train[k] for k in ("max_new_tokens", "num_beams", "no_repeat_ngram_size", "length_penalty")}
+    assert seen[-1].get("num_return_sequences", 1) == 1  # the run does not rerank: one caption per image
     result = runner.invoke(app, ["caption", str(img), "--run", str(run), "--cache-dir", str(micro_runs["cache"]),
                                  "--beams", "2", "--no-repeat-ngram-size", "3"])
     assert result.exit_code == 0, result.output

@@ -215,7 +215,11 @@ class CaptionModel(nn.Module):
         ``num_return_sequences`` = k, the k best beams of each image in turn (image 0's k, then image 1's)."""
         with self._autocast():
             embeds = self._start_embeds(features)
-            beam_only = {"length_penalty": length_penalty, "num_return_sequences": num_return_sequences} if num_beams > 1 else {}
+            beam_only = {}  # passed only when set: the default call is the one made before these options existed
+            if length_penalty != 1.0:
+                beam_only["length_penalty"] = length_penalty
+            if num_return_sequences > 1:
+                beam_only["num_return_sequences"] = num_return_sequences
             out = self.lm.generate(  # with inputs_embeds only new tokens come back
                 inputs_embeds=embeds, attention_mask=torch.ones(embeds.shape[:2], dtype=torch.long, device=self.device),
                 max_new_tokens=max_new_tokens, num_beams=num_beams, do_sample=False,

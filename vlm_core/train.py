@@ -62,6 +62,10 @@ class TrainConfig:
             raise UserError(f"train.rerank = {self.rerank!r} chooses among beam candidates: it needs train.num_beams >= 2")
         if self.rerank_samples < 0 or self.rerank_temperature <= 0:
             raise UserError("train.rerank_samples must be >= 0 and train.rerank_temperature > 0")
+        if self.rerank == "none" and (self.rerank_samples or self.rerank_temperature != 1.0):
+            raise UserError("train.rerank_samples / rerank_temperature act only with train.rerank = 'consensus'")
+        if self.num_beams == 1 and self.length_penalty != 1.0:
+            raise UserError("train.length_penalty acts only in beam search: it needs train.num_beams >= 2")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise UserError(f"train.label_smoothing must be in [0, 1), not {self.label_smoothing}")
 
@@ -213,8 +217,10 @@ def decode(model: CaptionModel, features: torch.Tensor, decoding: Decoding) -> t
     evidence = None
     if decoding.rerank_samples:
         n = decoding.rerank_samples
-        samples = model.sample(features, max_new_tokens=decoding.max_new_tokens, num_samples=n,
-                               temperature=decoding.rerank_temperature)
+        with torch.random.fork_rng(devices=[]):  # the same evidence for the same batch, every time
+            torch.manual_seed(0)
+            samples = model.sample(features, max_new_tokens=decoding.max_new_tokens, num_samples=n,
+                                   temperature=decoding.rerank_temperature)
         evidence = [samples[i : i + n] for i in range(0, len(samples), n)]
     picks = consensus_choice(candidates, evidence)
     return [texts[j * k + p] for j, p in enumerate(picks)], [firsts[j * k + p] for j, p in enumerate(picks)]
@@ -227,8 +233,6 @@ def generate_captions(model: CaptionModel, feats: FeatureSet, decoding: Decoding
     model.eval()
     rows = list(range(len(feats.ids))) if rows is None else rows
     texts, firsts = [], []
-    if decoding.rerank_samples:  # sampled evidence: the same captions for the same run, every time
-        torch.manual_seed(0)
     for i in range(0, len(rows), decoding.batch_size):
         t, f = decode(model, feats.batch(rows[i : i + decoding.batch_size]), decoding)
         texts += t
