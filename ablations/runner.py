@@ -250,7 +250,7 @@ def load_run_model(run: Path, cache_dir: Path, device: str = "auto",
     if language == "caption-gpt2-tiny" and lm_dir and Path(lm_dir).exists():
         lm = load_caption_lm_dir(Path(lm_dir))
     elif language == "caption-gpt2-tiny":  # rebuilt (or found in cache_dir) from the run's training captions
-        data = load_data(DataSpec(**{**config["data"], "shapes": ShapesConfig(**config["data"]["shapes"])}), data_dir)
+        data = run_data(config, data_dir)
         lm = load_language_backbone(language, cache_dir=cache_dir, caption_corpus=caption_corpus(data),
                                     caption_lm_config=CaptionLMConfig(**config["caption_lm"]))
     else:
@@ -260,6 +260,11 @@ def load_run_model(run: Path, cache_dir: Path, device: str = "auto",
     model.load_trainable(record.weights_dir)
     model.eval()
     return model, vision
+
+
+def run_data(config: dict, data_dir: str | None = None) -> CaptionData:
+    """The data a stored run was made with (its config's data section, eval split cut as it was)."""
+    return load_data(DataSpec(**{**config["data"], "shapes": ShapesConfig(**config["data"]["shapes"])}), data_dir)
 
 
 def run_decoding(run: Path) -> Decoding:

@@ -18,11 +18,9 @@ from pathlib import Path
 import typer
 
 from ablations.record import RunRecord
-from ablations.runner import load_data, load_run_model, run_decoding
+from ablations.runner import load_run_model, run_data, run_decoding
 from ablations.scoring import score_captions
-from ablations.tables import DataSpec
 from vlm_core.features import cached_features
-from vlm_core.shapes import ShapesConfig
 from vlm_core.train import generate_captions
 
 KEYS = {"beams": ("num_beams", int), "no_repeat": ("no_repeat_ngram_size", int),
@@ -47,8 +45,7 @@ def main(run: Path, setting: list[str] = typer.Option([], "--setting"), cache_di
     if config["eval_split"] != "dev" and not allow_test:
         sys.exit(f"{run}: scored on {config['eval_split']!r}; decoding is chosen on dev (--allow-test to override)")
     model, vision = load_run_model(run, cache_dir)
-    spec = DataSpec(**{**config["data"], "shapes": ShapesConfig(**config["data"]["shapes"])})
-    data = load_data(spec)
+    data = run_data(config)
     feats = cached_features(vision, data, config["eval_split"], cache_dir, log=lambda *_: None)
     refs = {i: data.captions[i] for i in feats.ids}
     base = run_decoding(run)

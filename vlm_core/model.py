@@ -201,11 +201,20 @@ class CaptionModel(nn.Module):
         return (total / keep.sum(1).clamp(min=1)).cpu()
 
     # ---- generation ----------------------------------------------------------------------
-    def _start_embeds(self, features: torch.Tensor) -> torch.Tensor:
-        """[visual tokens][start token] embeddings: where generation and sampling begin."""
-        visual = self.visual_tokens(features)
-        start = torch.full((features.shape[0], 1), self.text.start_id, dtype=torch.long, device=self.device)
-        return torch.cat([visual, self.lm.get_input_embeddings()(start)], dim=1)
+    def _generate_ids(self, features: torch.Tensor, **options) -> torch.Tensor:
+        """New token ids [B * returned sequences, T] on the CPU from the [visual tokens][start token] prefix
+        (with inputs_embeds only new tokens come back); ``options`` go to transformers' generate."""
+        with self._autocast():
+            visual = self.visual_tokens(features)
+            start = torch.full((features.shape[0], 1), self.text.start_id, dtype=torch.long, device=self.device)
+            embeds = torch.cat([visual, self.lm.get_input_embeddings()(start)], dim=1)
+            return self.lm.generate(
+                inputs_embeds=embeds, attention_mask=torch.ones(embeds.shape[:2], dtype=torch.long, device=self.device),
+                eos_token_id=self.eos_id, pad_token_id=self.pad_id, **options,
+            ).cpu()
+
+    def _texts(self, ids: torch.Tensor) -> list[str]:
+        return [t.strip() for t in self.tokenizer.batch_decode(_cut_at_eos(ids, self.eos_id), skip_special_tokens=True)]
 
     @torch.no_grad()
     def generate(self, features: torch.Tensor, max_new_tokens: int, num_beams: int = 1,
@@ -213,20 +222,14 @@ class CaptionModel(nn.Module):
                  num_return_sequences: int = 1):
         """Captions for cached features. Returns strings (and the first generated id if asked); with
         ``num_return_sequences`` = k, the k best beams of each image in turn (image 0's k, then image 1's)."""
-        with self._autocast():
-            embeds = self._start_embeds(features)
-            beam_only = {}  # passed only when set: the default call is the one made before these options existed
-            if length_penalty != 1.0:
-                beam_only["length_penalty"] = length_penalty
-            if num_return_sequences > 1:
-                beam_only["num_return_sequences"] = num_return_sequences
-            out = self.lm.generate(  # with inputs_embeds only new tokens come back
-                inputs_embeds=embeds, attention_mask=torch.ones(embeds.shape[:2], dtype=torch.long, device=self.device),
-                max_new_tokens=max_new_tokens, num_beams=num_beams, do_sample=False,
-                no_repeat_ngram_size=no_repeat_ngram_size, eos_token_id=self.eos_id, pad_token_id=self.pad_id,
-                **beam_only,
-            ).cpu()
-        texts = [t.strip() for t in self.tokenizer.batch_decode(_cut_at_eos(out, self.eos_id), skip_special_tokens=True)]
+        beam_only = {}  # passed only when set: the default call is the one made before these options existed
+        if length_penalty != 1.0:
+            beam_only["length_penalty"] = length_penalty
+        if num_return_sequences > 1:
+            beam_only["num_return_sequences"] = num_return_sequences
+        out = self._generate_ids(features, max_new_tokens=max_new_tokens, num_beams=num_beams, do_sample=False,
+                                 no_repeat_ngram_size=no_repeat_ngram_size, **beam_only)
+        texts = self._texts(out)
         if first_token_ids:
             return texts, out[:, 0].tolist()
         return texts
@@ -235,14 +238,9 @@ class CaptionModel(nn.Module):
     def sample(self, features: torch.Tensor, max_new_tokens: int, num_samples: int, temperature: float = 1.0) -> list[str]:
         """``num_samples`` captions per image drawn from the model (ancestral sampling at ``temperature``),
         image 0's first; what consensus reranking weighs beam candidates against."""
-        with self._autocast():
-            embeds = self._start_embeds(features)
-            out = self.lm.generate(
-                inputs_embeds=embeds, attention_mask=torch.ones(embeds.shape[:2], dtype=torch.long, device=self.device),
-                max_new_tokens=max_new_tokens, do_sample=True, temperature=temperature, top_k=0, top_p=1.0,
-                num_return_sequences=num_samples, eos_token_id=self.eos_id, pad_token_id=self.pad_id,
-            ).cpu()
-        return [t.strip() for t in self.tokenizer.batch_decode(_cut_at_eos(out, self.eos_id), skip_special_tokens=True)]
+        return self._texts(self._generate_ids(features, max_new_tokens=max_new_tokens, do_sample=True,
+                                              temperature=temperature, top_k=0, top_p=1.0,
+                                              num_return_sequences=num_samples))
 
     @torch.no_grad()
     def next_token_probs(self, features: torch.Tensor, rows: list[list[int]]) -> torch.Tensor:
