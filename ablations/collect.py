@@ -26,7 +26,8 @@ class TableRuns:
     sweep_order: list[str] = field(default_factory=list)  # budget rows (train.epochs sweeps) with a finished run
     per_image: dict[str, dict[int, pd.DataFrame]] = field(default_factory=dict)  # variant -> seed -> frame
     captions: dict[str, dict[int, dict[str, str]]] = field(default_factory=dict)
-    histories: dict[str, list[pd.DataFrame]] = field(default_factory=dict)
+    histories: dict[str, list[pd.DataFrame]] = field(default_factory=dict)  # cross-entropy epochs, one frame a seed
+    scst_histories: dict[str, list[pd.DataFrame]] = field(default_factory=dict)  # self-critical epochs (if any)
     params: dict[str, dict] = field(default_factory=dict)
     configs: dict[str, dict] = field(default_factory=dict)  # the first finished seed's config per variant
     failed: list[dict] = field(default_factory=list)
@@ -85,7 +86,13 @@ def collect(table: Table, runs_dir: Path) -> TableRuns:
             prov.append(_provenance_row(v.name, seed, record, current))
             out.per_image.setdefault(v.name, {})[seed] = record.per_image()
             out.captions.setdefault(v.name, {})[seed] = record.captions()
-            out.histories.setdefault(v.name, []).append(record.history())
+            history = record.history()
+            scst = history["phase"].eq("scst") if "phase" in history else pd.Series(False, index=history.index)
+            out.histories.setdefault(v.name, []).append(history[~scst].dropna(axis=1, how="all")
+                                                        .drop(columns="phase", errors="ignore"))
+            if scst.any():
+                out.scst_histories.setdefault(v.name, []).append(history[scst].drop(columns=["phase", "train_loss"],
+                                                                                   errors="ignore"))
             out.params.setdefault(v.name, record.params())
             out.configs.setdefault(v.name, record.config())
     if not rows and not out.failed:

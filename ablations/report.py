@@ -185,8 +185,19 @@ def section_loss(ctx: Context) -> list[str]:
                      "yes" if an.falls_every_epoch(h, "dev_loss") else "no"])
     if ctx.tr.histories:
         _loss_plot({n: ctx.tr.histories[n] for n in ctx.order}, ctx.out_dir / "loss.png")
-    return ["## Loss per epoch", "", "Mean over seeds (nats/token). ![loss](loss.png)", "",
-            md_table(["variant", "train loss", "dev loss", "train falls every epoch", "dev falls every epoch"], rows), ""]
+    lines = ["## Loss per epoch", "", "Mean over seeds (nats/token). ![loss](loss.png)", "",
+             md_table(["variant", "train loss", "dev loss", "train falls every epoch", "dev falls every epoch"], rows), ""]
+    scst = {n: ctx.tr.scst_histories[n] for n in ctx.order if n in ctx.tr.scst_histories}
+    if scst:
+        rows = []
+        for n, h in scst.items():
+            mean = pd.concat(h).groupby("epoch").mean()
+            rows.append([n, " → ".join(f"{x:.3f}" for x in mean["reward"]), " → ".join(fmt(x) for x in mean["dev_loss"])])
+        lines += ["Self-critical epochs after the cross-entropy ones (mean over seeds): the reward is the mean "
+                  "CIDEr-D of the captions sampled from each training image, against its training references; the "
+                  "dev loss is the same reference NLL as above.", "",
+                  md_table(["variant", "mean sample CIDEr-D", "dev loss"], rows), ""]
+    return lines
 
 
 def section_main(ctx: Context) -> list[str]:

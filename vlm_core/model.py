@@ -189,16 +189,21 @@ class CaptionModel(nn.Module):
             logits, targets, _ = self._target_logits(features, ids, mask, labels, repeats)
             return F.cross_entropy(logits.float(), targets, label_smoothing=label_smoothing)
 
-    @torch.no_grad()
-    def caption_nll(self, features: torch.Tensor, captions: list[str], repeats: int = 1) -> torch.Tensor:
-        """Mean NLL per target token of each caption given its image, in nats [len(captions)], on the CPU."""
+    def caption_nll_sums(self, features: torch.Tensor, captions: list[str], repeats: int = 1):
+        """Summed NLL (nats, with gradient) and target-token count of each caption given its image:
+        ([len(captions)], [len(captions)]) on the model's device. Self-critical training weighs the sums."""
         ids, mask, labels = self.encode_captions(captions)
         with self._autocast():
             logits, targets, keep = self._target_logits(features, ids, mask, labels, repeats)
         nll = F.cross_entropy(logits.float(), targets, reduction="none")
         rows = keep.nonzero()[:, 0]
-        total = torch.zeros(len(captions), device=self.device).index_add_(0, rows, nll)
-        return (total / keep.sum(1).clamp(min=1)).cpu()
+        return torch.zeros(len(captions), device=self.device).index_add(0, rows, nll), keep.sum(1)
+
+    @torch.no_grad()
+    def caption_nll(self, features: torch.Tensor, captions: list[str], repeats: int = 1) -> torch.Tensor:
+        """Mean NLL per target token of each caption given its image, in nats [len(captions)], on the CPU."""
+        total, count = self.caption_nll_sums(features, captions, repeats)
+        return (total / count.clamp(min=1)).cpu()
 
     # ---- generation ----------------------------------------------------------------------
     def _generate_ids(self, features: torch.Tensor, **options) -> torch.Tensor:

@@ -10,13 +10,9 @@ sampled evidence gives every candidate the same weightless evidence, so the top 
 """
 from __future__ import annotations
 
-import re
-
 from pycocoevalcap.cider.cider import Cider
 
-
-def _words(text: str) -> str:
-    return " ".join(re.findall(r"[a-z0-9]+", text.lower()))
+from .cider import words
 
 
 def consensus_choice(candidates: list[list[str]], evidence: list[list[str]] | None = None) -> list[int]:
@@ -25,10 +21,10 @@ def consensus_choice(candidates: list[list[str]], evidence: list[list[str]] | No
     any evidence keeps its first candidate."""
     gts, res, keys = {}, {}, []
     for j, cands in enumerate(candidates):
-        words = [_words(c) for c in cands]
-        for i, w in enumerate(words):
-            refs = ([_words(e) for e in evidence[j]] if evidence is not None
-                    else [o for k, o in enumerate(words) if k != i])
+        tokens = [words(c) for c in cands]
+        for i, w in enumerate(tokens):
+            refs = ([words(e) for e in evidence[j]] if evidence is not None
+                    else [o for k, o in enumerate(tokens) if k != i])
             if not refs:
                 continue
             key = f"{j}:{i}"

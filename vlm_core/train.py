@@ -1,19 +1,21 @@
 """The training loop: cached features in, trained connector/projection/LoRA out.
 
 Only trainable parameters reach the optimizer; each epoch samples ``captions_per_image``
-references per training image. A NaN/inf or exploding loss raises TrainingDiverged.
+references per training image. A NaN/inf or exploding loss raises TrainingDiverged. With
+``scst_epochs`` the cross-entropy epochs are followed by self-critical epochs (see self_critical).
 """
 from __future__ import annotations
 
 import math
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Callable
 
 import numpy as np
 import torch
 
+from .cider import CiderD
 from .data import CaptionData
 from .errors import UserError
 from .features import FeatureSet
@@ -47,6 +49,11 @@ class TrainConfig:
     rerank_samples: int = 0  # consensus evidence: this many sampled captions per image (0: the other beams)
     rerank_temperature: float = 1.0  # sampling temperature of that evidence
     label_smoothing: float = 0.0  # training loss only; dev loss and the probes use the plain NLL
+    # Self-critical sequence training after the cross-entropy epochs (0 = none): CIDEr-D of sampled captions
+    # against the image's training references is the reward (Rennie et al. 2017; see self_critical).
+    scst_epochs: int = 0
+    scst_samples: int = 5  # sampled captions per image; each one's baseline is the mean reward of the others
+    scst_lr: float = 1e-4  # constant; the image path gets connector_lr / lr of it, as in the cross-entropy epochs
     generate_batch_size: int = 100
     debug_nan_at_step: int = 0  # fault injection for tests: force a NaN loss from this step (0 = never)
 
@@ -68,6 +75,12 @@ class TrainConfig:
             raise UserError("train.length_penalty acts only in beam search: it needs train.num_beams >= 2")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise UserError(f"train.label_smoothing must be in [0, 1), not {self.label_smoothing}")
+        if self.scst_epochs < 0 or self.scst_samples < 2 or self.scst_lr <= 0:
+            raise UserError("train.scst_epochs must be >= 0, train.scst_samples >= 2 (each sample's baseline is "
+                            "the others' mean reward) and train.scst_lr > 0")
+        defaults = {f.name: f.default for f in fields(TrainConfig)}
+        if not self.scst_epochs and any(getattr(self, k) != defaults[k] for k in ("scst_samples", "scst_lr")):
+            raise UserError("train.scst_samples / scst_lr act only with train.scst_epochs >= 1")
 
     def decoding(self) -> "Decoding":
         return Decoding(self.max_new_tokens, self.num_beams, self.no_repeat_ngram_size, self.generate_batch_size,
@@ -136,19 +149,36 @@ def _adamw(groups: list[dict], cfg: TrainConfig) -> torch.optim.AdamW:
         return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
-def _optimizer(model: CaptionModel, cfg: TrainConfig, n_train: int):
-    """AdamW over the trainable parameters (image path and adapters with their own rates), warmup + cosine."""
-    image_path, adapters = [], []  # connector/queries/projection vs the LM's LoRA weights
+def _trainable_groups(model: CaptionModel, lr: float, connector_lr: float) -> tuple[list, list[dict]]:
+    """The trainable parameters and their AdamW groups: image path (connector/queries/projection) at
+    ``connector_lr`` (0 = lr), the LM's LoRA weights at ``lr``."""
+    image_path, adapters = [], []
     for name, p in model.named_parameters():
         if p.requires_grad:
             (adapters if name.startswith("lm.") else image_path).append(p)
-    groups = [{"params": image_path, "lr": cfg.connector_lr or cfg.lr}, {"params": adapters, "lr": cfg.lr}]
-    opt = _adamw([g for g in groups if g["params"]], cfg)
+    groups = [{"params": image_path, "lr": connector_lr or lr}, {"params": adapters, "lr": lr}]
+    return image_path + adapters, [g for g in groups if g["params"]]
+
+
+def _optimizer(model: CaptionModel, cfg: TrainConfig, n_train: int):
+    """AdamW over the trainable parameters (image path and adapters with their own rates), warmup + cosine."""
+    params, groups = _trainable_groups(model, cfg.lr, cfg.connector_lr)
+    opt = _adamw(groups, cfg)
     total = math.ceil(n_train / cfg.batch_size) * cfg.epochs
     warmup = max(1, int(total * cfg.warmup_share))
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / total))))
-    return image_path + adapters, opt, sched, total, warmup
+    return params, opt, sched, total, warmup
+
+
+def _update(loss: torch.Tensor, params: list, opt, scaler, cfg: TrainConfig) -> None:
+    opt.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    if cfg.grad_clip:
+        scaler.unscale_(opt)
+        torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+    scaler.step(opt)
+    scaler.update()
 
 
 def train_model(model: CaptionModel, data: CaptionData, train_feats: FeatureSet, dev_feats: FeatureSet,
@@ -165,6 +195,7 @@ def train_model(model: CaptionModel, data: CaptionData, train_feats: FeatureSet,
     dev_ids = dev_feats.ids[:n_dev]
     model.connector.fit_feature_stats(train_x)
     params, opt, sched, total, warmup = _optimizer(model, cfg, len(train_feats.ids))
+    scst_steps = math.ceil(len(train_feats.ids) / cfg.batch_size) * cfg.scst_epochs
     scaler = torch.amp.GradScaler(model.device.type, enabled=model.precision == "fp16")  # fp16 only: loss scaling
     history = [] if history is None else history
     step, first_loss = 0, None
@@ -184,23 +215,79 @@ def train_model(model: CaptionModel, data: CaptionData, train_feats: FeatureSet,
             first_loss = first_loss if first_loss is not None else value
             if step > warmup and value > cfg.explode_factor * first_loss:
                 raise TrainingDiverged(f"loss exploded to {value:.3f} (first loss {first_loss:.3f}) at step {step}")
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            if cfg.grad_clip:
-                scaler.unscale_(opt)
-                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-            scaler.step(opt)
-            scaler.update()
+            _update(loss, params, opt, scaler, cfg)
             sched.step()
             losses.append(value)
             if on_step:
-                on_step(step, total, value)
+                on_step(step, total + scst_steps, value)
         d_loss = dev_loss(model, dev_x, data, dev_ids, cfg.batch_size)
         history.append({"epoch": epoch, "train_loss": float(np.mean(losses)), "dev_loss": d_loss,
                         "seconds": round(time.time() - start, 2)})
         log(f"epoch {epoch}/{cfg.epochs}: train loss {history[-1]['train_loss']:.4f}  dev loss {d_loss:.4f}")
+    if cfg.scst_epochs:
+        self_critical(model, data, train_feats, dev_feats, cfg, rng,
+                      on_step=on_step and (lambda s, _, v: on_step(total + s, total + scst_steps, v)),
+                      log=log, history=history)
     model.eval()
     return history
+
+
+def self_critical(model: CaptionModel, data: CaptionData, train_feats: FeatureSet, dev_feats: FeatureSet,
+                  cfg: TrainConfig, rng: random.Random, on_step: Callable[[int, int, float], None] | None = None,
+                  log: Callable[[str], None] = print, history: list[dict] | None = None,
+                  after_epoch: Callable[[int], None] | None = None) -> list[dict]:
+    """``cfg.scst_epochs`` epochs of self-critical sequence training, in place, appended to ``history``.
+
+    Cross-entropy trains the next word of one reference; the metrics score a whole caption against all
+    five. Here each image gets ``scst_samples`` captions sampled from the model; each is scored with
+    CIDEr-D against the image's training references, and its summed log-likelihood is raised by its
+    reward minus the mean reward of the image's other samples (the baseline of Luo 2020, no greedy
+    decode needed): samples better than their siblings get likelier, worse ones less likely.
+    Constant rate ``scst_lr``; ``after_epoch(epoch)`` lets a dev screen score the model after each epoch."""
+    history = [] if history is None else history
+    train_x = train_feats.in_ram()
+    ids = train_feats.ids
+    n_dev = min(cfg.dev_images, len(dev_feats.ids))
+    dev_x = torch.from_numpy(np.array(dev_feats.array[:n_dev])).float()
+    reward = CiderD({i: data.captions[i] for i in ids})
+    params, groups = _trainable_groups(model, cfg.scst_lr, cfg.scst_lr * (cfg.connector_lr or cfg.lr) / cfg.lr)
+    opt = _adamw(groups, cfg)
+    scaler = torch.amp.GradScaler(model.device.type, enabled=model.precision == "fp16")
+    k, per_epoch = cfg.scst_samples, math.ceil(len(ids) / cfg.batch_size)
+    total, step, first = per_epoch * cfg.scst_epochs, 0, len(history)
+    for epoch in range(1, cfg.scst_epochs + 1):
+        start = time.time()
+        order = list(range(len(ids)))
+        rng.shuffle(order)
+        losses, rewards = [], []
+        for i in range(0, len(order), cfg.batch_size):
+            rows = order[i : i + cfg.batch_size]
+            x = train_x[torch.as_tensor(rows)]
+            model.eval()  # sample from the model as it decodes (no dropout)
+            samples = model.sample(x, max_new_tokens=cfg.max_new_tokens, num_samples=k)
+            r = np.array([reward.score(ids[rows[j // k]], c) for j, c in enumerate(samples)]).reshape(len(rows), k)
+            advantage = torch.from_numpy((r - (r.sum(1, keepdims=True) - r) / (k - 1)).ravel()).float()
+            model.train_trainable_parts()
+            nll, _ = model.caption_nll_sums(x, samples, repeats=k)
+            loss = (advantage.to(model.device) * nll).mean()
+            step += 1
+            value = float(loss.detach())
+            if not math.isfinite(value):
+                raise TrainingDiverged(f"self-critical loss is {value} at self-critical epoch {epoch}, step {step}")
+            _update(loss, params, opt, scaler, cfg)
+            losses.append(value)
+            rewards.append(float(r.mean()))
+            if on_step:
+                on_step(step, total, value)
+        d_loss = dev_loss(model, dev_x, data, dev_feats.ids[:n_dev], cfg.batch_size)
+        history.append({"epoch": cfg.epochs + epoch, "phase": "scst", "scst_loss": float(np.mean(losses)),
+                        "reward": float(np.mean(rewards)), "dev_loss": d_loss, "seconds": round(time.time() - start, 2)})
+        log(f"self-critical epoch {epoch}/{cfg.scst_epochs}: mean sample CIDEr-D {history[-1]['reward']:.4f}  "
+            f"dev loss {d_loss:.4f}")
+        if after_epoch:
+            after_epoch(epoch)
+    model.eval()
+    return history[first:]
 
 
 @torch.no_grad()

@@ -1,0 +1,121 @@
+"""Self-critical training: its CIDEr-D reward, the direction of its update, and the phase in a real run."""
+import random
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from pycocoevalcap.cider.cider import Cider
+
+from vlm_core.cider import CiderD
+from vlm_core.data import CaptionData
+from vlm_core.errors import UserError
+from vlm_core.features import FeatureSet
+from vlm_core.model import CaptionModel, CaptionModelConfig
+from vlm_core.train import TrainConfig, self_critical
+from vlm_core.vision import tiny_random_clip
+
+
+def _random_split(seed: int):
+    rng = random.Random(seed)
+    vocab = "a dog runs on the grass man in red shirt two kids play with ball near water beach".split()
+    sentence = lambda lo, hi: " ".join(rng.choice(vocab) for _ in range(rng.randint(lo, hi)))
+    gts = {f"img{i}": [sentence(3, 12) for _ in range(5)] for i in range(30)}
+    return gts, {key: [sentence(1, 12)] for key in gts}
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_cider_d_on_a_split_s_own_references_is_pycocoevalcap_s(seed):
+    gts, res = _random_split(seed)
+    _, library = Cider().compute_score(gts, res)
+    scorer = CiderD(gts)
+    ours = np.array([scorer.score(key, res[key][0]) for key in gts])
+    assert np.allclose(ours, library, rtol=0, atol=1e-12), np.abs(ours - library).max()
+    assert library.std() > 0  # the captions differ in quality: the comparison is not of constants
+
+
+def test_cider_d_weights_come_from_its_corpus_not_from_the_batch():
+    gts, _ = _random_split(2)
+    scorer = CiderD(gts)
+    alone = CiderD({"img0": gts["img0"]})  # one image: every n-gram has idf 0
+    assert alone.score("img0", gts["img0"][0]) == 0.0
+    assert scorer.score("img0", gts["img0"][0]) > scorer.score("img0", gts["img1"][0])
+
+
+def _two_image_setup(gpt2_tiny):
+    vision = tiny_random_clip()
+    torch.manual_seed(0)
+    cfg = CaptionModelConfig(num_queries=2, qformer_hidden=32, qformer_layers=1, qformer_heads=2,
+                             qformer_intermediate=64, qformer_dropout=0.0, lora_rank=4)
+    model = CaptionModel(cfg, gpt2_tiny, vision.feature_dim, vision.grid).eval()
+    feats = vision.encode_images([Image.new("RGB", (40, 40), (200, 30, 30)), Image.new("RGB", (40, 40), (20, 30, 200))])
+    ids = ["red.jpg", "blue.jpg"]
+    refs = {"red.jpg": ["a red square on the left", "a red square"], "blue.jpg": ["a blue circle at the top", "a blue circle"]}
+    data = CaptionData("two", refs, {"train": ids, "dev": ids, "test": ids})
+    array = feats.numpy().astype(np.float16)
+    return model, data, FeatureSet(ids, array, None, True, 0.0), torch.from_numpy(array).float()
+
+
+def test_self_critical_makes_the_better_sample_likelier_and_the_worse_less_likely(gpt2_tiny, monkeypatch):
+    model, data, feats, x = _two_image_setup(gpt2_tiny)
+    good = {"red.jpg": "a red square", "blue.jpg": "a blue circle"}
+    bad = {"red.jpg": "two kids play", "blue.jpg": "two kids play"}
+    seen = []
+
+    def fixed_samples(features, max_new_tokens, num_samples, temperature=1.0):
+        # sample() returns image 0's samples first; which image a row is, is read from its features
+        keys = [next(k for r, k in zip(x, data.splits["train"]) if torch.equal(r, f)) for f in features.float()]
+        seen.append(keys)
+        return [c for k in keys for c in (good[k], bad[k])]
+
+    monkeypatch.setattr(model, "sample", fixed_samples)
+    before_good = model.caption_nll(x, [good[k] for k in data.splits["train"]])
+    before_bad = model.caption_nll(x, [bad[k] for k in data.splits["train"]])
+    cfg = TrainConfig(epochs=1, batch_size=2, dev_images=2, max_new_tokens=6, scst_epochs=3, scst_samples=2, scst_lr=1e-2)
+    history = self_critical(model, data, feats, feats, cfg, random.Random(0), log=lambda *_: None)
+    after_good = model.caption_nll(x, [good[k] for k in data.splits["train"]])
+    after_bad = model.caption_nll(x, [bad[k] for k in data.splits["train"]])
+    assert len(seen) == 3 and sorted(seen[0]) == sorted(data.splits["train"])
+    assert torch.all(after_good < before_good), (before_good, after_good)
+    assert torch.all(after_bad > before_bad), (before_bad, after_bad)
+    assert [h["phase"] for h in history] == ["scst"] * 3 and [h["epoch"] for h in history] == [2, 3, 4]
+    assert history[0]["reward"] > 0 and all(np.isfinite(h["dev_loss"]) for h in history)
+
+
+@pytest.mark.parametrize("settings, message", [
+    (dict(scst_epochs=-1), "scst_epochs"),
+    (dict(scst_epochs=1, scst_samples=1), "scst_samples >= 2"),
+    (dict(scst_epochs=1, scst_lr=0.0), "scst_lr > 0"),
+    (dict(scst_lr=3e-4), "only with train.scst_epochs"),
+    (dict(scst_samples=8), "only with train.scst_epochs"),
+])
+def test_self_critical_settings_that_cannot_act_are_errors(settings, message):
+    with pytest.raises(UserError, match=message):
+        TrainConfig(**settings)
+
+
+def test_a_table_with_self_critical_epochs_runs_records_them_and_reports_them(tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from ablations.cli import app
+
+    from .micro import write_micro
+
+    table = write_micro(tmp_path / "micro.toml", seeds=(0,), variants=("full", "meanpool"),
+                        extra="").read_text().replace("max_new_tokens = 8\n", "max_new_tokens = 8\nscst_epochs = 2\nscst_samples = 3\n")
+    (tmp_path / "micro.toml").write_text(table)
+    runner, runs = CliRunner(), tmp_path / "runs"
+    result = runner.invoke(app, ["run-all", str(tmp_path / "micro.toml"), "--runs-dir", str(runs),
+                                 "--cache-dir", str(tmp_path / "cache")])
+    assert result.exit_code == 0, result.output
+    history = json.loads((runs / "micro" / "full" / "seed-0" / "history.json").read_text())
+    assert [h.get("phase", "xe") for h in history] == ["xe", "xe", "scst", "scst"]
+    assert [h["epoch"] for h in history] == [1, 2, 3, 4]
+    assert all(0 <= h["reward"] for h in history[2:]) and "train_loss" not in history[2]
+    result = runner.invoke(app, ["report", str(tmp_path / "micro.toml"), "--runs-dir", str(runs), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    report = (tmp_path / "out" / "micro" / "README.md").read_text()
+    rewards = " → ".join(f"{h['reward']:.3f}" for h in history[2:])
+    assert f"| full | {rewards} |" in report, report
