@@ -88,8 +88,8 @@ def collect(table: Table, runs_dir: Path) -> TableRuns:
             out.captions.setdefault(v.name, {})[seed] = record.captions()
             history = record.history()
             scst = history["phase"].eq("scst") if "phase" in history else pd.Series(False, index=history.index)
-            out.histories.setdefault(v.name, []).append(history[~scst].dropna(axis=1, how="all")
-                                                        .drop(columns="phase", errors="ignore"))
+            out.histories.setdefault(v.name, []).append(history[~scst].drop(columns=["phase", "scst_loss", "reward"],
+                                                                            errors="ignore"))
             if scst.any():
                 out.scst_histories.setdefault(v.name, []).append(history[scst].drop(columns=["phase", "train_loss"],
                                                                                    errors="ignore"))

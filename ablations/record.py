@@ -4,7 +4,7 @@
         config.json     what made the run: the resolved config, its hash, and provenance
                         (code version, library versions, machine, device)
         params.json     trainable / frozen parameter counts per module
-        history.json    loss per epoch
+        history.json    loss per epoch (and reward per self-critical epoch)
         weights/        the trained parts (connector + projection as safetensors, LoRA via peft)
         captions.json   captions of the eval split
         per_image.csv   per-image scores and probe values
@@ -59,8 +59,10 @@ def config_hash(config: dict) -> str:
     settings = {k: v for k, v in config.items() if k not in ("table", "variant")}
     if isinstance(settings.get("train"), dict):
         defaults = {f.name: f.default for f in fields(TrainConfig)}
+        scst = settings["train"].get("scst_epochs", 0) > 0  # then its samples / rate count even at their defaults
         settings["train"] = {k: v for k, v in settings["train"].items()
-                             if not (k in TRAIN_KEYS_ADDED_LATER and v == defaults[k])}
+                             if not (k in TRAIN_KEYS_ADDED_LATER and v == defaults[k]
+                                     and not (scst and k in ("scst_samples", "scst_lr")))}
     return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

@@ -22,6 +22,7 @@ import typer
 from ablations.record import RunRecord
 from ablations.runner import load_run_model, run_data, run_decoding
 from ablations.scoring import score_captions
+from vlm_core.errors import UserError
 from vlm_core.features import cached_features
 from vlm_core.train import TrainConfig, generate_captions, self_critical
 
@@ -31,11 +32,16 @@ def main(run: Path, epochs: int = typer.Option(2), lr: float = typer.Option(1e-4
     config = RunRecord(run).config()
     if config["eval_split"] != "dev":
         sys.exit(f"{run}: scored on {config['eval_split']!r}; self-critical settings are chosen on dev")
+    if config["train"].get("scst_epochs", 0):
+        sys.exit(f"{run}: already trained with self-critical epochs; the screen starts from a cross-entropy run")
+    try:
+        cfg = replace(TrainConfig(**config["train"]), scst_epochs=epochs, scst_lr=lr, scst_samples=samples)
+    except UserError as err:
+        sys.exit(str(err))
     model, vision = load_run_model(run, cache_dir)
     data = run_data(config)
     quiet = lambda *_: None
     feats = {s: cached_features(vision, data, s, cache_dir, log=quiet) for s in ("train", "dev")}
-    cfg = replace(TrainConfig(**config["train"]), scst_epochs=epochs, scst_lr=lr, scst_samples=samples)
     decoding, refs = run_decoding(run), {i: data.captions[i] for i in feats["dev"].ids}
     print(f"{run}: self-critical {epochs} epochs, lr {lr}, {samples} samples an image; "
           f"scored on {len(feats['dev'].ids)} dev images with {decoding}")

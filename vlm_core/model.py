@@ -189,21 +189,26 @@ class CaptionModel(nn.Module):
             logits, targets, _ = self._target_logits(features, ids, mask, labels, repeats)
             return F.cross_entropy(logits.float(), targets, label_smoothing=label_smoothing)
 
-    def caption_nll_sums(self, features: torch.Tensor, captions: list[str], repeats: int = 1):
-        """Summed NLL (nats, with gradient) and target-token count of each caption given its image:
-        ([len(captions)], [len(captions)]) on the model's device. Self-critical training weighs the sums."""
-        ids, mask, labels = self.encode_captions(captions)
+    def _nll_sums(self, features, ids, mask, labels, repeats: int):
+        """Summed NLL (nats, with gradient) and target-token count of each row: ([B], [B]) on the model's device."""
         with self._autocast():
             logits, targets, keep = self._target_logits(features, ids, mask, labels, repeats)
         nll = F.cross_entropy(logits.float(), targets, reduction="none")
         rows = keep.nonzero()[:, 0]
-        return torch.zeros(len(captions), device=self.device).index_add(0, rows, nll), keep.sum(1)
+        return torch.zeros(ids.shape[0], device=self.device).index_add(0, rows, nll), keep.sum(1)
 
     @torch.no_grad()
     def caption_nll(self, features: torch.Tensor, captions: list[str], repeats: int = 1) -> torch.Tensor:
         """Mean NLL per target token of each caption given its image, in nats [len(captions)], on the CPU."""
-        total, count = self.caption_nll_sums(features, captions, repeats)
+        total, count = self._nll_sums(features, *self.encode_captions(captions), repeats)
         return (total / count.clamp(min=1)).cpu()
+
+    def generated_nll_sums(self, features: torch.Tensor, generated: list[list[int]], repeats: int = 1) -> torch.Tensor:
+        """Summed NLL (with gradient) of token sequences as generate produced them after [visual][start]:
+        exactly the sampled ids, their EOS a target only where one was generated. [len(generated)] on the
+        model's device; what self-critical training weighs."""
+        ids, mask = pad_batch([[self.text.start_id] + row for row in generated], self.pad_id)
+        return self._nll_sums(features, ids, mask, start_given_labels(ids, mask), repeats)[0]
 
     # ---- generation ----------------------------------------------------------------------
     def _generate_ids(self, features: torch.Tensor, **options) -> torch.Tensor:
@@ -243,9 +248,16 @@ class CaptionModel(nn.Module):
     def sample(self, features: torch.Tensor, max_new_tokens: int, num_samples: int, temperature: float = 1.0) -> list[str]:
         """``num_samples`` captions per image drawn from the model (ancestral sampling at ``temperature``),
         image 0's first; what consensus reranking weighs beam candidates against."""
-        return self._texts(self._generate_ids(features, max_new_tokens=max_new_tokens, do_sample=True,
-                                              temperature=temperature, top_k=0, top_p=1.0,
-                                              num_return_sequences=num_samples))
+        return self.sample_with_ids(features, max_new_tokens, num_samples, temperature)[0]
+
+    @torch.no_grad()
+    def sample_with_ids(self, features: torch.Tensor, max_new_tokens: int, num_samples: int,
+                        temperature: float = 1.0) -> tuple[list[str], list[list[int]]]:
+        """Sampled captions and their generated ids (up to and including the EOS, where one was generated)."""
+        out = self._generate_ids(features, max_new_tokens=max_new_tokens, do_sample=True, temperature=temperature,
+                                 top_k=0, top_p=1.0, num_return_sequences=num_samples)
+        rows = [row[: row.index(self.eos_id) + 1] if self.eos_id in row else row for row in out.tolist()]
+        return self._texts(out), rows
 
     @torch.no_grad()
     def next_token_probs(self, features: torch.Tensor, rows: list[list[int]]) -> torch.Tensor:

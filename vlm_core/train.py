@@ -53,7 +53,7 @@ class TrainConfig:
     # against the image's training references is the reward (Rennie et al. 2017; see self_critical).
     scst_epochs: int = 0
     scst_samples: int = 5  # sampled captions per image; each one's baseline is the mean reward of the others
-    scst_lr: float = 1e-4  # constant; the image path gets connector_lr / lr of it, as in the cross-entropy epochs
+    scst_lr: float = 1e-4  # constant; the image path gets scst_lr x connector_lr / lr, as in the cross-entropy epochs
     generate_batch_size: int = 100
     debug_nan_at_step: int = 0  # fault injection for tests: force a NaN loss from this step (0 = never)
 
@@ -184,7 +184,8 @@ def _update(loss: torch.Tensor, params: list, opt, scaler, cfg: TrainConfig) -> 
 def train_model(model: CaptionModel, data: CaptionData, train_feats: FeatureSet, dev_feats: FeatureSet,
                 cfg: TrainConfig, seed: int, on_step: Callable[[int, int, float], None] | None = None,
                 log: Callable[[str], None] = print, history: list[dict] | None = None) -> list[dict]:
-    """Train in place; returns the per-epoch history [{epoch, train_loss, dev_loss, seconds}].
+    """Train in place; returns the per-epoch history [{epoch, train_loss, dev_loss, seconds}], then the
+    self-critical epochs' rows if any (see self_critical).
 
     Pass ``history`` to see the epochs finished so far even when TrainingDiverged is raised."""
     torch.manual_seed(seed)
@@ -239,11 +240,14 @@ def self_critical(model: CaptionModel, data: CaptionData, train_feats: FeatureSe
     """``cfg.scst_epochs`` epochs of self-critical sequence training, in place, appended to ``history``.
 
     Cross-entropy trains the next word of one reference; the metrics score a whole caption against all
-    five. Here each image gets ``scst_samples`` captions sampled from the model; each is scored with
+    references. Here each image gets ``scst_samples`` captions sampled from the model; each is scored with
     CIDEr-D against the image's training references, and its summed log-likelihood is raised by its
     reward minus the mean reward of the image's other samples (the baseline of Luo 2020, no greedy
     decode needed): samples better than their siblings get likelier, worse ones less likely.
-    Constant rate ``scst_lr``; ``after_epoch(epoch)`` lets a dev screen score the model after each epoch."""
+    The model stays in eval mode throughout (LoRA dropout off), so the gradient is that of the policy that
+    sampled. Constant rate ``scst_lr``; ``after_epoch(epoch)`` lets a dev screen score the model after each
+    epoch. Returns the history rows it added ({epoch, phase, scst_loss, reward, dev_loss, seconds})."""
+    model.eval()
     history = [] if history is None else history
     train_x = train_feats.in_ram()
     ids = train_feats.ids
@@ -263,12 +267,10 @@ def self_critical(model: CaptionModel, data: CaptionData, train_feats: FeatureSe
         for i in range(0, len(order), cfg.batch_size):
             rows = order[i : i + cfg.batch_size]
             x = train_x[torch.as_tensor(rows)]
-            model.eval()  # sample from the model as it decodes (no dropout)
-            samples = model.sample(x, max_new_tokens=cfg.max_new_tokens, num_samples=k)
+            samples, generated = model.sample_with_ids(x, max_new_tokens=cfg.max_new_tokens, num_samples=k)
             r = np.array([reward.score(ids[rows[j // k]], c) for j, c in enumerate(samples)]).reshape(len(rows), k)
             advantage = torch.from_numpy((r - (r.sum(1, keepdims=True) - r) / (k - 1)).ravel()).float()
-            model.train_trainable_parts()
-            nll, _ = model.caption_nll_sums(x, samples, repeats=k)
+            nll = model.generated_nll_sums(x, generated, repeats=k)  # the ids as sampled, by the policy that sampled
             loss = (advantage.to(model.device) * nll).mean()
             step += 1
             value = float(loss.detach())
@@ -304,7 +306,8 @@ def decode(model: CaptionModel, features: torch.Tensor, decoding: Decoding) -> t
     evidence = None
     if decoding.rerank_samples:
         n = decoding.rerank_samples
-        with torch.random.fork_rng(devices=[]):  # the same evidence for the same batch, every time
+        cuda = [model.device] if model.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=cuda):  # the same evidence for the same batch, every time, no side effect
             torch.manual_seed(0)
             samples = model.sample(features, max_new_tokens=decoding.max_new_tokens, num_samples=n,
                                    temperature=decoding.rerank_temperature)
