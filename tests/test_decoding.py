@@ -136,3 +136,6 @@ def test_decoding_keys_at_their_defaults_keep_earlier_runs_current():
     scst = {**train, "scst_epochs": 2}  # its samples / rate act only with scst_epochs, and enter the hash then
     for key, value in (("scst_samples", 8), ("scst_lr", 3e-4)):
         assert config_hash({"train": {**scst, key: value}, "seed": 0}) != config_hash({"train": scst, "seed": 0})
+        # with self-critical epochs on, even their default values are part of what made the run
+        without = {k: v for k, v in scst.items() if k != key}
+        assert config_hash({"train": scst, "seed": 0}) != config_hash({"train": without, "seed": 0})
