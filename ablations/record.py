@@ -32,7 +32,7 @@ import pandas as pd
 
 from vlm_core.atomic import atomic_write, atomic_write_json
 from vlm_core.errors import UserError
-from vlm_core.train import TrainConfig
+from vlm_core.train import SCST_SETTINGS, TrainConfig
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DONE, FAILED = "DONE", "FAILED"
@@ -50,7 +50,7 @@ def run_path(runs_dir: Path, table: str, variant: str, seed: int) -> Path:
 # Train keys added after runs existed; at their default they change nothing, so they enter the hash only
 # when set, and the runs made before them stay current (the caption LM's cache key does the same).
 TRAIN_KEYS_ADDED_LATER = ("length_penalty", "rerank", "rerank_samples", "rerank_temperature", "label_smoothing",
-                          "scst_epochs", "scst_samples", "scst_lr")
+                          "scst_epochs", "scst_samples", "scst_lr", "scst_baseline")
 
 
 def config_hash(config: dict) -> str:
@@ -62,7 +62,7 @@ def config_hash(config: dict) -> str:
         scst = settings["train"].get("scst_epochs", 0) > 0  # then its samples / rate count even at their defaults
         settings["train"] = {k: v for k, v in settings["train"].items()
                              if not (k in TRAIN_KEYS_ADDED_LATER and v == defaults[k]
-                                     and not (scst and k in ("scst_samples", "scst_lr")))}
+                                     and not (scst and k in SCST_SETTINGS))}
     return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

@@ -28,14 +28,15 @@ from vlm_core.train import TrainConfig, generate_captions, self_critical
 
 
 def main(run: Path, epochs: int = typer.Option(2), lr: float = typer.Option(1e-4), samples: int = typer.Option(5),
-         cache_dir: Path = typer.Option(Path(".cache"))):
+         baseline: str = typer.Option("others", help="others | greedy"), cache_dir: Path = typer.Option(Path(".cache"))):
     config = RunRecord(run).config()
     if config["eval_split"] != "dev":
         sys.exit(f"{run}: scored on {config['eval_split']!r}; self-critical settings are chosen on dev")
     if config["train"].get("scst_epochs", 0):
         sys.exit(f"{run}: already trained with self-critical epochs; the screen starts from a cross-entropy run")
     try:
-        cfg = replace(TrainConfig(**config["train"]), scst_epochs=epochs, scst_lr=lr, scst_samples=samples)
+        cfg = replace(TrainConfig(**config["train"]), scst_epochs=epochs, scst_lr=lr, scst_samples=samples,
+                      scst_baseline=baseline)
     except UserError as err:
         sys.exit(str(err))
     model, vision = load_run_model(run, cache_dir)
@@ -43,7 +44,7 @@ def main(run: Path, epochs: int = typer.Option(2), lr: float = typer.Option(1e-4
     quiet = lambda *_: None
     feats = {s: cached_features(vision, data, s, cache_dir, log=quiet) for s in ("train", "dev")}
     decoding, refs = run_decoding(run), {i: data.captions[i] for i in feats["dev"].ids}
-    print(f"{run}: self-critical {epochs} epochs, lr {lr}, {samples} samples an image; "
+    print(f"{run}: self-critical {epochs} epochs, lr {lr}, {samples} samples an image, baseline {baseline}; "
           f"scored on {len(feats['dev'].ids)} dev images with {decoding}")
     print("| self-critical epochs | BLEU-4 | METEOR | ROUGE-L | CIDEr | mean words | distinct | seconds |")
     print("|---|---|---|---|---|---|---|---|")

@@ -134,7 +134,7 @@ def test_decoding_keys_at_their_defaults_keep_earlier_runs_current():
                        ("rerank_samples", 8), ("rerank_temperature", 0.7), ("scst_epochs", 2)):
         assert config_hash({"train": {**train, key: value}, "seed": 0}) != config_hash({"train": before, "seed": 0})
     scst = {**train, "scst_epochs": 2}  # its samples / rate act only with scst_epochs, and enter the hash then
-    for key, value in (("scst_samples", 8), ("scst_lr", 3e-4)):
+    for key, value in (("scst_samples", 8), ("scst_lr", 3e-4), ("scst_baseline", "greedy")):
         assert config_hash({"train": {**scst, key: value}, "seed": 0}) != config_hash({"train": scst, "seed": 0})
         # with self-critical epochs on, even their default values are part of what made the run
         without = {k: v for k, v in scst.items() if k != key}

@@ -118,6 +118,8 @@ def test_self_critical_makes_the_better_sample_likelier_and_the_worse_less_likel
     (dict(scst_epochs=1, scst_lr=0.0), "scst_lr > 0"),
     (dict(scst_lr=3e-4), "only with train.scst_epochs"),
     (dict(scst_samples=8), "only with train.scst_epochs"),
+    (dict(scst_baseline="greedy"), "only with train.scst_epochs"),
+    (dict(scst_epochs=1, scst_baseline="beam"), "train.scst_baseline"),
 ])
 def test_self_critical_settings_that_cannot_act_are_errors(settings, message):
     with pytest.raises(UserError, match=message):
@@ -152,3 +154,42 @@ def test_a_table_with_self_critical_epochs_runs_records_them_and_reports_them(tm
     section = report[report.index("## Loss per epoch"):]
     loss_row = next(line for line in section.splitlines() if line.startswith("| full |"))  # the cross-entropy table
     assert loss_row.count("→") == 2 and "nan" not in loss_row, loss_row  # its 2 epochs, train and dev
+
+
+def test_a_greedy_baseline_needs_only_one_sample():
+    assert TrainConfig(scst_epochs=1, scst_samples=1, scst_baseline="greedy").scst_samples == 1
+
+
+def test_a_greedy_baseline_weighs_each_sample_by_its_reward_minus_the_greedy_captions(gpt2_tiny, monkeypatch):
+    model, data, feats, x = _two_image_setup(gpt2_tiny)
+    train = data.splits["train"]
+    samples = {"red.jpg": ["a red square", "a blue circle", "a square"], "blue.jpg": ["a blue circle", "a circle", "two kids"]}
+    greedy = {"red.jpg": "a square on the left", "blue.jpg": "a red square"}
+    key_of = lambda features: [next(k for r, k in zip(x, train) if torch.equal(r, f)) for f in features.float()]
+    weights, calls = [], []
+
+    def fixed_samples(features, max_new_tokens, num_samples, temperature=1.0):
+        texts = [c for k in key_of(features) for c in samples[k]]
+        return texts, _token_rows(model, texts)
+
+    def greedy_captions(features, max_new_tokens, **options):
+        calls.append(options)
+        return [greedy[k] for k in key_of(features)]
+
+    def nll_leaf(features, generated, repeats=1):  # d loss / d nll = each sample's weight / number of samples
+        leaf = torch.ones(len(generated), requires_grad=True)
+        weights.append((key_of(features), leaf))
+        return leaf
+
+    monkeypatch.setattr(model, "sample_with_ids", fixed_samples)
+    monkeypatch.setattr(model, "generate", greedy_captions)
+    monkeypatch.setattr(model, "generated_nll_sums", nll_leaf)
+    cfg = TrainConfig(epochs=1, batch_size=2, dev_images=2, max_new_tokens=6, scst_epochs=1, scst_samples=3,
+                      scst_lr=1e-3, scst_baseline="greedy")
+    self_critical(model, data, feats, feats, cfg, random.Random(0), log=lambda *_: None)
+    reward = CiderD(data.captions)
+    (keys, leaf), = weights
+    expected = [reward.score(k, c) - reward.score(k, greedy[k]) for k in keys for c in samples[k]]
+    assert calls == [{}]  # plain greedy decoding, once for the batch
+    assert np.allclose(leaf.grad.numpy() * len(expected), expected, atol=1e-6), (leaf.grad, expected)
+    assert min(expected) < 0 < max(expected)

@@ -52,7 +52,10 @@ class TrainConfig:
     # Self-critical sequence training after the cross-entropy epochs (0 = none): CIDEr-D of sampled captions
     # against the image's training references is the reward (Rennie et al. 2017; see self_critical).
     scst_epochs: int = 0
-    scst_samples: int = 5  # sampled captions per image; each one's baseline is the mean reward of the others
+    scst_samples: int = 5  # sampled captions per image
+    # what a sample's reward is measured against: "others", the mean reward of the image's other samples
+    # (Luo 2020), or "greedy", the reward of the image's greedy caption (Rennie et al. 2017)
+    scst_baseline: str = "others"
     scst_lr: float = 1e-4  # constant; the image path gets scst_lr x connector_lr / lr, as in the cross-entropy epochs
     generate_batch_size: int = 100
     debug_nan_at_step: int = 0  # fault injection for tests: force a NaN loss from this step (0 = never)
@@ -75,12 +78,15 @@ class TrainConfig:
             raise UserError("train.length_penalty acts only in beam search: it needs train.num_beams >= 2")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise UserError(f"train.label_smoothing must be in [0, 1), not {self.label_smoothing}")
-        if self.scst_epochs < 0 or self.scst_samples < 2 or self.scst_lr <= 0:
-            raise UserError("train.scst_epochs must be >= 0, train.scst_samples >= 2 (each sample's baseline is "
-                            "the others' mean reward) and train.scst_lr > 0")
+        if self.scst_baseline not in SCST_BASELINES:
+            raise UserError(f"train.scst_baseline must be one of {', '.join(SCST_BASELINES)}, not {self.scst_baseline!r}")
+        least = 2 if self.scst_baseline == "others" else 1  # "others" needs another sample to compare with
+        if self.scst_epochs < 0 or self.scst_samples < least or self.scst_lr <= 0:
+            raise UserError(f"train.scst_epochs must be >= 0, train.scst_samples >= {least} (with scst_baseline = "
+                            f"{self.scst_baseline!r}) and train.scst_lr > 0")
         defaults = {f.name: f.default for f in fields(TrainConfig)}
-        if not self.scst_epochs and any(getattr(self, k) != defaults[k] for k in ("scst_samples", "scst_lr")):
-            raise UserError("train.scst_samples / scst_lr act only with train.scst_epochs >= 1")
+        if not self.scst_epochs and any(getattr(self, k) != defaults[k] for k in SCST_SETTINGS):
+            raise UserError("train.scst_samples / scst_lr / scst_baseline act only with train.scst_epochs >= 1")
 
     def decoding(self) -> "Decoding":
         return Decoding(self.max_new_tokens, self.num_beams, self.no_repeat_ngram_size, self.generate_batch_size,
@@ -88,6 +94,8 @@ class TrainConfig:
 
 
 RERANKS = ("none", "consensus")
+SCST_BASELINES = ("others", "greedy")
+SCST_SETTINGS = ("scst_samples", "scst_lr", "scst_baseline")  # what acts only with scst_epochs >= 1
 
 
 @dataclass(frozen=True)
@@ -242,8 +250,9 @@ def self_critical(model: CaptionModel, data: CaptionData, train_feats: FeatureSe
     Cross-entropy trains the next word of one reference; the metrics score a whole caption against all
     references. Here each image gets ``scst_samples`` captions sampled from the model; each is scored with
     CIDEr-D against the image's training references, and its summed log-likelihood is raised by its
-    reward minus the mean reward of the image's other samples (the baseline of Luo 2020, no greedy
-    decode needed): samples better than their siblings get likelier, worse ones less likely.
+    reward minus a baseline: the mean reward of the image's other samples (``scst_baseline = "others"``,
+    Luo 2020) or the reward of the image's greedy caption ("greedy", Rennie et al. 2017): samples better
+    than the baseline get likelier, worse ones less likely.
     The model stays in eval mode throughout (LoRA dropout off), so the gradient is that of the policy that
     sampled. Constant rate ``scst_lr``; ``after_epoch(epoch)`` lets a dev screen score the model after each
     epoch. Returns the history rows it added ({epoch, phase, scst_loss, reward, dev_loss, seconds})."""
@@ -269,7 +278,12 @@ def self_critical(model: CaptionModel, data: CaptionData, train_feats: FeatureSe
             x = train_x[torch.as_tensor(rows)]
             samples, generated = model.sample_with_ids(x, max_new_tokens=cfg.max_new_tokens, num_samples=k)
             r = np.array([reward.score(ids[rows[j // k]], c) for j, c in enumerate(samples)]).reshape(len(rows), k)
-            advantage = torch.from_numpy((r - (r.sum(1, keepdims=True) - r) / (k - 1)).ravel()).float()
+            if cfg.scst_baseline == "greedy":
+                greedy = model.generate(x, max_new_tokens=cfg.max_new_tokens)
+                baseline = np.array([[reward.score(ids[row], c)] for row, c in zip(rows, greedy)])
+            else:
+                baseline = (r.sum(1, keepdims=True) - r) / (k - 1)
+            advantage = torch.from_numpy((r - baseline).ravel()).float()
             nll = model.generated_nll_sums(x, generated, repeats=k)  # the ids as sampled, by the policy that sampled
             loss = (advantage.to(model.device) * nll).mean()
             step += 1
