@@ -256,8 +256,7 @@ class CaptionModel(nn.Module):
         """Sampled captions and their generated ids (up to and including the EOS, where one was generated)."""
         out = self._generate_ids(features, max_new_tokens=max_new_tokens, do_sample=True, temperature=temperature,
                                  top_k=0, top_p=1.0, num_return_sequences=num_samples)
-        rows = [row[: row.index(self.eos_id) + 1] if self.eos_id in row else row for row in out.tolist()]
-        return self._texts(out), rows
+        return self._texts(out), _cut_at_eos(out, self.eos_id, keep_eos=True)
 
     @torch.no_grad()
     def next_token_probs(self, features: torch.Tensor, rows: list[list[int]]) -> torch.Tensor:
@@ -343,8 +342,9 @@ class CaptionModel(nn.Module):
                                                          device=str(self.device)))
 
 
-def _cut_at_eos(ids: torch.Tensor, eos: int) -> list[list[int]]:
+def _cut_at_eos(ids: torch.Tensor, eos: int, keep_eos: bool = False) -> list[list[int]]:
+    """Each row up to its first EOS (included with ``keep_eos``); rows without one whole."""
     rows = []
     for row in ids.tolist():
-        rows.append(row[: row.index(eos)] if eos in row else row)
+        rows.append(row[: row.index(eos) + keep_eos] if eos in row else row)
     return rows

@@ -148,6 +148,12 @@ def dev_loss(model: CaptionModel, feats: torch.Tensor, data: CaptionData, ids: l
     return float(reference_nll(model, feats, [data.captions[i] for i in ids], batch_size).mean())
 
 
+def _dev_loss_images(dev_feats: FeatureSet, cfg: TrainConfig) -> tuple[torch.Tensor, list[str]]:
+    """The first ``cfg.dev_images`` dev images (features in RAM, ids): what every epoch's dev loss is of."""
+    n_dev = min(cfg.dev_images, len(dev_feats.ids))
+    return torch.from_numpy(np.array(dev_feats.array[:n_dev])).float(), dev_feats.ids[:n_dev]
+
+
 def _adamw(groups: list[dict], cfg: TrainConfig) -> torch.optim.AdamW:
     """AdamW, fused where torch has a fused kernel for these parameters: ~75 small tensors make the
     per-tensor loop 9 % of a shapes training step on CPU (fused: 2 %). Same update rule."""
@@ -199,9 +205,7 @@ def train_model(model: CaptionModel, data: CaptionData, train_feats: FeatureSet,
     torch.manual_seed(seed)
     rng = random.Random(seed)
     train_x = train_feats.in_ram()
-    n_dev = min(cfg.dev_images, len(dev_feats.ids))
-    dev_x = torch.from_numpy(np.array(dev_feats.array[:n_dev])).float()
-    dev_ids = dev_feats.ids[:n_dev]
+    dev_x, dev_ids = _dev_loss_images(dev_feats, cfg)
     model.connector.fit_feature_stats(train_x)
     params, opt, sched, total, warmup = _optimizer(model, cfg, len(train_feats.ids))
     scst_steps = math.ceil(len(train_feats.ids) / cfg.batch_size) * cfg.scst_epochs
@@ -260,8 +264,7 @@ def self_critical(model: CaptionModel, data: CaptionData, train_feats: FeatureSe
     history = [] if history is None else history
     train_x = train_feats.in_ram()
     ids = train_feats.ids
-    n_dev = min(cfg.dev_images, len(dev_feats.ids))
-    dev_x = torch.from_numpy(np.array(dev_feats.array[:n_dev])).float()
+    dev_x, dev_ids = _dev_loss_images(dev_feats, cfg)
     reward = CiderD({i: data.captions[i] for i in ids})
     params, groups = _trainable_groups(model, cfg.scst_lr, cfg.scst_lr * (cfg.connector_lr or cfg.lr) / cfg.lr)
     opt = _adamw(groups, cfg)
@@ -295,7 +298,7 @@ def self_critical(model: CaptionModel, data: CaptionData, train_feats: FeatureSe
             rewards.append(float(r.mean()))
             if on_step:
                 on_step(step, total, value)
-        d_loss = dev_loss(model, dev_x, data, dev_feats.ids[:n_dev], cfg.batch_size)
+        d_loss = dev_loss(model, dev_x, data, dev_ids, cfg.batch_size)
         history.append({"epoch": cfg.epochs + epoch, "phase": "scst", "scst_loss": float(np.mean(losses)),
                         "reward": float(np.mean(rewards)), "dev_loss": d_loss, "seconds": round(time.time() - start, 2)})
         log(f"self-critical epoch {epoch}/{cfg.scst_epochs}: mean sample CIDEr-D {history[-1]['reward']:.4f}  "
