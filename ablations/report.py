@@ -90,6 +90,9 @@ def section_setup(ctx: Context) -> list[str]:
     wall = wall_seconds(tr)
     rows = [
         ["data", f"{t.data.name} — scored on the **{t.data.eval_split}** split ({n_images} images, all references)"],
+        ["training data", f"the first {t.data.train_images:,} images of the train split (`data.train_images`)"
+                          if t.data.train_images else "every image of the train split"
+                          + (f" ({len(ctx.data.splits['train']):,})" if ctx.data is not None else "")],
         ["vision backbone (frozen)", f"{t.backbones.vision} ({cfg.get('vision_tokens', '?')} tokens × {cfg.get('vision_dim', '?')})"],
         ["language backbone (frozen base)", t.backbones.language + _lm_note(cfg)],
         ["seeds", ", ".join(str(s) for s in t.seeds)],

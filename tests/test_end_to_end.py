@@ -8,6 +8,8 @@ import pytest
 from typer.testing import CliRunner
 
 from ablations.cli import app
+from ablations.runner import load_data
+from ablations.tables import load_table
 
 from .micro import snapshot, spy_on, write_micro
 
@@ -69,6 +71,8 @@ def test_report_sections_and_numbers_match_runs(micro_runs):
     for section in SECTIONS:
         assert section.format(ref="full") in text, section
     assert (out / "loss.png").stat().st_size > 1000
+    n_train = len(load_data(load_table(str(micro_runs["table"])).data).splits["train"])
+    assert f"| training data | every image of the train split ({n_train:,}) |" in text
     assert list((out / "gallery").glob("*.png"))
     # Main-table numbers are the mean ± std over the stored seeds.
     for variant in ("full", "blind", "seed-recipe"):
