@@ -88,11 +88,15 @@ def section_setup(ctx: Context) -> list[str]:
     run_s = float(tr.stage_seconds[STAGES].sum().sum()) if len(tr.stage_seconds) else 0.0
     prep = float(sum(x["prepare_seconds"] for x in tr.timing))
     wall = wall_seconds(tr)
+    if t.data.train_images:
+        training_data = f"the first {t.data.train_images:,} images of the train split (`data.train_images`)"
+    else:
+        training_data = "every image of the train split"
+        if ctx.data is not None:
+            training_data += f" ({len(ctx.data.splits['train']):,})"
     rows = [
         ["data", f"{t.data.name} — scored on the **{t.data.eval_split}** split ({n_images} images, all references)"],
-        ["training data", f"the first {t.data.train_images:,} images of the train split (`data.train_images`)"
-                          if t.data.train_images else "every image of the train split"
-                          + (f" ({len(ctx.data.splits['train']):,})" if ctx.data is not None else "")],
+        ["training data", training_data],
         ["vision backbone (frozen)", f"{t.backbones.vision} ({cfg.get('vision_tokens', '?')} tokens × {cfg.get('vision_dim', '?')})"],
         ["language backbone (frozen base)", t.backbones.language + _lm_note(cfg)],
         ["seeds", ", ".join(str(s) for s in t.seeds)],
