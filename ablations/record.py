@@ -6,6 +6,7 @@
         params.json     trainable / frozen parameter counts per module
         history.json    loss per epoch (and reward per self-critical epoch)
         weights/        the trained parts (connector + projection as safetensors, LoRA via peft)
+        weights-xe/     the same, as they were before the self-critical epochs (runs with scst_epochs only)
         captions.json   captions of the eval split
         per_image.csv   per-image scores and probe values
         metrics.json    corpus metrics, slot scores, probes, seconds per stage
@@ -50,7 +51,7 @@ def run_path(runs_dir: Path, table: str, variant: str, seed: int) -> Path:
 # Train keys added after runs existed; at their default they change nothing, so they enter the hash only
 # when set, and the runs made before them stay current (the caption LM's cache key does the same).
 TRAIN_KEYS_ADDED_LATER = ("length_penalty", "rerank", "rerank_samples", "rerank_temperature", "label_smoothing",
-                          "scst_epochs", "scst_samples", "scst_lr", "scst_baseline")
+                          "scst_epochs", "scst_samples", "scst_lr", "scst_baseline", "scst_candidates")
 
 
 def config_hash(config: dict) -> str:
@@ -72,6 +73,7 @@ class RunRecord:
     def __init__(self, path: Path):
         self.path = Path(path)
         self.weights_dir = self.path / "weights"
+        self.xe_weights_dir = self.path / "weights-xe"  # the cross-entropy model, before self-critical epochs (if any)
 
     # ---- state
     def state(self) -> str:

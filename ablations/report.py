@@ -200,10 +200,15 @@ def section_loss(ctx: Context) -> list[str]:
         for n, h in scst.items():
             mean = pd.concat(h).groupby("epoch").mean()
             rows.append([n, " → ".join(f"{x:.3f}" for x in mean["reward"]), " → ".join(fmt(x) for x in mean["dev_loss"])])
+        candidates = set()
+        for n in scst:
+            t = ctx.table.variants[n].train
+            candidates.add(f"the {t.scst_samples} beams of a beam search of each training image"
+                           if t.scst_candidates == "beam" else f"the {t.scst_samples} captions sampled from each training image")
         lines += ["Self-critical epochs after the cross-entropy ones (mean over seeds): the reward is the mean "
-                  "CIDEr-D of the captions sampled from each training image, against its training references; the "
+                  f"CIDEr-D of {' / '.join(sorted(candidates))}, against its training references; the "
                   "dev loss is the same reference NLL as above.", "",
-                  md_table(["variant", "mean sample CIDEr-D", "dev loss"], rows), ""]
+                  md_table(["variant", "mean candidate CIDEr-D", "dev loss"], rows), ""]
     return lines
 
 

@@ -188,8 +188,10 @@ def train_stage(ws: Workspace, variant: Variant, seed: int, record: RunRecord,
     record.write_params(model.parameter_report())
     history: list[dict] = []
     try:
+        # kept so that self-critical training can be compared with, or re-screened from, the same model
         train_model(model, ws.data, ws.features["train"], ws.features["dev"], variant.train, seed,
-                    on_step=on_step, log=log, history=history)
+                    on_step=on_step, log=log, history=history,
+                    before_self_critical=lambda m: m.save_trainable(record.xe_weights_dir))
     except TrainingDiverged as err:
         err.history = history
         raise
@@ -237,13 +239,20 @@ def probe_stage(ws: Workspace, model: CaptionModel, feats: FeatureSet, captions:
     return probe
 
 
-def load_run_model(run: Path, cache_dir: Path, device: str = "auto",
-                   data_dir: str | None = None) -> tuple[CaptionModel, VisionBackbone]:
-    """Rebuild a finished run's trained model (for `ablate caption`, `ablate attention`), on ``device``."""
+def load_run_model(run: Path, cache_dir: Path, device: str = "auto", data_dir: str | None = None,
+                   weights: str = "final") -> tuple[CaptionModel, VisionBackbone]:
+    """Rebuild a finished run's trained model (for `ablate caption`, `ablate attention`), on ``device``;
+    ``weights = "xe"``: its cross-entropy model from before the self-critical epochs."""
     record = RunRecord(run)
     config = record.config()
     if record.state() != "done" or not (record.weights_dir / "model_config.json").exists():
         raise UserError(f"{run}: not a finished run folder (no DONE marker or no weights/)")
+    if weights not in ("final", "xe"):
+        raise UserError(f"weights must be 'final' or 'xe', not {weights!r}")
+    weights_dir = record.weights_dir if weights == "final" else record.xe_weights_dir
+    if not (weights_dir / "model_config.json").exists():
+        raise UserError(f"{run}: no {weights_dir.name}/ (only runs with self-critical epochs, made after "
+                        "they were kept, have the cross-entropy model)")
     target = resolve_device(device)
     vision = load_vision_backbone(config["backbones"]["vision"]).to(target)
     language, lm_dir = config["backbones"]["language"], config.get("lm_info", {}).get("cache_dir")
@@ -257,7 +266,7 @@ def load_run_model(run: Path, cache_dir: Path, device: str = "auto",
         lm = load_language_backbone(language, cache_dir=cache_dir)
     model = CaptionModel(CaptionModelConfig(**config["model"]), lm, vision.feature_dim, vision.grid).to(target)
     model.precision = config.get("precision", "fp32")
-    model.load_trainable(record.weights_dir)
+    model.load_trainable(weights_dir)
     model.eval()
     return model, vision
 

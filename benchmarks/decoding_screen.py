@@ -5,8 +5,9 @@ setting and prints BLEU-4, METEOR, ROUGE-L, CIDEr, mean words and the share of d
         --setting beams=3 --setting beams=10 --setting beams=10,rerank=consensus,length_penalty=1.2
 
 A setting is comma-separated KEY=VALUE over the run's own decoding (keys: beams, no_repeat,
-length_penalty, rerank, samples, temperature, max_new_tokens). Runs scored on the test split are refused unless
---allow-test: settings are chosen on dev.
+length_penalty, rerank, samples, temperature, max_new_tokens). The run's eval split is scored unless --split
+says otherwise (a table run scored on test can be screened on dev: `--split dev --images 500`); the test split
+is refused unless --allow-test: settings are chosen on dev.
 """
 from __future__ import annotations
 
@@ -40,16 +41,22 @@ def parse(setting: str) -> dict:
 
 
 def main(run: Path, setting: list[str] = typer.Option([], "--setting"), cache_dir: Path = typer.Option(Path(".cache")),
+         split: str = typer.Option("", "--split", help="dev or test; default: the split the run was scored on"),
+         images: int = typer.Option(0, "--images", help="score only the first N images of the split (0: as the run)"),
+         weights: str = typer.Option("final", "--weights", help="final | xe (before the self-critical epochs)"),
          allow_test: bool = typer.Option(False, "--allow-test")):
     config = RunRecord(run).config()
-    if config["eval_split"] != "dev" and not allow_test:
-        sys.exit(f"{run}: scored on {config['eval_split']!r}; decoding is chosen on dev (--allow-test to override)")
-    model, vision = load_run_model(run, cache_dir)
-    data = run_data(config)
-    feats = cached_features(vision, data, config["eval_split"], cache_dir, log=lambda *_: None)
+    split = split or config["eval_split"]
+    if split != "dev" and not allow_test:
+        sys.exit(f"{run}: {split!r} split; decoding is chosen on dev (--split dev, or --allow-test to override)")
+    model, vision = load_run_model(run, cache_dir, weights=weights)
+    # a run scored on test still trained on the training split only: its model may be screened on dev
+    eval_images = images or (config["data"].get("eval_images", 0) if split == config["eval_split"] else 0)
+    data = run_data({**config, "data": {**config["data"], "eval_split": split, "eval_images": eval_images}})
+    feats = cached_features(vision, data, split, cache_dir, log=lambda *_: None)
     refs = {i: data.captions[i] for i in feats.ids}
     base = run_decoding(run)
-    print(f"{run}: {len(feats.ids)} {config['eval_split']} images; the run's decoding: {base}")
+    print(f"{run} ({weights} weights): {len(feats.ids)} {split} images; the run's decoding: {base}")
     print("| setting | BLEU-4 | METEOR | ROUGE-L | CIDEr | mean words | distinct | seconds |")
     print("|---|---|---|---|---|---|---|---|")
     for s in setting or [""]:

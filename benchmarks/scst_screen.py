@@ -6,7 +6,9 @@ the run's own decoding and prints BLEU-4, METEOR, ROUGE-L, CIDEr, mean words and
 
 The same phase a table run with ``train.scst_epochs`` performs after its cross-entropy epochs (same code),
 started here from fresh random generators, so a run's numbers match these in expectation, not bit for bit.
-Runs scored on the test split are refused: settings are chosen on dev.
+The screen always scores the dev split (the first --images of it). A table run with self-critical epochs
+(scored on test) can be screened from the cross-entropy model it kept (`weights-xe/`): that model was
+trained on the training split only, so scoring it on dev chooses on dev.
 """
 from __future__ import annotations
 
@@ -28,23 +30,25 @@ from vlm_core.train import TrainConfig, generate_captions, self_critical
 
 
 def main(run: Path, epochs: int = typer.Option(2), lr: float = typer.Option(1e-4), samples: int = typer.Option(5),
-         baseline: str = typer.Option("others", help="others | greedy"), cache_dir: Path = typer.Option(Path(".cache"))):
+         baseline: str = typer.Option("others", help="others | greedy"),
+         candidates: str = typer.Option("sample", help="sample | beam"),
+         images: int = typer.Option(0, help="score only the first N dev images (0: as the run, all of dev for a test run)"),
+         cache_dir: Path = typer.Option(Path(".cache"))):
     config = RunRecord(run).config()
-    if config["eval_split"] != "dev":
-        sys.exit(f"{run}: scored on {config['eval_split']!r}; self-critical settings are chosen on dev")
-    if config["train"].get("scst_epochs", 0):
-        sys.exit(f"{run}: already trained with self-critical epochs; the screen starts from a cross-entropy run")
+    # a run with self-critical epochs starts the screen from the cross-entropy model it kept
+    weights = "xe" if config["train"].get("scst_epochs", 0) else "final"
     try:
         cfg = replace(TrainConfig(**config["train"]), scst_epochs=epochs, scst_lr=lr, scst_samples=samples,
-                      scst_baseline=baseline)
+                      scst_baseline=baseline, scst_candidates=candidates)
+        model, vision = load_run_model(run, cache_dir, weights=weights)
     except UserError as err:
         sys.exit(str(err))
-    model, vision = load_run_model(run, cache_dir)
-    data = run_data(config)
+    dev_images = images or (config["data"].get("eval_images", 0) if config["eval_split"] == "dev" else 0)
+    data = run_data({**config, "data": {**config["data"], "eval_split": "dev", "eval_images": dev_images}})
     quiet = lambda *_: None
     feats = {s: cached_features(vision, data, s, cache_dir, log=quiet) for s in ("train", "dev")}
     decoding, refs = run_decoding(run), {i: data.captions[i] for i in feats["dev"].ids}
-    print(f"{run}: self-critical {epochs} epochs, lr {lr}, {samples} samples an image, baseline {baseline}; "
+    print(f"{run} ({weights} weights): self-critical {epochs} epochs, lr {lr}, {samples} {candidates} candidates an image, baseline {baseline}; "
           f"scored on {len(feats['dev'].ids)} dev images with {decoding}")
     print("| self-critical epochs | BLEU-4 | METEOR | ROUGE-L | CIDEr | mean words | distinct | seconds |")
     print("|---|---|---|---|---|---|---|---|")

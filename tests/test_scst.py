@@ -120,6 +120,9 @@ def test_self_critical_makes_the_better_sample_likelier_and_the_worse_less_likel
     (dict(scst_samples=8), "only with train.scst_epochs"),
     (dict(scst_baseline="greedy"), "only with train.scst_epochs"),
     (dict(scst_epochs=1, scst_baseline="beam"), "train.scst_baseline"),
+    (dict(scst_candidates="beam"), "only with train.scst_epochs"),
+    (dict(scst_epochs=1, scst_candidates="top-k"), "train.scst_candidates"),
+    (dict(scst_epochs=1, scst_candidates="beam", scst_baseline="greedy", scst_samples=1), "beam width"),
 ])
 def test_self_critical_settings_that_cannot_act_are_errors(settings, message):
     with pytest.raises(UserError, match=message):
@@ -146,6 +149,16 @@ def test_a_table_with_self_critical_epochs_runs_records_them_and_reports_them(tm
     assert [h.get("phase", "xe") for h in history] == ["xe", "xe", "scst", "scst"]
     assert [h["epoch"] for h in history] == [1, 2, 3, 4]
     assert "train_loss" not in history[2] and all(np.isfinite(h["reward"]) for h in history[2:])
+    # the cross-entropy model is kept beside the final one, and they differ by the self-critical updates
+    from ablations.runner import load_run_model
+    run = runs / "micro" / "full" / "seed-0"
+    final, _ = load_run_model(run, tmp_path / "cache")
+    xe, _ = load_run_model(run, tmp_path / "cache", weights="xe")
+    trained = lambda m: {k: v for k, v in m.named_parameters() if v.requires_grad}
+    assert trained(final).keys() == trained(xe).keys() and trained(final)
+    assert any(not torch.equal(v, trained(xe)[k]) for k, v in trained(final).items())
+    with pytest.raises(UserError, match="weights must be"):
+        load_run_model(run, tmp_path / "cache", weights="best")
     result = runner.invoke(app, ["report", str(tmp_path / "micro.toml"), "--runs-dir", str(runs), "--out", str(tmp_path / "out")])
     assert result.exit_code == 0, result.output
     report = (tmp_path / "out" / "micro" / "README.md").read_text()
@@ -193,3 +206,81 @@ def test_a_greedy_baseline_weighs_each_sample_by_its_reward_minus_the_greedy_cap
     assert calls == [{}]  # plain greedy decoding, once for the batch
     assert np.allclose(leaf.grad.numpy() * len(expected), expected, atol=1e-6), (leaf.grad, expected)
     assert min(expected) < 0 < max(expected)
+
+
+def test_beam_candidates_are_the_beams_that_decoding_chooses_among(gpt2_tiny):
+    model, _, _, x = _two_image_setup(gpt2_tiny)
+    texts, ids = model.beams_with_ids(x, max_new_tokens=6, num_beams=3, no_repeat_ngram_size=2)
+    assert texts == model.generate(x, max_new_tokens=6, num_beams=3, no_repeat_ngram_size=2, num_return_sequences=3)
+    assert len(ids) == 6 and len({tuple(r) for r in ids[:3]}) == 3  # image 0's three distinct beams first
+    # each row is the generated ids up to and including its EOS (or all 6 when none was generated)
+    assert all((r[-1] == model.eos_id and model.eos_id not in r[:-1]) or (len(r) == 6 and model.eos_id not in r)
+               for r in ids)
+    assert model.generate(x, max_new_tokens=6, num_beams=3, no_repeat_ngram_size=2) == texts[::3]  # the top beam first
+
+
+def test_beam_candidates_replace_samples_and_are_weighed_against_the_other_beams(gpt2_tiny, monkeypatch):
+    model, data, feats, x = _two_image_setup(gpt2_tiny)
+    train = data.splits["train"]
+    beams = {"red.jpg": ["a red square", "a blue circle", "a square"], "blue.jpg": ["a blue circle", "a circle", "two kids"]}
+    key_of = lambda features: [next(k for r, k in zip(x, train) if torch.equal(r, f)) for f in features.float()]
+    weights, calls = [], []
+
+    def fixed_beams(features, max_new_tokens, num_beams, no_repeat_ngram_size=0):
+        calls.append((num_beams, no_repeat_ngram_size))
+        texts = [c for k in key_of(features) for c in beams[k]]
+        return texts, _token_rows(model, texts)
+
+    def no_sampling(*args, **kwargs):
+        raise AssertionError("beam candidates must not be sampled")
+
+    def nll_leaf(features, generated, repeats=1):
+        leaf = torch.ones(len(generated), requires_grad=True)
+        weights.append((key_of(features), leaf))
+        return leaf
+
+    monkeypatch.setattr(model, "beams_with_ids", fixed_beams)
+    monkeypatch.setattr(model, "sample_with_ids", no_sampling)
+    monkeypatch.setattr(model, "generated_nll_sums", nll_leaf)
+    cfg = TrainConfig(epochs=1, batch_size=2, dev_images=2, max_new_tokens=6, no_repeat_ngram_size=3, scst_epochs=1,
+                      scst_samples=3, scst_lr=1e-3, scst_candidates="beam")
+    self_critical(model, data, feats, feats, cfg, random.Random(0), log=lambda *_: None)
+    reward = CiderD(data.captions)
+    (keys, leaf), = weights
+    expected = []
+    for k in keys:
+        r = [reward.score(k, c) for c in beams[k]]
+        expected += [r[j] - (sum(r) - r[j]) / 2 for j in range(3)]  # each beam against the mean of the other two
+    assert calls == [(3, 3)]  # beam width = scst_samples, the table's n-gram blocking
+    assert np.allclose(leaf.grad.numpy() * len(expected), expected, atol=1e-6), (leaf.grad, expected)
+    assert min(expected) < 0 < max(expected)
+
+
+def test_beam_candidates_enter_the_run_hash_only_when_chosen():
+    from dataclasses import asdict
+
+    from ablations.record import config_hash
+
+    scst = asdict(TrainConfig(scst_epochs=2, scst_baseline="greedy"))
+    before = {k: v for k, v in scst.items() if k != "scst_candidates"}  # a self-critical run made before the key
+    assert config_hash({"train": scst, "seed": 0}) == config_hash({"train": before, "seed": 0})
+    beam = {**scst, "scst_candidates": "beam"}
+    assert config_hash({"train": beam, "seed": 0}) != config_hash({"train": scst, "seed": 0})
+
+
+def test_a_run_without_self_critical_epochs_has_no_cross_entropy_copy(tmp_path):
+    from typer.testing import CliRunner
+
+    from ablations.cli import app
+    from ablations.runner import load_run_model
+
+    from .micro import write_micro
+
+    table = write_micro(tmp_path / "micro.toml", seeds=(0,), variants=("full",), extra="")
+    runs = tmp_path / "runs"
+    result = CliRunner().invoke(app, ["run-all", str(table), "--runs-dir", str(runs), "--cache-dir", str(tmp_path / "cache")])
+    assert result.exit_code == 0, result.output
+    run = runs / "micro" / "full" / "seed-0"
+    assert (run / "weights").is_dir() and not (run / "weights-xe").exists()
+    with pytest.raises(UserError, match="no weights-xe/"):
+        load_run_model(run, tmp_path / "cache", weights="xe")

@@ -259,6 +259,15 @@ class CaptionModel(nn.Module):
         return self._texts(out), _cut_at_eos(out, self.eos_id, keep_eos=True)
 
     @torch.no_grad()
+    def beams_with_ids(self, features: torch.Tensor, max_new_tokens: int, num_beams: int,
+                       no_repeat_ngram_size: int = 0) -> tuple[list[str], list[list[int]]]:
+        """The ``num_beams`` finished beams of each image (image 0's first) and their generated ids (up to and
+        including the EOS, where one was generated): the captions beam-search decoding chooses among."""
+        out = self._generate_ids(features, max_new_tokens=max_new_tokens, num_beams=num_beams, do_sample=False,
+                                 no_repeat_ngram_size=no_repeat_ngram_size, num_return_sequences=num_beams)
+        return self._texts(out), _cut_at_eos(out, self.eos_id, keep_eos=True)
+
+    @torch.no_grad()
     def next_token_probs(self, features: torch.Tensor, rows: list[list[int]]) -> torch.Tensor:
         """P(next token) [B, vocab] after [visual tokens][row] for each image and token row: what a
         diagnosis measures (e.g. P(EOS) right after the start token)."""

@@ -57,6 +57,10 @@ class TrainConfig:
     # (Luo 2020), or "greedy", the reward of the image's greedy caption (Rennie et al. 2017)
     scst_baseline: str = "others"
     scst_lr: float = 1e-4  # constant; the image path gets scst_lr x connector_lr / lr, as in the cross-entropy epochs
+    # which captions are rewarded: "sample", scst_samples captions sampled at temperature 1, or "beam", the
+    # scst_samples beams of a beam search of that width (with the table's no_repeat_ngram_size), so that the
+    # captions trained on are the kind that beam decoding outputs (Cornia et al. 2020, M2 Transformer)
+    scst_candidates: str = "sample"
     generate_batch_size: int = 100
     debug_nan_at_step: int = 0  # fault injection for tests: force a NaN loss from this step (0 = never)
 
@@ -84,9 +88,14 @@ class TrainConfig:
         if self.scst_epochs < 0 or self.scst_samples < least or self.scst_lr <= 0:
             raise UserError(f"train.scst_epochs must be >= 0, train.scst_samples >= {least} (with scst_baseline = "
                             f"{self.scst_baseline!r}) and train.scst_lr > 0")
+        if self.scst_candidates not in SCST_CANDIDATES:
+            raise UserError(f"train.scst_candidates must be one of {', '.join(SCST_CANDIDATES)}, not {self.scst_candidates!r}")
+        if self.scst_candidates == "beam" and self.scst_samples < 2:
+            raise UserError("train.scst_candidates = 'beam' needs train.scst_samples >= 2 (the beam width)")
         defaults = {f.name: f.default for f in fields(TrainConfig)}
-        if not self.scst_epochs and any(getattr(self, k) != defaults[k] for k in SCST_SETTINGS):
-            raise UserError("train.scst_samples / scst_lr / scst_baseline act only with train.scst_epochs >= 1")
+        if not self.scst_epochs and any(getattr(self, k) != defaults[k] for k in SCST_SETTINGS + ("scst_candidates",)):
+            raise UserError("train.scst_samples / scst_lr / scst_baseline / scst_candidates act only with "
+                            "train.scst_epochs >= 1")
 
     def decoding(self) -> "Decoding":
         return Decoding(self.max_new_tokens, self.num_beams, self.no_repeat_ngram_size, self.generate_batch_size,
@@ -95,6 +104,7 @@ class TrainConfig:
 
 RERANKS = ("none", "consensus")
 SCST_BASELINES = ("others", "greedy")
+SCST_CANDIDATES = ("sample", "beam")
 SCST_SETTINGS = ("scst_samples", "scst_lr", "scst_baseline")  # what acts only with scst_epochs >= 1
 
 
@@ -197,11 +207,13 @@ def _update(loss: torch.Tensor, params: list, opt, scaler, cfg: TrainConfig) -> 
 
 def train_model(model: CaptionModel, data: CaptionData, train_feats: FeatureSet, dev_feats: FeatureSet,
                 cfg: TrainConfig, seed: int, on_step: Callable[[int, int, float], None] | None = None,
-                log: Callable[[str], None] = print, history: list[dict] | None = None) -> list[dict]:
+                log: Callable[[str], None] = print, history: list[dict] | None = None,
+                before_self_critical: Callable[[CaptionModel], None] | None = None) -> list[dict]:
     """Train in place; returns the per-epoch history [{epoch, train_loss, dev_loss, seconds}], then the
     self-critical epochs' rows if any (see self_critical).
 
-    Pass ``history`` to see the epochs finished so far even when TrainingDiverged is raised."""
+    Pass ``history`` to see the epochs finished so far even when TrainingDiverged is raised;
+    ``before_self_critical(model)`` sees the cross-entropy model (e.g. to save it) before self-critical epochs."""
     torch.manual_seed(seed)
     rng = random.Random(seed)
     train_x = train_feats.in_ram()
@@ -238,6 +250,8 @@ def train_model(model: CaptionModel, data: CaptionData, train_feats: FeatureSet,
                         "seconds": round(time.time() - start, 2)})
         log(f"epoch {epoch}/{cfg.epochs}: train loss {history[-1]['train_loss']:.4f}  dev loss {d_loss:.4f}")
     if cfg.scst_epochs:
+        if before_self_critical:
+            before_self_critical(model)
         self_critical(model, data, train_feats, dev_feats, cfg, rng,
                       on_step=on_step and (lambda s, _, v: on_step(total + s, total + scst_steps, v)),
                       log=log, history=history)
@@ -252,7 +266,8 @@ def self_critical(model: CaptionModel, data: CaptionData, train_feats: FeatureSe
     """``cfg.scst_epochs`` epochs of self-critical sequence training, in place, appended to ``history``.
 
     Cross-entropy trains the next word of one reference; the metrics score a whole caption against all
-    references. Here each image gets ``scst_samples`` captions sampled from the model; each is scored with
+    references. Here each image gets ``scst_samples`` captions sampled from the model (or, with
+    ``scst_candidates = "beam"``, the beams of a beam search that wide); each is scored with
     CIDEr-D against the image's training references, and its summed log-likelihood is raised by its
     reward minus a baseline: the mean reward of the image's other samples (``scst_baseline = "others"``,
     Luo 2020) or the reward of the image's greedy caption ("greedy", Rennie et al. 2017): samples better
@@ -279,7 +294,11 @@ def self_critical(model: CaptionModel, data: CaptionData, train_feats: FeatureSe
         for i in range(0, len(order), cfg.batch_size):
             rows = order[i : i + cfg.batch_size]
             x = train_x[torch.as_tensor(rows)]
-            samples, generated = model.sample_with_ids(x, max_new_tokens=cfg.max_new_tokens, num_samples=k)
+            if cfg.scst_candidates == "beam":
+                samples, generated = model.beams_with_ids(x, max_new_tokens=cfg.max_new_tokens, num_beams=k,
+                                                          no_repeat_ngram_size=cfg.no_repeat_ngram_size)
+            else:
+                samples, generated = model.sample_with_ids(x, max_new_tokens=cfg.max_new_tokens, num_samples=k)
             r = np.array([reward.score(ids[rows[j // k]], c) for j, c in enumerate(samples)]).reshape(len(rows), k)
             if cfg.scst_baseline == "greedy":
                 greedy = model.generate(x, max_new_tokens=cfg.max_new_tokens)
