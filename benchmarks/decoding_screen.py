@@ -21,6 +21,7 @@ import typer
 from ablations.record import RunRecord
 from ablations.runner import load_run_model, run_data, run_decoding
 from ablations.scoring import score_captions
+from vlm_core.errors import UserError
 from vlm_core.features import cached_features
 from vlm_core.train import generate_captions
 
@@ -49,7 +50,10 @@ def main(run: Path, setting: list[str] = typer.Option([], "--setting"), cache_di
     split = split or config["eval_split"]
     if split != "dev" and not allow_test:
         sys.exit(f"{run}: {split!r} split; decoding is chosen on dev (--split dev, or --allow-test to override)")
-    model, vision = load_run_model(run, cache_dir, weights=weights)
+    try:
+        model, vision = load_run_model(run, cache_dir, weights=weights)
+    except UserError as err:
+        sys.exit(str(err))
     # a run scored on test still trained on the training split only: its model may be screened on dev
     eval_images = images or (config["data"].get("eval_images", 0) if split == config["eval_split"] else 0)
     data = run_data({**config, "data": {**config["data"], "eval_split": split, "eval_images": eval_images}})

@@ -157,6 +157,15 @@ def test_a_table_with_self_critical_epochs_runs_records_them_and_reports_them(tm
     trained = lambda m: {k: v for k, v in m.named_parameters() if v.requires_grad}
     assert trained(final).keys() == trained(xe).keys() and trained(final)
     assert any(not torch.equal(v, trained(xe)[k]) for k, v in trained(final).items())
+    # saved at the right moments: each gives the dev loss the history logged after its last epoch
+    from ablations.runner import prepare
+    from ablations.tables import load_table
+    from vlm_core.train import _dev_loss_images, dev_loss
+    ws = prepare(load_table(tmp_path / "micro.toml"), tmp_path / "cache", log=lambda *_: None)
+    cfg = TrainConfig(**json.loads((run / "config.json").read_text())["train"])
+    dev_x, dev_ids = _dev_loss_images(ws.features["dev"], cfg)
+    for model, logged in ((xe, history[1]["dev_loss"]), (final, history[3]["dev_loss"])):
+        assert dev_loss(model, dev_x, ws.data, dev_ids, cfg.batch_size) == pytest.approx(logged, abs=1e-4)
     with pytest.raises(UserError, match="weights must be"):
         load_run_model(run, tmp_path / "cache", weights="best")
     result = runner.invoke(app, ["report", str(tmp_path / "micro.toml"), "--runs-dir", str(runs), "--out", str(tmp_path / "out")])
@@ -213,6 +222,7 @@ def test_beam_candidates_are_the_beams_that_decoding_chooses_among(gpt2_tiny):
     texts, ids = model.beams_with_ids(x, max_new_tokens=6, num_beams=3, no_repeat_ngram_size=2)
     assert texts == model.generate(x, max_new_tokens=6, num_beams=3, no_repeat_ngram_size=2, num_return_sequences=3)
     assert len(ids) == 6 and len({tuple(r) for r in ids[:3]}) == 3  # image 0's three distinct beams first
+    assert texts[:3] != texts[3:]  # the two images' beams differ, so the order below is tested
     # each row is the generated ids up to and including its EOS (or all 6 when none was generated)
     assert all((r[-1] == model.eos_id and model.eos_id not in r[:-1]) or (len(r) == 6 and model.eos_id not in r)
                for r in ids)
@@ -226,8 +236,8 @@ def test_beam_candidates_replace_samples_and_are_weighed_against_the_other_beams
     key_of = lambda features: [next(k for r, k in zip(x, train) if torch.equal(r, f)) for f in features.float()]
     weights, calls = [], []
 
-    def fixed_beams(features, max_new_tokens, num_beams, no_repeat_ngram_size=0):
-        calls.append((num_beams, no_repeat_ngram_size))
+    def fixed_beams(features, max_new_tokens, num_beams, no_repeat_ngram_size=0, length_penalty=1.0):
+        calls.append((num_beams, no_repeat_ngram_size, length_penalty))
         texts = [c for k in key_of(features) for c in beams[k]]
         return texts, _token_rows(model, texts)
 
@@ -235,15 +245,17 @@ def test_beam_candidates_replace_samples_and_are_weighed_against_the_other_beams
         raise AssertionError("beam candidates must not be sampled")
 
     def nll_leaf(features, generated, repeats=1):
+        keys = key_of(features)
+        assert generated == _token_rows(model, [c for k in keys for c in beams[k]]) and repeats == 3  # the beams' ids
         leaf = torch.ones(len(generated), requires_grad=True)
-        weights.append((key_of(features), leaf))
+        weights.append((keys, leaf))
         return leaf
 
     monkeypatch.setattr(model, "beams_with_ids", fixed_beams)
     monkeypatch.setattr(model, "sample_with_ids", no_sampling)
     monkeypatch.setattr(model, "generated_nll_sums", nll_leaf)
-    cfg = TrainConfig(epochs=1, batch_size=2, dev_images=2, max_new_tokens=6, no_repeat_ngram_size=3, scst_epochs=1,
-                      scst_samples=3, scst_lr=1e-3, scst_candidates="beam")
+    cfg = TrainConfig(epochs=1, batch_size=2, dev_images=2, max_new_tokens=6, no_repeat_ngram_size=3, num_beams=4,
+                      length_penalty=1.5, scst_epochs=1, scst_samples=3, scst_lr=1e-3, scst_candidates="beam")
     self_critical(model, data, feats, feats, cfg, random.Random(0), log=lambda *_: None)
     reward = CiderD(data.captions)
     (keys, leaf), = weights
@@ -251,7 +263,7 @@ def test_beam_candidates_replace_samples_and_are_weighed_against_the_other_beams
     for k in keys:
         r = [reward.score(k, c) for c in beams[k]]
         expected += [r[j] - (sum(r) - r[j]) / 2 for j in range(3)]  # each beam against the mean of the other two
-    assert calls == [(3, 3)]  # beam width = scst_samples, the table's n-gram blocking
+    assert calls == [(3, 3, 1.5)]  # beam width = scst_samples, the table's n-gram blocking and length penalty
     assert np.allclose(leaf.grad.numpy() * len(expected), expected, atol=1e-6), (leaf.grad, expected)
     assert min(expected) < 0 < max(expected)
 

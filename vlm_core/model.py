@@ -260,11 +260,12 @@ class CaptionModel(nn.Module):
 
     @torch.no_grad()
     def beams_with_ids(self, features: torch.Tensor, max_new_tokens: int, num_beams: int,
-                       no_repeat_ngram_size: int = 0) -> tuple[list[str], list[list[int]]]:
+                       no_repeat_ngram_size: int = 0, length_penalty: float = 1.0) -> tuple[list[str], list[list[int]]]:
         """The ``num_beams`` finished beams of each image (image 0's first) and their generated ids (up to and
         including the EOS, where one was generated): the captions beam-search decoding chooses among."""
+        penalty = {"length_penalty": length_penalty} if length_penalty != 1.0 else {}  # as generate passes it
         out = self._generate_ids(features, max_new_tokens=max_new_tokens, num_beams=num_beams, do_sample=False,
-                                 no_repeat_ngram_size=no_repeat_ngram_size, num_return_sequences=num_beams)
+                                 no_repeat_ngram_size=no_repeat_ngram_size, num_return_sequences=num_beams, **penalty)
         return self._texts(out), _cut_at_eos(out, self.eos_id, keep_eos=True)
 
     @torch.no_grad()

@@ -58,7 +58,7 @@ class TrainConfig:
     scst_baseline: str = "others"
     scst_lr: float = 1e-4  # constant; the image path gets scst_lr x connector_lr / lr, as in the cross-entropy epochs
     # which captions are rewarded: "sample", scst_samples captions sampled at temperature 1, or "beam", the
-    # scst_samples beams of a beam search of that width (with the table's no_repeat_ngram_size), so that the
+    # scst_samples beams of a beam search of that width (the table's no_repeat_ngram_size, length_penalty), so that the
     # captions trained on are the kind that beam decoding outputs (Cornia et al. 2020, M2 Transformer)
     scst_candidates: str = "sample"
     generate_batch_size: int = 100
@@ -296,7 +296,8 @@ def self_critical(model: CaptionModel, data: CaptionData, train_feats: FeatureSe
             x = train_x[torch.as_tensor(rows)]
             if cfg.scst_candidates == "beam":
                 samples, generated = model.beams_with_ids(x, max_new_tokens=cfg.max_new_tokens, num_beams=k,
-                                                          no_repeat_ngram_size=cfg.no_repeat_ngram_size)
+                                                          no_repeat_ngram_size=cfg.no_repeat_ngram_size,
+                                                          length_penalty=cfg.length_penalty)
             else:
                 samples, generated = model.sample_with_ids(x, max_new_tokens=cfg.max_new_tokens, num_samples=k)
             r = np.array([reward.score(ids[rows[j // k]], c) for j, c in enumerate(samples)]).reshape(len(rows), k)
