@@ -271,9 +271,15 @@ def load_run_model(run: Path, cache_dir: Path, device: str = "auto", data_dir: s
     return model, vision
 
 
-def run_data(config: dict, data_dir: str | None = None) -> CaptionData:
-    """The data a stored run was made with (its config's data section, eval split cut as it was)."""
-    return load_data(DataSpec(**{**config["data"], "shapes": ShapesConfig(**config["data"]["shapes"])}), data_dir)
+def run_data(config: dict, data_dir: str | None = None, split: str | None = None, images: int = 0) -> CaptionData:
+    """The data a stored run was made with (its config's data section, eval split cut as it was); with ``split``,
+    that split is the one cut instead: its first ``images`` (0: as the run cut it if it is the run's split, else all).
+    The model trained on the training split only, so a test run can be screened on dev."""
+    spec = dict(config["data"])
+    if split:
+        spec["eval_images"] = images or (spec.get("eval_images", 0) if split == config["eval_split"] else 0)
+        spec["eval_split"] = split
+    return load_data(DataSpec(**{**spec, "shapes": ShapesConfig(**spec["shapes"])}), data_dir)
 
 
 def run_decoding(run: Path) -> Decoding:

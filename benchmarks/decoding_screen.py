@@ -54,9 +54,7 @@ def main(run: Path, setting: list[str] = typer.Option([], "--setting"), cache_di
         model, vision = load_run_model(run, cache_dir, weights=weights)
     except UserError as err:
         sys.exit(str(err))
-    # a run scored on test still trained on the training split only: its model may be screened on dev
-    eval_images = images or (config["data"].get("eval_images", 0) if split == config["eval_split"] else 0)
-    data = run_data({**config, "data": {**config["data"], "eval_split": split, "eval_images": eval_images}})
+    data = run_data(config, split=split, images=images)
     feats = cached_features(vision, data, split, cache_dir, log=lambda *_: None)
     refs = {i: data.captions[i] for i in feats.ids}
     base = run_decoding(run)

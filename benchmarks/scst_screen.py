@@ -43,8 +43,7 @@ def main(run: Path, epochs: int = typer.Option(2), lr: float = typer.Option(1e-4
         model, vision = load_run_model(run, cache_dir, weights=weights)
     except UserError as err:
         sys.exit(str(err))
-    dev_images = images or (config["data"].get("eval_images", 0) if config["eval_split"] == "dev" else 0)
-    data = run_data({**config, "data": {**config["data"], "eval_split": "dev", "eval_images": dev_images}})
+    data = run_data(config, split="dev", images=images)
     quiet = lambda *_: None
     feats = {s: cached_features(vision, data, s, cache_dir, log=quiet) for s in ("train", "dev")}
     decoding, refs = run_decoding(run), {i: data.captions[i] for i in feats["dev"].ids}
