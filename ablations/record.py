@@ -51,7 +51,8 @@ def run_path(runs_dir: Path, table: str, variant: str, seed: int) -> Path:
 # Train keys added after runs existed; at their default they change nothing, so they enter the hash only
 # when set, and the runs made before them stay current (the caption LM's cache key does the same).
 TRAIN_KEYS_ADDED_LATER = ("length_penalty", "rerank", "rerank_samples", "rerank_temperature", "label_smoothing",
-                          "scst_epochs", "scst_samples", "scst_lr", "scst_baseline", "scst_candidates")
+                          "scst_epochs", "scst_samples", "scst_lr", "scst_baseline", "scst_candidates",
+                          "length_grouped")
 
 
 def config_hash(config: dict) -> str:
