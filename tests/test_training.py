@@ -141,7 +141,7 @@ def test_length_grouping_cuts_padding_and_keeps_the_default_order():
 
     from vlm_core.train import _image_batches
 
-    data, ids = _lengths_data(1600)
+    data, ids = _lengths_data(800)  # one group of 50 batches: unshuffled, its lengths would only rise
 
     def padded_words(batches):  # what a batch padded to its longest caption costs
         return sum(max(len(c.split()) for c in caps) * len(caps) for _, caps in batches)
@@ -150,8 +150,13 @@ def test_length_grouping_cuts_padding_and_keeps_the_default_order():
     grouped = list(_image_batches(data, ids, 1, 16, random.Random(0), length_grouped=True))
     real = sum(len(c.split()) for _, caps in plain for c in caps)
     assert padded_words(grouped) < real * 1.1 < padded_words(plain) * 0.75
-    # the default is the order earlier runs were trained in: the flag off is the call without it
-    assert [rs for rs, _ in plain] == [rs for rs, _ in _image_batches(data, ids, 1, 16, random.Random(0), False)]
+    # the default is the order earlier runs were trained in (the loop as it was before length grouping)
+    rng, order, before = random.Random(0), list(range(len(ids))), []
+    rng.shuffle(order)
+    for i in range(0, len(order), 16):
+        rows = order[i : i + 16]
+        before.append((rows, [c for r in rows for c in [data.captions[ids[r]][j % 5] for j in rng.sample(range(5), 1)]]))
+    assert plain == before
     # the batch order is shuffled, not longest-last: neighbouring batches are not sorted by length
     longest = [max(len(c.split()) for c in caps) for _, caps in grouped]
     assert longest != sorted(longest) and longest != sorted(longest, reverse=True)
@@ -164,7 +169,7 @@ def test_train_model_uses_length_grouped_batches_when_set(monkeypatch, shapes_sm
     real = train_module._image_batches
 
     def spy(*args, **kwargs):
-        seen.append(args[5])
+        seen.append((args[5], args[6]))
         return real(*args, **kwargs)
 
     monkeypatch.setattr(train_module, "_image_batches", spy)
@@ -174,4 +179,9 @@ def test_train_model_uses_length_grouped_batches_when_set(monkeypatch, shapes_sm
         model = CaptionModel(CaptionModelConfig(**SMALL_MODEL), caption_lm, 1280, (7, 7))
         train_model(model, data, sub, sub, TrainConfig(epochs=1, batch_size=4, dev_images=4, length_grouped=grouped),
                     seed=0, log=lambda *_: None)
-    assert seen == [False, True]
+    assert [grouped for grouped, _ in seen] == [False, True]
+    # batches are grouped by what they are padded by: the caption's tokens between BOS and EOS
+    length = seen[-1][1]
+    caps = ["a red square", "two xylophones, quizzically zigzagging!"]  # the second: more tokens than words
+    _, mask, _ = model.text.encode(caps)
+    assert [length(c) for c in caps] == (mask.sum(1) - 2).tolist() and length(caps[1]) > len(caps[1].split())
