@@ -8,6 +8,7 @@
         weights/        the trained parts (connector + projection as safetensors, LoRA via peft)
         weights-xe/     the same, as they were before the self-critical epochs (runs with scst_epochs only)
         captions.json   captions of the eval split
+        attention_maps.json  Q-Former attention of the first eval images (Q-Former runs only; for the report's pictures)
         per_image.csv   per-image scores and probe values
         metrics.json    corpus metrics, slot scores, probes, seconds per stage
         DONE | FAILED   written last, atomically: a folder with neither is a killed run and is redone
@@ -29,6 +30,7 @@ from dataclasses import fields
 from importlib import metadata
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from vlm_core.atomic import atomic_write, atomic_write_json
@@ -114,6 +116,11 @@ class RunRecord:
 
     def write_captions(self, captions: dict[str, str]) -> None:
         atomic_write_json(self.path / "captions.json", captions)
+
+    def write_attention_maps(self, maps: dict) -> None:
+        """Q-Former cross-attention [layers, queries, patches] of a few eval images, rounded (for pictures only)."""
+        atomic_write_json(self.path / "attention_maps.json",
+                          {k: np.round(np.asarray(v, dtype=np.float64), 6).tolist() for k, v in maps.items()})
 
     def read_files(self) -> dict[str, bytes]:
         """Every file of the folder, by relative path (what a Ray task sends back)."""
@@ -225,6 +232,39 @@ def _git(*args: str) -> str | None:
     return out.stdout.strip() if out.returncode == 0 else None
 
 
+# The code a run's result depends on: the model, data, training and the run stages that caption, score and
+# probe. The report writer, the CLI, tests and docs are left out, so a commit that changes only those
+# keeps the fingerprint, and runs made before and after it count as one code version.
+RESULT_CODE = ("vlm_core", "ablations/runner.py", "ablations/probes.py", "ablations/scoring.py",
+               "ablations/slots.py", "ablations/attention.py")
+
+
+def _code_tree(source: str) -> str:
+    """A module's syntax tree without docstrings: comments, formatting and docstrings cannot change a result."""
+    import ast
+
+    tree = ast.parse(source)
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if (isinstance(body, list) and body and isinstance(body[0], ast.Expr)
+                and isinstance(body[0].value, ast.Constant) and isinstance(body[0].value.value, str)):
+            node.body = body[1:] or [ast.Pass()]
+    return ast.dump(tree, include_attributes=False)
+
+
+def code_fingerprint(root: Path = REPO_ROOT) -> str:
+    """Hash of the syntax trees of RESULT_CODE: equal for two commits whose differences cannot move a run."""
+    h = hashlib.sha256()
+    for entry in RESULT_CODE:
+        base = Path(root) / entry
+        files = sorted(base.rglob("*.py")) if base.is_dir() else [base]
+        for p in files:
+            if "__pycache__" in p.parts:
+                continue
+            h.update(str(p.relative_to(root)).encode() + b"\0" + _code_tree(p.read_text()).encode() + b"\0")
+    return h.hexdigest()[:16]
+
+
 def source_hash() -> str:
     """Hash of the package sources and shipped tables: the code version outside a git checkout."""
     h = hashlib.sha256()
@@ -237,7 +277,7 @@ def source_hash() -> str:
 
 def code_version() -> dict:
     """git commit and dirty flag (tracked code changed) when run from a checkout; always the source hash."""
-    out = {"source_hash": source_hash()}
+    out = {"source_hash": source_hash(), "fingerprint": code_fingerprint()}
     if (REPO_ROOT / ".git").exists():
         commit = _git("rev-parse", "HEAD")
         if commit:
@@ -255,6 +295,31 @@ def code_label(code: dict) -> str:
     return f"source {code.get('source_hash', '?')}"
 
 
+def cpu_model() -> dict:
+    """The processor and the instruction sets that change float results (kernels chosen per ISA)."""
+    name, flags = platform.processor() or platform.machine(), set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and name in ("", platform.machine(), platform.processor()):
+                name = value.strip()
+            elif key.strip() == "flags" and not flags:
+                flags = set(value.split())
+    except OSError:
+        pass
+    wanted = ("avx", "avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_tile")
+    return {"model": name, "isa": [f for f in wanted if f in flags]}
+
+
+def determinism() -> dict:
+    """What a run's numerics depended on beyond its settings: a rerun can only be exact where these agree."""
+    import torch
+
+    return {"torch_threads": torch.get_num_threads(),
+            "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
+            "cublas_workspace_config": os.environ.get("CUBLAS_WORKSPACE_CONFIG")}
+
+
 def provenance(device: str, precision: str = "fp32") -> dict:
     import torch
 
@@ -268,4 +333,5 @@ def provenance(device: str, precision: str = "fp32") -> dict:
         "code": code_version(), "libraries": versions, "python": platform.python_version(),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, {torch.get_num_threads()} torch threads",
         "host": platform.node(), "device": device, "precision": precision,
+        "cpu": cpu_model(), "determinism": determinism(),
     }

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import pandas as pd
 import torch
 
@@ -26,10 +27,13 @@ from vlm_core.train import Decoding, TrainConfig, TrainingDiverged, generate_cap
 from vlm_core.vision import VisionBackbone, load_vision_backbone
 
 from . import attention, probes
-from .record import REPO_ROOT, RunRecord, config_hash, provenance, run_path
+from .record import REPO_ROOT, RunRecord, config_hash, determinism, provenance, run_path
 from .scoring import score_tokenized, tokenize
 from .slots import slot_scores
 from .tables import DataSpec, Table, Variant, variant_config
+
+GALLERY_MAPS = 2  # eval images whose Q-Former attention maps every run keeps
+
 
 def resolve_data_dir(spec: DataSpec, override: str | None) -> Path:
     """--data-dir, then $ABLATE_FLICKR8K, then the table's path (from the cwd, then the repo root)."""
@@ -158,7 +162,8 @@ def execute_run(ws: Workspace, variant: Variant, seed: int, out: Path, eval_spli
     record = RunRecord(out)
     eval_split = eval_split or ws.table.data.eval_split
     record.begin(run_config(ws.table, variant, seed, eval_split),
-                 {"provenance": ws.provenance, "machine": ws.provenance.get("machine", ""), "lm_info": ws.lm.info,
+                 {"provenance": {**ws.provenance, "determinism": determinism()},
+                  "machine": ws.provenance.get("machine", ""), "lm_info": ws.lm.info,
                   "vision_tokens": ws.vision.num_tokens, "vision_dim": ws.vision.feature_dim})
     watch, label = Stopwatch(), f"{variant.name} seed {seed}"
     try:
@@ -176,8 +181,15 @@ def execute_run(ws: Workspace, variant: Variant, seed: int, out: Path, eval_spli
         corpus, slots, per_image, gts, res = score_stage(ws.data, feats.ids, captions, ws.table.probes.spice)
     with watch("probe"):
         probe = probe_stage(ws, model, feats, captions, first_ids, gts, res, per_image)
+    shown = list(range(min(GALLERY_MAPS, len(feats.ids))))
+    maps = model.query_attention(feats.batch(shown))  # kept for the report's attention gallery: no model needed there
+    if maps is not None:
+        record.write_attention_maps({feats.ids[k]: maps[:, k] for k in shown})
+    # facts of the data set the report needs, kept so that it can be written without the data on disk
+    per_image["ref_words"] = [float(np.mean([len(c.split()) for c in ws.data.captions[i]])) for i in feats.ids]
     record.finish(per_image, {"variant": variant.name, "seed": seed, "split": eval_split, "images": len(feats.ids),
-                              "metrics": corpus, "slots": slots, "probes": probe, "timings": watch.seconds})
+                              "train_images": len(ws.data.splits["train"]), "metrics": corpus, "slots": slots,
+                              "probes": probe, "timings": watch.seconds})
     return "done"
 
 
