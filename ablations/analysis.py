@@ -3,7 +3,6 @@ one rule per expectation (tables.EXPECTATIONS), and diagnoses built from measure
 """
 from __future__ import annotations
 
-import math
 from collections import Counter
 from dataclasses import dataclass
 
@@ -12,26 +11,10 @@ import pandas as pd
 from scipy import stats as sps
 
 from .collect import TableRuns
+from .formatting import fmt, fmt_ci, fmt_p
 from .stats import Comparison, Interval, compare, decide, mean_std, one_sample
 
 COMPARED = {"CIDEr": "CIDEr", "nll_gap": "NLL gap", "slot_relation": "relation slot"}  # per-image quantities
-
-
-# ---- formatting shared with the report
-def fmt(x, digits: int = 3) -> str:
-    if x is None or (isinstance(x, float) and math.isnan(x)):
-        return "–"
-    return f"{x:.{digits}f}"
-
-
-def fmt_p(p: float) -> str:
-    return "–" if p is None or math.isnan(p) else f"{p:.2g}"
-
-
-def fmt_ci(i: Interval, digits: int = 3) -> str:
-    if not i.decided:
-        return f"{fmt(i.estimate, digits)} (no CI: {i.n} seed{'s' if i.n != 1 else ''})"
-    return f"{fmt(i.estimate, digits)} [{fmt(i.low, digits)}, {fmt(i.high, digits)}]"
 
 
 # ---- summaries and comparisons
@@ -39,7 +22,8 @@ def summarize(tr: TableRuns) -> pd.DataFrame:
     """Mean and std over seeds of every per-run number, one row per variant (table order)."""
     if tr.runs.empty:
         return pd.DataFrame()
-    cols = [c for c in tr.runs.columns if c not in ("variant", "seed") and pd.api.types.is_numeric_dtype(tr.runs[c])]
+    cols = [c for c in tr.runs.columns
+            if c not in ("variant", "seed", "epochs") and pd.api.types.is_numeric_dtype(tr.runs[c])]
     return mean_std(tr.runs, cols).reindex(tr.order)
 
 
@@ -104,7 +88,7 @@ def rule_image_dependent(tr: TableRuns, v: str) -> tuple[str, str]:
 def _worse_on(tr: TableRuns, v: str, metric: str) -> tuple[str, str]:
     c = comparisons(tr, metric).get(v)
     if c is None:
-        return "n/a", f"no {metric} to compare with the reference `{tr.table.reference}`"
+        return "n/a", f"no {metric} to compare with the reference {tr.table.reference}"
     return decide(c.seed, 0.0, "below"), comparison_text(c)
 
 
@@ -267,7 +251,7 @@ def grounding_rows(tr: TableRuns) -> list[dict]:
 def _more_than(tr: TableRuns, column: str, other: str, label: str) -> Verdict:
     ref = tr.table.reference
     c = compare(tr.matrix(ref, column), tr.matrix(other, column), (ref, other), column)
-    return Verdict(ref, column, f"{label} than `{other}`", decide(c.seed, 0.0, "above"),
+    return Verdict(ref, column, f"{label} than {other}", decide(c.seed, 0.0, "above"),
                    f"{ref} − {other}: {fmt_ci(c.seed)} (seed level, Welch p = {fmt_p(c.seed.p)})" + undecided_note(c))
 
 
@@ -304,3 +288,192 @@ def reliance_verdicts(tr: TableRuns) -> list[Verdict]:
         return []
     return [_more_than(tr, "visual_reliance", v, "the LM reads the visual tokens more (LoRA raises it)")
             for v in variants_where(tr, "model", "lora_rank", 0) if not tr.matrix(v, "visual_reliance").empty]
+
+
+# ---- evidence
+def run_rows(tr: TableRuns) -> pd.DataFrame:
+    """runs.csv: one row per run, budget rows too, with the per-image means the seed-level tests compare."""
+    runs = tr.runs.copy()
+    for metric in COMPARED:
+        runs[f"{metric} (mean over images)"] = [
+            tr.per_image[v][s][metric].mean() if metric in tr.per_image[v][s] else np.nan
+            for v, s in zip(runs["variant"], runs["seed"])]
+    order = {v: k for k, v in enumerate(tr.table.variants)}
+    return runs.sort_values(["variant", "seed"], key=lambda c: c.map(order) if c.name == "variant" else c)
+
+
+def evidence_sizes(tr: TableRuns) -> pd.Series:
+    """Bytes on disk of each run record in the evidence (index: variant/seed-k)."""
+    sizes = {}
+    for variant, seeds in tr.per_image.items():
+        for seed in seeds:
+            folder = tr.folder / variant / f"seed-{seed}"
+            sizes[f"{variant}/seed-{seed}"] = sum(p.stat().st_size for p in folder.iterdir() if p.is_file())
+    return pd.Series(sizes, dtype=float)
+
+
+# ---- everything the report says, computed once
+STAGES = ("train", "generate", "score", "probe")  # the run stages (runner.execute_run times each by this name)
+GALLERY_SIZE = 6
+
+
+@dataclass
+class Analysis:
+    """The numbers and verdicts of one table's report, computed once; the writer only formats them."""
+
+    runs: TableRuns
+    summary: pd.DataFrame
+    missing: list[str]  # table rows without a finished run
+    time: dict  # seconds in runs, shared preparation, run-all wall clock and its invocations
+    targets: list[dict]
+    parameters: list[dict]
+    loss: list[dict]
+    self_critical: list[dict]
+    likelihood: list[dict]
+    comparisons: dict[str, list[dict]]  # per compared quantity: one row per variant
+    expectations: list[Verdict]
+    plan_checks: dict | None
+    budget_rows: list[dict]
+    budget_verdicts: list
+    grounding: list[dict]
+    grounding_verdicts: list[Verdict]
+    reliance: list[dict]
+    reliance_verdicts: list[Verdict]
+    diagnoses: dict[str, str]
+    gallery: dict  # seed, image ids, captions per variant
+    stage_means: pd.DataFrame
+    evidence_sizes: pd.Series
+    verification: list[dict]  # `ablate verify` checks stored with the evidence
+
+
+def mean_per_epoch(histories: list[pd.DataFrame]) -> pd.DataFrame:
+    """Mean over seeds of each epoch's losses (one frame per seed)."""
+    return pd.concat(histories).groupby("epoch").mean()
+
+
+def time_spent(tr: TableRuns) -> dict:
+    stages = tr.stage_seconds
+    return {"run_seconds": float(stages[list(STAGES)].sum().sum()) if len(stages) else 0.0, "runs": len(stages),
+            "prepare_seconds": float(sum(x["prepare_seconds"] for x in tr.timing)),
+            "wall_seconds": float(sum(x.get("total_seconds", 0.0) for x in tr.timing)), "invocations": tr.timing}
+
+
+def target_rows(tr: TableRuns, summary: pd.DataFrame, wall_seconds: float) -> list[dict]:
+    """Each [targets] line: the goal, what was measured, met or not (on the mean over seeds)."""
+    ref, rows = tr.table.reference, []
+    for key, goal in tr.table.targets.items():
+        if key == "minutes":
+            got = wall_seconds / 60
+            rows.append({"key": key, "goal": goal, "got": got, "sd": None, "met": 0 < got <= goal,
+                         "recorded": got > 0, "gap": got - goal})
+        elif ref in summary.index and key in summary.columns:
+            got = float(summary.loc[ref, key])
+            rows.append({"key": key, "goal": goal, "got": got, "sd": float(summary.loc[ref, f"{key}_std"]),
+                         "met": got >= goal, "recorded": True, "gap": goal - got})
+        else:
+            rows.append({"key": key, "goal": goal, "got": None, "sd": None, "met": False, "recorded": False, "gap": None})
+    return rows
+
+
+def parameter_rows(tr: TableRuns) -> list[dict]:
+    rows = []
+    for v in tr.order:
+        p = tr.params[v]
+        trainable = sum(x["trainable"] for x in p.values())
+        rows.append({"variant": v, "modules": p, "trainable": trainable,
+                     "share": trainable / sum(x["trainable"] + x["frozen"] for x in p.values())})
+    return rows
+
+
+def loss_rows(tr: TableRuns) -> tuple[list[dict], list[dict]]:
+    """Cross-entropy epochs (train and dev loss) and self-critical epochs (reward and dev loss), per variant."""
+    loss, scst = [], []
+    for v in tr.order:
+        h = tr.histories[v]
+        mean = mean_per_epoch(h)
+        loss.append({"variant": v, "train": list(mean["train_loss"]), "dev": list(mean["dev_loss"]),
+                     "train_falls": falls_every_epoch(h, "train_loss"), "dev_falls": falls_every_epoch(h, "dev_loss")})
+        if v in tr.scst_histories:
+            mean = mean_per_epoch(tr.scst_histories[v])
+            t = tr.table.variants[v].train
+            scst.append({"variant": v, "reward": list(mean["reward"]), "dev": list(mean["dev_loss"]),
+                         "samples": t.scst_samples, "candidates": t.scst_candidates})
+    return loss, scst
+
+
+def comparison_rows(tr: TableRuns) -> dict[str, list[dict]]:
+    """Per compared quantity, every variant against the reference at seed level and at image level."""
+    out = {}
+    for metric in COMPARED:
+        rows = []
+        for v, c in comparisons(tr, metric).items():
+            i = c.image
+            decided = decide(c.seed, 0.0, "below") != "inconclusive"
+            image_differs = not (np.isnan(i["ci_low"]) or i["ci_low"] <= 0 <= i["ci_high"])
+            rows.append({"variant": v, "comparison": c, "decided": decided,
+                         "image_only": image_differs and not decided, "undecided_note": undecided_note(c)})
+        if rows:
+            out[metric] = rows
+    return out
+
+
+def plan_checks(tr: TableRuns) -> dict | None:
+    """The original plan's two checks on the reference: loss falls every epoch; the caption follows the image."""
+    ref = tr.table.reference
+    if ref not in tr.order:
+        return None
+    h = tr.histories[ref]
+    swap, swap_text = threshold(tr, ref, "swap_rate", 0.9, "above", "swap rate")
+    return {"falls": falls_every_epoch(h, "train_loss") and falls_every_epoch(h, "dev_loss"),
+            "swap": swap, "swap_text": swap_text}
+
+
+def reference_lengths(tr: TableRuns) -> pd.Series | None:
+    """Mean reference length in words per evaluation image (each run stores it), or None if no run has it."""
+    for frames in tr.per_image.values():
+        for frame in frames.values():
+            if "ref_words" in frame:
+                return frame["ref_words"]
+    return None
+
+
+def gallery(tr: TableRuns) -> dict:
+    """The first seed's captions of the first GALLERY_SIZE evaluation images, per variant."""
+    seed = tr.table.seeds[0]
+    caps = {v: tr.captions[v][seed] for v in tr.order if seed in tr.captions.get(v, {})}
+    ids = list(next(iter(caps.values())))[:GALLERY_SIZE] if caps else []
+    return {"seed": seed, "ids": ids, "captions": caps}
+
+
+def attention_gallery(tr: TableRuns) -> dict[str, dict[str, np.ndarray]]:
+    """Stored Q-Former maps of the reference and of frozen-Q-Former variants, first seed: variant -> image -> maps."""
+    seed = tr.table.seeds[0]
+    names = [tr.table.reference] + variants_where(tr, "model", "train_qformer", False)
+    return {n: tr.attention_maps[n][seed] for n in names
+            if n in tr.order and tr.attention_maps.get(n, {}).get(seed)}
+
+
+def analyse(tr: TableRuns) -> Analysis:
+    from . import budgets
+
+    summary = summarize(tr)
+    spent = time_spent(tr)
+    loss, scst = loss_rows(tr) if tr.order else ([], [])
+    ref_length = reference_lengths(tr)
+    diagnoses = {}
+    for v in tr.order:
+        d = diagnose(tr, v, summary.loc[v], empty_by_length(tr, v, ref_length))
+        if d:
+            diagnoses[v] = d
+    stage_means = (tr.stage_seconds.groupby("variant")[list(STAGES)].mean().reindex(tr.order)
+                   if not tr.stage_seconds.empty else pd.DataFrame())
+    return Analysis(
+        runs=tr, summary=summary, missing=[v for v in tr.table.variants if v not in tr.order + tr.sweep_order],
+        time=spent, targets=target_rows(tr, summary, spent["wall_seconds"]),
+        parameters=parameter_rows(tr), loss=loss, self_critical=scst, likelihood=likelihood_rows(tr),
+        comparisons=comparison_rows(tr), expectations=expectations(tr), plan_checks=plan_checks(tr),
+        budget_rows=budgets.budget_rows(tr), budget_verdicts=budgets.verdicts(tr),
+        grounding=grounding_rows(tr), grounding_verdicts=grounding_verdicts(tr),
+        reliance=reliance_rows(tr), reliance_verdicts=reliance_verdicts(tr), diagnoses=diagnoses,
+        gallery=gallery(tr), stage_means=stage_means, evidence_sizes=evidence_sizes(tr),
+        verification=tr.verification)

@@ -12,12 +12,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from vlm_core.atomic import atomic_write
-
-from .analysis import COMPARED, fmt_ci
 from .collect import TableRuns
 from .stats import Interval, one_sample, welch
-from .tables import BUDGET_KEY
+
 # The quantities plotted and tested at every budget, and the direction each ablation is expected to
 # move them in (from the variant's expectations; other pairs are shown without an expected direction).
 QUANTITIES = {"CIDEr": "worse_than_reference", "nll_gap": "uses_image_less"}
@@ -48,13 +45,14 @@ class BudgetVerdict:
     """One ablation on one quantity across budgets: per-budget seed-level differences and their pattern."""
 
     variant: str
+    reference: str
     quantity: str
     expected: bool  # the variant's expectation names this quantity (QUANTITIES)
     budgets: list[int]
     differences: list[Interval]  # variant - reference at each budget
     directions: list[str]  # 'lower' / 'higher' / 'undecided' at each budget
     pattern: str
-    sentence: str
+    missing: list[int]  # budgets both have but one side lacks the quantity at
 
 
 def direction(i: Interval) -> str:
@@ -110,64 +108,19 @@ def verdicts(tr: TableRuns) -> list[BudgetVerdict]:
             dirs = [direction(d) for d in diffs.values()]
             name = pattern(dirs, "lower" if expected else None) if len(budgets) > 1 else f"{dirs[0]} at the only budget compared"
             missing = [b for b in shared if b not in diffs]
-            out.append(BudgetVerdict(variant, quantity, expected, budgets, list(diffs.values()), dirs, name,
-                                     sentence(variant, ref, quantity, expected, budgets, list(diffs.values()), dirs,
-                                              name, missing)))
+            out.append(BudgetVerdict(variant, ref, quantity, expected, budgets, list(diffs.values()), dirs, name,
+                                     missing))
     return out
 
 
-def sentence(variant: str, ref: str, quantity: str, expected: bool, budgets: list[int], diffs: list[Interval],
-             dirs: list[str], name: str, missing: list[int] = ()) -> str:
-    """One sentence per verdict, every number from the runs."""
-    label = COMPARED.get(quantity, quantity)
-    claim = (f"`{variant}` vs `{ref}` on {label}, expected lower" if expected
-             else f"`{variant}` vs `{ref}` on {label} (no expectation; shown for completeness)")
-    steps = "; ".join(f"{b} epoch{'s' if b != 1 else ''}: {d} {fmt_ci(i)}, {i.n} seeds"
-                      for b, d, i in zip(budgets, dirs, diffs))
-    gone = f"; not compared at {', '.join(map(str, missing))} epochs (no {label} on one side)" if missing else ""
-    return f"{claim}: **{name}** (Δ{label}, seed-level 95% CI — {steps}{gone})."
-
-
-def budget_table(tr: TableRuns) -> list[list[str]]:
-    """Rows for the report: variant, epochs, CIDEr and NLL gap as mean [95% CI] over seeds."""
+def budget_rows(tr: TableRuns) -> list[dict]:
+    """Per variant and budget: its row, seeds, CIDEr and NLL gap as mean with seed-level 95% CI, train seconds."""
+    t = tr.stage_seconds
+    train_s = t.set_index("variant")["train"].groupby(level=0).mean() if not t.empty else {}
     out = []
     for variant, by_budget in series(tr).items():
         for b, row in by_budget.items():
-            cells = [f"`{variant}`", str(b), f"`{row}`", str(len(tr.seed_values(row, 'CIDEr')))]
-            cells += [fmt_ci(seed_mean(tr, row, q)) for q in QUANTITIES]
-            out.append(cells)
+            out.append({"variant": variant, "epochs": b, "row": row, "seeds": len(tr.seed_values(row, "CIDEr")),
+                        **{q: seed_mean(tr, row, q) for q in QUANTITIES},
+                        "train_seconds": float(train_s[row]) if row in train_s else None})
     return out
-
-
-def plot(tr: TableRuns, out_png) -> bool:
-    """CIDEr and the likelihood-swap gap against epochs (log2 axis), mean and seed-level 95% CI per variant."""
-    rows = series(tr)
-    if not rows:
-        return False
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(QUANTITIES), figsize=(5 * len(QUANTITIES), 3.6))
-    for ax, quantity in zip(axes, QUANTITIES):
-        for k, (variant, by_budget) in enumerate(rows.items()):
-            budgets = list(by_budget)
-            means = [seed_mean(tr, by_budget[b], quantity) for b in budgets]
-            y = np.array([m.estimate for m in means])
-            low = np.array([m.low if m.decided else m.estimate for m in means])
-            high = np.array([m.high if m.decided else m.estimate for m in means])
-            dodge = 2 ** (0.04 * (k - (len(rows) - 1) / 2))  # side by side, so the CIs do not hide each other
-            ax.errorbar(np.array(budgets) * dodge, y, yerr=[y - low, high - y], marker="o", capsize=3, label=variant)
-        ax.set_xscale("log", base=2)
-        ax.set_xticks(sorted({b for r in rows.values() for b in r}))
-        ax.get_xaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
-        ax.set_xlabel("training epochs")
-        ax.set_ylabel(f"{COMPARED.get(quantity, quantity)} ({tr.table.data.eval_split} split)")
-        ax.set_title(f"{COMPARED.get(quantity, quantity)}: mean of seeds, 95% CI")
-        ax.grid(alpha=0.3)
-    axes[0].legend()
-    fig.tight_layout()
-    atomic_write(out_png, lambda p: fig.savefig(p, dpi=100, format="png"))
-    plt.close(fig)
-    return True

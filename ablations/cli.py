@@ -1,23 +1,43 @@
 """The `ablate` command line: run-all, report, list, train, caption, data check."""
 from __future__ import annotations
 
+import dataclasses
 import sys
 import time
 from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.markup import escape
+from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn,
+                           track)
 from rich.table import Table as RichTable
 
+from vlm_core.data import open_image
 from vlm_core.errors import BackboneUnavailable, UserError
+from vlm_core.flickr8k import load_flickr8k
+from vlm_core.shapes import load_shapes
+from vlm_core.train import decode
 
+from . import executors
+from .attention import maps_for_images, render_maps
 from .console import console, err_console, quiet_libraries
+from .evidence import add_runs, table_folder
+from .planning import expected_hash, plan_runs
+from .record import RunRecord, TableTiming, evidence_dir, run_path, table_lock
+from .report import write_report
+from .runner import execute_run, prepare
+from .tables import apply_settings, load_table, shipped_tables
+from .trained import load_run_model, run_decoding
+from .verify import verify_cells
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True,
                   help="Ablation-study harness for a minimal BLIP-2-style image captioner.")
 data_app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, help="Data set tools.")
 app.add_typer(data_app, name="data")
+evidence_app = typer.Typer(add_completion=False, pretty_exceptions_enable=False,
+                           help="A table's evidence: the run records its report is written from.")
+app.add_typer(evidence_app, name="evidence")
 
 
 @app.callback()
@@ -26,6 +46,8 @@ def _main() -> None:
 
 
 RUNS = typer.Option(Path("runs"), "--runs-dir", help="Where run folders go (runs/<table>/<variant>/seed-<k>).")
+REPORTS = typer.Option(Path("reports"), "--reports-dir", help="Reports and their evidence "
+                       "(reports/<table>/runs/: finished runs without weights, from any machine).")
 CACHE = typer.Option(Path(".cache"), "--cache-dir", envvar="ABLATE_CACHE",
                      help="Feature and LM caches (Flickr8k EfficientNet features: ~0.95 GiB on disk).")
 DATA_DIR = typer.Option(None, "--data-dir", help="Flickr8k folder (else $ABLATE_FLICKR8K, else the table's data.path).")
@@ -36,14 +58,13 @@ PRECISION = typer.Option(None, "--precision", help="fp32 | bf16 | fp16 autocast 
 
 def _run_options(tbl, **options) -> None:
     """`run-all` / `train` options over the table's [run] section, checked like table keys."""
-    from .tables import apply_settings
 
     given = [f"run.{k}={v!r}" if isinstance(v, str) else f"run.{k}={v}" for k, v in options.items() if v is not None]
     apply_settings(tbl, None, given)
 
 
 def _fail(err: Exception, hint: str = "") -> None:
-    err_console.print(f"[bold red]error:[/bold red] {err}{hint}", highlight=False, soft_wrap=True)
+    err_console.print(f"[bold red]error:[/bold red] {escape(str(err))}{escape(hint)}", highlight=False, soft_wrap=True)
     raise typer.Exit(2)
 
 
@@ -57,6 +78,8 @@ def run_all(
     table: str = typer.Argument("shapes", help="A shipped table name (see `ablate list`) or a .toml path."),
     only: Optional[list[str]] = typer.Option(None, "--only", help="Run only this variant (repeatable)."),
     seeds: Optional[int] = typer.Option(None, "--seeds", help="Use only the table's first N seeds."),
+    seed: Optional[list[int]] = typer.Option(None, "--seed", help="Run only this seed of the table (repeatable), "
+                                             "e.g. to split a table over machines."),
     force: bool = typer.Option(False, "--force", help="Redo finished (and failed) runs."),
     keep_stale: bool = typer.Option(False, "--keep-stale", help="Keep finished runs whose settings differ from the "
                                     "table's now (default: redo them); the report flags them."),
@@ -68,26 +91,24 @@ def run_all(
     gpus_per_run: Optional[float] = typer.Option(None, "--gpus-per-run", help="GPUs per Ray task."),
     ray_address: Optional[str] = typer.Option(None, "--ray-address", help="An existing Ray cluster (default: start "
                                               "a local one)."),
-    runs_dir: Path = RUNS, cache_dir: Path = CACHE, data_dir: Optional[str] = DATA_DIR,
+    runs_dir: Path = RUNS, reports_dir: Path = REPORTS, cache_dir: Path = CACHE, data_dir: Optional[str] = DATA_DIR,
 ):
     """Train every variant x seed of TABLE, then caption, score and probe each run.
 
-    Finished runs are skipped when their stored settings match the table (a stale run is redone);
-    a run killed half-way is redone from scratch. A second run-all on the same --runs-dir and
-    table is refused while the first holds the lock.
+    Finished runs are skipped when their stored settings match the table, here or in the evidence
+    (reports/<table>/runs, e.g. committed from another machine); a stale run is redone, and a run
+    killed half-way is redone from scratch (a redo replaces the old run only once it finishes). A
+    second run-all on the same --runs-dir and table is refused while the first holds the lock.
     """
-    from .record import table_lock
-    from .runner import plan_runs
-    from .tables import load_table
-
     tbl = None
     try:
         tbl = load_table(table)
         _run_options(tbl, device=device, precision=precision, executor=executor, cpus_per_run=cpus_per_run,
                      gpus_per_run=gpus_per_run)
-        seed_list = tbl.seeds[:seeds] if seeds else tbl.seeds
+        seed_list = _chosen_seeds(tbl, seeds, seed)
         with table_lock(runs_dir, tbl.name):
-            todo, notes = plan_runs(tbl, runs_dir, tbl.select(only), seed_list, force, keep_stale)
+            todo, notes = plan_runs(tbl, runs_dir, tbl.select(only), seed_list, force, keep_stale,
+                                    evidence=evidence_dir(reports_dir, tbl.name))
             for line in notes:
                 console.print(line, highlight=False)
             if not todo:
@@ -105,18 +126,26 @@ def run_all(
         _fail(err)
 
 
+def _chosen_seeds(tbl, first: Optional[int], chosen: Optional[list[int]]) -> list[int]:
+    if first and chosen:
+        raise UserError("--seeds N and --seed K: give one of them")
+    if chosen:
+        unknown = [k for k in chosen if k not in tbl.seeds]
+        if unknown:
+            raise UserError(f"--seed {unknown[0]}: not a seed of table '{tbl.name}' (its seeds: "
+                            f"{', '.join(map(str, tbl.seeds))}; add it to table.seeds to run it)")
+        return [k for k in tbl.seeds if k in chosen]
+    return tbl.seeds[:first] if first else tbl.seeds
+
+
 def _execute(tbl, todo, runs_dir: Path, cache_dir: Path, data_dir: Optional[str], ray_address: Optional[str]) -> int:
     """Prepare once, run ``todo`` on the table's executor with progress, record the time after every run."""
-    from . import executors
-    from .record import TableTiming
-    from .runner import prepare
 
     timing = TableTiming(runs_dir, tbl.name)
     ws = prepare(tbl, cache_dir, data_dir, log=console.print)
     timing.begin(time.time() - timing.start, ws.seconds)
     console.print(f"{len(todo)} run(s) on {ws.provenance['device']}, executor {tbl.run.executor}, "
                   f"{executors.threads_per_run(tbl)} thread(s) per run", highlight=False)
-    lost = 0
     with _progress() as progress:
         overall = progress.add_task(f"[bold]{tbl.name}[/bold] runs", total=len(todo))
         tasks = {}
@@ -136,12 +165,9 @@ def _execute(tbl, todo, runs_dir: Path, cache_dir: Path, data_dir: Optional[str]
             return lambda step, total, loss: progress.update(task, total=total, completed=step,
                                                              description=f"  {v.name} seed {s} loss {loss:.3f}")
 
-        if tbl.run.executor == "serial":
-            executors.run_serial(ws, todo, runs_dir, done, on_step, log=progress.console.print)
-        elif tbl.run.executor == "local":
-            executors.run_local(tbl, todo, runs_dir, cache_dir, data_dir, done)
-        else:
-            lost = executors.run_ray(ws, todo, runs_dir, done, ray_address, log=progress.console.print)
+        runner = executors.executor(tbl.run.executor, ws, runs_dir, cache_dir, data_dir, ray_address, on_step,
+                                    log=progress.console.print)
+        lost = runner.run(todo, done)
     console.print(f"[green]finished[/green] {len(todo) - lost} run(s) in {time.time() - timing.start:.0f} s")
     return lost
 
@@ -150,32 +176,70 @@ def _execute(tbl, todo, runs_dir: Path, cache_dir: Path, data_dir: Optional[str]
 def report(
     table: str = typer.Argument("shapes", help="A shipped table name or a .toml path."),
     runs_dir: Path = RUNS,
-    out_dir: Path = typer.Option(Path("reports"), "--out", help="Reports go to <out>/<table>/README.md."),
+    out_dir: Path = typer.Option(Path("reports"), "--out", help="Reports go to <out>/<table>/README.md, their "
+                                 "evidence to <out>/<table>/runs/."),
     data_dir: Optional[str] = DATA_DIR,
     thumbnails: Optional[bool] = typer.Option(
         None, "--thumbnails/--no-thumbnails",
         help="Gallery thumbnails. Default: only for data the project generates (shapes), never copies of Flickr8k photos."),
-    cache_dir: Path = CACHE,
 ):
-    """Write reports/<table>/README.md (and plots) from the stored runs only: no retraining."""
-    from .report import write_report
-    from .tables import load_table
-
+    """Add the finished runs in --runs-dir to the table's evidence (<out>/<table>/runs/), then write
+    <out>/<table>/README.md, plots and runs.csv from the evidence alone: no retraining, no weights."""
     try:
         path = write_report(load_table(table), runs_dir, out_dir, data_dir=data_dir, thumbnails=thumbnails,
-                            cache_dir=cache_dir)
+                            log=lambda m: console.print(m, highlight=False, markup=False))
     except UserError as err:
         _fail(err)
     console.print(f"wrote {path}")
 
 
+@evidence_app.command("add")
+def evidence_add(
+    table: str = typer.Argument(..., help="A shipped table name or a .toml path."),
+    sources: Optional[list[Path]] = typer.Option(None, "--from", help="A runs folder, a reports folder or a table "
+                                                 "folder from this or another machine (repeatable; default --runs-dir)."),
+    runs_dir: Path = RUNS, reports_dir: Path = REPORTS,
+    replace: bool = typer.Option(False, "--replace", help="Where a cell has two different results with the same "
+                                 "settings, take the incoming one (default: refuse and list both)."),
+):
+    """Add finished runs (without weights) to reports/<table>/runs/, the evidence the report is written
+    from and `run-all` resumes from. Records are checked: format file names only, no links, a stored
+    hash equal to the hash of the stored settings."""
+    try:
+        tbl = load_table(table)
+        for source in sources or [runs_dir]:
+            folder = table_folder(source, tbl.name)
+            if not folder.is_dir():
+                raise UserError(f"{source}: no runs of table '{tbl.name}' there")
+            merge = add_runs(tbl, folder, evidence_dir(reports_dir, tbl.name), replace)
+            console.print(f"{folder}: added {len(merge.added)}, already there {len(merge.same)}, "
+                          f"kept {len(merge.kept)}", highlight=False, markup=False)
+            for line in merge.kept:
+                console.print(f"  {line}", highlight=False, markup=False)
+    except UserError as err:
+        _fail(err)
+
+
+@app.command()
+def verify(
+    table: str = typer.Argument(..., help="A shipped table name or a .toml path."),
+    cells: int = typer.Option(2, "--cells", help="How many cells to retrain (one per variant, first seed first)."),
+    reports_dir: Path = REPORTS, cache_dir: Path = CACHE, data_dir: Optional[str] = DATA_DIR,
+    set_: Optional[list[str]] = typer.Option(None, "--set", help="Change a setting for the rerun only (to see "
+                                             "what a difference looks like), e.g. --set train.lr=3e-3."),
+):
+    """Retrain chosen cells of TABLE with the code as it is now and compare them with the evidence:
+    'exact', or the largest difference in the variant's seed SDs with what differed (threads, CPU,
+    libraries, code). Checks are stored with the evidence and listed in the report."""
+    try:
+        verify_cells(table, cells, reports_dir, cache_dir, data_dir, set_ or [], log=console.print)
+    except UserError as err:
+        _fail(err)
+
+
 @app.command("list")
 def list_tables(runs_dir: Path = RUNS):
     """Show the shipped tables, their variants and which runs exist."""
-    from .record import RunRecord, run_path
-    from .runner import expected_hash
-    from .tables import load_table, shipped_tables
-
     for name in shipped_tables():
         try:
             tbl = load_table(name)
@@ -214,10 +278,6 @@ def train(
     cache_dir: Path = CACHE, data_dir: Optional[str] = DATA_DIR,
 ):
     """Train one configuration, print train/dev loss per epoch, save trainable weights and dev captions."""
-    from .record import RunRecord
-    from .runner import execute_run, prepare
-    from .tables import apply_settings, load_table
-
     try:
         if data not in DEFAULT_TABLE:
             raise UserError(f"--data must be one of {', '.join(DEFAULT_TABLE)}, not {data!r}")
@@ -231,6 +291,7 @@ def train(
         if dev_images:
             tbl.data.eval_images = dev_images
         out = out or Path("runs") / "train" / f"{tbl.name}-{variant}-seed{seed}"
+        RunRecord(out).check_target()  # before loading anything: a folder of other files is never touched
         start = time.time()
         ws = prepare(tbl, cache_dir, data_dir, splits=("train", "dev"), log=console.print)
         with _progress() as progress:
@@ -250,13 +311,8 @@ def train(
 
 
 def _read_image(path: Path):
-    from PIL import Image
 
-    try:
-        with Image.open(path) as img:
-            return img.convert("RGB")
-    except (OSError, ValueError) as err:
-        raise UserError(f"{path}: cannot read image ({err})") from err
+    return open_image(path)
 
 
 @app.command()
@@ -270,18 +326,15 @@ def caption(
     cache_dir: Path = CACHE, data_dir: Optional[str] = DATA_DIR,
 ):
     """Caption any image file with a trained run, decoding as the run was scored (overridable)."""
-    from dataclasses import replace
 
-    from vlm_core.train import decode
 
-    from .runner import load_run_model, run_decoding
 
     try:
         model, vision = load_run_model(run, cache_dir, device, data_dir)
         pics = [_read_image(p) for p in images]
         decoding = run_decoding(run)
         overrides = {"max_new_tokens": max_new_tokens, "num_beams": beams, "no_repeat_ngram_size": no_repeat_ngram_size}
-        decoding = replace(decoding, **{k: v for k, v in overrides.items() if v is not None})
+        decoding = dataclasses.replace(decoding, **{k: v for k, v in overrides.items() if v is not None})
         texts, _ = decode(model, vision.encode_images(pics), decoding)
         for p, t in zip(images, texts):
             typer.echo(f"{p}\t{t}")
@@ -300,9 +353,6 @@ def attention_maps(
 ):
     """Where each query of the run's Q-Former looks: per image, each query's cross-attention map (per
     layer, mean over heads, upsampled and overlaid on the image) and one grid of all queries."""
-    from .attention import maps_for_images, render_maps
-    from .runner import load_run_model
-
     try:
         model, vision = load_run_model(run, cache_dir, device, data_dir)
         written = []
@@ -320,21 +370,17 @@ def attention_maps(
 def data_check(path: Path = typer.Argument(..., help="A Flickr8k folder, or 'shapes'."),
                images: bool = typer.Option(True, "--images/--no-images", help="Also open every image.")):
     """Validate a data set and print a summary (images, captions per image, splits, problems)."""
-    from vlm_core.flickr8k import load_flickr8k
-    from vlm_core.shapes import load_shapes
-
     try:
         data = load_shapes() if str(path) == "shapes" else load_flickr8k(path)
-        problems = list(data.problems)
+        problems, unreadable = list(data.problems), 0
         if images and data.images_dir is not None:
-            from rich.progress import track
-
             all_ids = [i for s in data.splits.values() for i in s]
             for image_id in track(all_ids, description="opening images", console=err_console, transient=True):
                 try:
                     data.load_image(image_id)
                 except UserError as err:
                     problems.append(str(err))
+                    unreadable += 1
         per = [len(v) for v in data.captions.values()]
         console.print(f"data set: {data.name} ({path})")
         console.print(f"images with captions: {len(data.captions)}; captions: {sum(per)}; "
@@ -343,8 +389,9 @@ def data_check(path: Path = typer.Argument(..., help="A Flickr8k folder, or 'sha
             console.print(f"split {split}: {len(ids)} images")
         console.print(f"problems: {len(problems)}")
         for p in problems[:20]:
-            console.print(f"  - {p}", highlight=False)
-        if any("cannot read" in p or "missing" in p for p in problems):
+            console.print(f"  - {p}", highlight=False, markup=False)
+        if unreadable or any("cannot read" in p or "missing" in p for p in problems):
+            console.print(f"{unreadable} image(s) could not be used (listed above)", highlight=False)
             raise typer.Exit(1)
     except UserError as err:
         _fail(err)

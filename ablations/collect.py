@@ -9,8 +9,8 @@ import pandas as pd
 
 from vlm_core.errors import UserError
 
-from .record import RunRecord, TableTiming, code_label, run_path
-from .runner import expected_hash
+from .record import RunRecord, TableTiming, VerifyLog, cell_path, code_label
+from .planning import expected_hash
 from .tables import Table
 
 
@@ -20,7 +20,7 @@ class TableRuns:
     and scalar probe of its metrics.json (so a new probe needs no change here)."""
 
     table: Table
-    runs_dir: Path
+    folder: Path  # the table folder the runs were read from (the evidence, reports/<table>/runs)
     runs: pd.DataFrame
     order: list[str]  # the table's own rows with at least one finished run, in table order
     sweep_order: list[str] = field(default_factory=list)  # budget rows (train.epochs sweeps) with a finished run
@@ -35,6 +35,9 @@ class TableRuns:
     timing: list[dict] = field(default_factory=list)  # timing.json entries (one per run-all invocation)
     stage_seconds: pd.DataFrame = field(default_factory=pd.DataFrame)  # variant, seed, seconds per stage
     comparisons: dict = field(default_factory=dict)  # analysis.comparisons, per metric, computed once
+    attention_maps: dict[str, dict[int, dict]] = field(default_factory=dict)  # variant -> seed -> image -> maps
+    train_images: int | None = None  # training images of the runs (from their records)
+    verification: list[dict] = field(default_factory=list)  # `ablate verify` checks stored with the evidence
 
     def matrix(self, variant: str, column: str) -> pd.DataFrame:
         """Per-image values of ``column`` for a variant: images x seeds."""
@@ -52,8 +55,10 @@ class TableRuns:
         return rows.set_index("seed")[column] if column in rows else pd.Series(dtype=float)
 
 
-def _run_row(variant: str, seed: int, m: dict) -> dict:
-    row = {"variant": variant, "seed": seed, "images": m["images"], **m["metrics"], **m["slots"]}
+def _run_row(variant: str, seed: int, m: dict, config: dict) -> dict:
+    code = config.get("provenance", {}).get("code", {})
+    row = {"variant": variant, "seed": seed, "epochs": config.get("train", {}).get("epochs"),
+           "fingerprint": code.get("fingerprint", "not recorded"), "images": m["images"], **m["metrics"], **m["slots"]}
     row.update({k: v for k, v in m["probes"].items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
     return row
 
@@ -61,19 +66,26 @@ def _run_row(variant: str, seed: int, m: dict) -> dict:
 def _provenance_row(variant: str, seed: int, record: RunRecord, current: bool) -> dict:
     p = record.provenance()
     libs = p.get("libraries", {})
+    cpu = p.get("cpu", {})
     return {"variant": variant, "seed": seed, "code": code_label(p.get("code", {})) if p else "not recorded",
+            "fingerprint": p.get("code", {}).get("fingerprint", "not recorded"),
             "libraries": ", ".join(f"{k} {v}" for k, v in libs.items()) or "not recorded",
             "device": p.get("device", "not recorded"), "machine": p.get("machine", "not recorded"),
+            "cpu": (f"{cpu.get('model', '?')} ({'/'.join(cpu.get('isa', [])) or 'no ISA listed'})" if cpu
+                    else "not recorded"),
+            "host": p.get("host", "not recorded"),
+            "threads": p.get("determinism", {}).get("torch_threads", "not recorded"),
             "current": current}
 
 
-def collect(table: Table, runs_dir: Path) -> TableRuns:
-    """Every stored run of the table: finished ones with their results, failed ones with why."""
+def collect(table: Table, folder: Path) -> TableRuns:
+    """Every stored run of the table in ``folder`` (a table folder: the evidence, or runs/<table>):
+    finished ones with their results, failed ones with why."""
     rows, prov, stages = [], [], []
-    out = TableRuns(table, Path(runs_dir), pd.DataFrame(), [])
+    out = TableRuns(table, Path(folder), pd.DataFrame(), [])
     for v in table.variants.values():
         for seed in table.seeds:
-            record = RunRecord(run_path(runs_dir, table.name, v.name, seed))
+            record = RunRecord(cell_path(folder, v.name, seed))
             state = record.state()
             if state == "failed":
                 out.failed.append({"variant": v.name, "seed": seed, "reason": record.failure()["reason"]})
@@ -81,7 +93,9 @@ def collect(table: Table, runs_dir: Path) -> TableRuns:
                 continue
             current = record.is_current(expected_hash(table, v, seed))
             metrics = record.metrics()
-            rows.append(_run_row(v.name, seed, metrics))
+            rows.append(_run_row(v.name, seed, metrics, record.config()))
+            out.train_images = metrics.get("train_images", out.train_images)
+            out.attention_maps.setdefault(v.name, {})[seed] = record.attention_maps()
             stages.append({"variant": v.name, "seed": seed, **metrics["timings"]})
             prov.append(_provenance_row(v.name, seed, record, current))
             out.per_image.setdefault(v.name, {})[seed] = record.per_image()
@@ -96,12 +110,13 @@ def collect(table: Table, runs_dir: Path) -> TableRuns:
             out.params.setdefault(v.name, record.params())
             out.configs.setdefault(v.name, record.config())
     if not rows and not out.failed:
-        raise UserError(f"{Path(runs_dir) / table.name}: no finished runs of table '{table.name}'; "
+        raise UserError(f"{folder}: no finished runs of table '{table.name}'; "
                         f"run `ablate run-all {table.name}` first")
     out.runs = pd.DataFrame(rows)
     out.order = [v for v in table.variants if v in out.per_image and not table.variants[v].is_budget_row]
     out.sweep_order = [v for v in table.variants if v in out.per_image and table.variants[v].is_budget_row]
     out.provenance = pd.DataFrame(prov)
     out.stage_seconds = pd.DataFrame(stages)
-    out.timing = TableTiming(runs_dir, table.name).read()
+    out.timing = TableTiming.at(folder).read()
+    out.verification = VerifyLog(folder).read()
     return out

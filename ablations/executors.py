@@ -1,4 +1,5 @@
 """How the runs of a table execute, once the driver has prepared what they share (caption LM, features).
+Every executor has one interface, ``run(todo, done) -> runs lost``; ``executor()`` picks one by name.
 
 - ``serial``: one run after another in this process, all cores to each run (the simplest path);
 - ``local``: a process pool on this machine, ``cpus_per_run`` threads per run (two 1-thread runs
@@ -14,10 +15,10 @@ from __future__ import annotations
 import os
 import tempfile
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from multiprocessing import get_context
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Protocol
 
 import numpy as np
 import torch
@@ -40,13 +41,41 @@ def threads_per_run(table: Table) -> int:
     return (os.cpu_count() or 1) if table.run.executor == "serial" else 1
 
 
-def run_serial(ws: Workspace, todo: list[tuple[Variant, int]], runs_dir: Path, done: Done,
-               on_step: Callable[[Variant, int], Callable] | None = None, log: Callable[[str], None] = print) -> None:
-    torch.set_num_threads(threads_per_run(ws.table))
-    for v, s in todo:
-        state = execute_run(ws, v, s, run_path(runs_dir, ws.table.name, v.name, s),
-                            on_step=on_step(v, s) if on_step else None, log=log)
-        done(v, s, state, [])
+class Executor(Protocol):
+    def run(self, todo: list[tuple[Variant, int]], done: Done) -> int:
+        """Run every (variant, seed) of ``todo``, calling ``done`` after each; returns how many were lost."""
+
+
+def executor(kind: str, workspace: Workspace, runs_dir: Path, cache_dir: Path, data_dir: str | None,
+             ray_address: str | None = None, on_step: Callable[[Variant, int], Callable] | None = None,
+             log: Callable[[str], None] = print) -> Executor:
+    """The table's ``run.executor`` by name: serial, local (a process pool) or ray."""
+    if kind == "serial":
+        return SerialExecutor(workspace, runs_dir, on_step, log)
+    if kind == "local":
+        return LocalPoolExecutor(workspace.table, runs_dir, cache_dir, data_dir)
+    if kind == "ray":
+        return RayExecutor(workspace, runs_dir, ray_address, log)
+    raise UserError(f"run.executor: unknown executor {kind!r} (serial, local, ray)")
+
+
+@dataclass
+class SerialExecutor:
+    """One run after another in this process, all cores to each run (the simplest path)."""
+
+    workspace: Workspace
+    runs_dir: Path
+    on_step: Callable[[Variant, int], Callable] | None = None
+    log: Callable[[str], None] = print
+
+    def run(self, todo: list[tuple[Variant, int]], done: Done) -> int:
+        ws = self.workspace
+        torch.set_num_threads(threads_per_run(ws.table))
+        for v, s in todo:
+            state = execute_run(ws, v, s, run_path(self.runs_dir, ws.table.name, v.name, s),
+                                on_step=self.on_step(v, s) if self.on_step else None, log=self.log)
+            done(v, s, state, [])
+        return 0
 
 
 # ---- local process pool
@@ -66,21 +95,32 @@ def _local_run(variant: str, seed: int, out: Path) -> tuple[str, list[str]]:
     return state, lines
 
 
-def run_local(table: Table, todo: list[tuple[Variant, int]], runs_dir: Path, cache_dir: Path, data_dir: str | None,
-              done: Done) -> None:
-    threads = threads_per_run(table)
-    workers = max(1, min(len(todo), (os.cpu_count() or 1) // threads))
-    with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_init_local_worker,
-                             initargs=(table, cache_dir, data_dir, threads)) as pool:
-        futures = {pool.submit(_local_run, v.name, s, run_path(runs_dir, table.name, v.name, s)): (v, s) for v, s in todo}
-        try:
-            for fut in as_completed(futures):
-                v, s = futures[fut]
-                state, lines = fut.result()  # a run's error is raised here, as the serial executor would
-                done(v, s, state, lines)
-        except BaseException:
-            pool.shutdown(wait=True, cancel_futures=True)  # runs not started are dropped; `run-all` again redoes them
-            raise
+@dataclass
+class LocalPoolExecutor:
+    """A process pool on this machine; each worker prepares from the caches the driver filled and writes
+    its run folders itself."""
+
+    table: Table
+    runs_dir: Path
+    cache_dir: Path
+    data_dir: str | None
+
+    def run(self, todo: list[tuple[Variant, int]], done: Done) -> int:
+        table, threads = self.table, threads_per_run(self.table)
+        workers = max(1, min(len(todo), (os.cpu_count() or 1) // threads))
+        with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_init_local_worker,
+                                 initargs=(table, self.cache_dir, self.data_dir, threads)) as pool:
+            futures = {pool.submit(_local_run, v.name, s, run_path(self.runs_dir, table.name, v.name, s)): (v, s)
+                       for v, s in todo}
+            try:
+                for fut in as_completed(futures):
+                    v, s = futures[fut]
+                    state, lines = fut.result()  # a run's error is raised here, as the serial executor would
+                    done(v, s, state, lines)
+            except BaseException:
+                pool.shutdown(wait=True, cancel_futures=True)  # runs not started are dropped; run-all redoes them
+                raise
+        return 0
 
 
 # ---- Ray
@@ -126,6 +166,19 @@ def ablate_run(shipped: tuple[Workspace, dict[str, bytes]], variant: str, seed: 
         state = execute_run(ws, ws.table.variants[variant], seed, out, log=lines.append)
         files = RunRecord(out).read_files()
     return state, files, lines
+
+
+@dataclass
+class RayExecutor:
+    """Each (variant, seed) a Ray task (see the module docstring)."""
+
+    workspace: Workspace
+    runs_dir: Path
+    address: str | None = None
+    log: Callable[[str], None] = print
+
+    def run(self, todo: list[tuple[Variant, int]], done: Done) -> int:
+        return run_ray(self.workspace, todo, self.runs_dir, done, self.address, self.log)
 
 
 def run_ray(ws: Workspace, todo: list[tuple[Variant, int]], runs_dir: Path, done: Done, address: str | None = None,

@@ -14,17 +14,22 @@
         DONE | FAILED   written last, atomically: a folder with neither is a killed run and is redone
     runs/<table>/timing.json   one entry per `run-all` invocation, updated after every finished run
     runs/<table>/.lock         one `run-all` per table folder at a time
+
+The evidence of a report is the same record without weights, gzipped where it pays, committed as
+reports/<table>/runs/<variant>/seed-<k>/ (see evidence_files); readers take either form.
 """
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import gzip
 import hashlib
+import io
 import json
 import os
 import platform
-import shutil
 import subprocess
+import tempfile
 import time
 from dataclasses import fields
 from importlib import metadata
@@ -33,7 +38,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from vlm_core.atomic import atomic_write, atomic_write_json
+from vlm_core.atomic import atomic_dir, atomic_write, atomic_write_json, remove_leftovers, replace_dir
 from vlm_core.errors import UserError
 from vlm_core.train import SCST_SETTINGS, TrainConfig
 
@@ -46,8 +51,44 @@ def read_folder(path: Path) -> dict[str, bytes]:
     return {str(p.relative_to(path)): p.read_bytes() for p in sorted(Path(path).rglob("*")) if p.is_file()}
 
 
+# Every file a run folder may hold besides its weights (what a worker may send back, what evidence may hold).
+RECORD_FILES = ("config.json", "params.json", "history.json", "captions.json", "per_image.csv", "metrics.json",
+                "attention_maps.json", DONE, FAILED)
+WEIGHT_DIRS = ("weights", "weights-xe")
+GZIPPED = ("captions.json", "per_image.csv", "attention_maps.json")  # the large ones: gzipped in the evidence
+MAX_FILE_BYTES = 512 * 2**20  # a bound on any one file a worker or another machine hands us
+
+
+def child(root: Path, name: str) -> Path:
+    """``root / name`` for a name that stays inside root (tables check names when they load; this is the
+    last guard before anything is written or removed)."""
+    if not name or Path(name).name != name or name.startswith(".") or "\\" in name:
+        raise UserError(f"{name!r}: not a usable folder name inside {root} (refused)")
+    return Path(root) / name
+
+
 def run_path(runs_dir: Path, table: str, variant: str, seed: int) -> Path:
-    return Path(runs_dir) / table / variant / f"seed-{seed}"
+    return cell_path(child(runs_dir, table), variant, seed)
+
+
+def cell_path(table_dir: Path, variant: str, seed: int) -> Path:
+    """One (variant, seed) inside a table's folder: runs/<table>/ locally, reports/<table>/runs/ as evidence."""
+    return child(table_dir, variant) / f"seed-{int(seed)}"
+
+
+def evidence_dir(reports_dir: Path, table: str) -> Path:
+    return child(reports_dir, table) / "runs"
+
+
+def check_record_name(name: str, weights: bool = True) -> None:
+    """A file name inside a run folder as the format defines it: no other name, no '..', no absolute path."""
+    parts = Path(name).parts
+    plain = name.removesuffix(".gz")
+    record_file = len(parts) == 1 and plain in RECORD_FILES and (name == plain or plain in GZIPPED)
+    weight_file = (weights and 2 <= len(parts) <= 3 and parts[0] in WEIGHT_DIRS  # weights/lora/adapter_model...
+                   and not any(p.startswith(".") or "\\" in p for p in parts[1:]))
+    if Path(name).is_absolute() or not (record_file or weight_file):
+        raise UserError(f"{name!r}: not a file of the run-record format (refused)")
 
 
 # Train keys added after runs existed; at their default they change nothing, so they enter the hash only
@@ -55,6 +96,15 @@ def run_path(runs_dir: Path, table: str, variant: str, seed: int) -> Path:
 TRAIN_KEYS_ADDED_LATER = ("length_penalty", "rerank", "rerank_samples", "rerank_temperature", "label_smoothing",
                           "scst_epochs", "scst_samples", "scst_lr", "scst_baseline", "scst_candidates",
                           "length_grouped")
+
+
+# What execute_run stores in config.json beside the settings (RunRecord.begin's ``extra`` and the hash).
+RECORD_EXTRAS = ("config_hash", "provenance", "machine", "lm_info", "vision_tokens", "vision_dim")
+
+
+def settings_of(config: dict) -> dict:
+    """The settings part of a stored config.json (what config_hash hashes)."""
+    return {k: v for k, v in config.items() if k not in RECORD_EXTRAS}
 
 
 def config_hash(config: dict) -> str:
@@ -75,8 +125,27 @@ class RunRecord:
 
     def __init__(self, path: Path):
         self.path = Path(path)
-        self.weights_dir = self.path / "weights"
-        self.xe_weights_dir = self.path / "weights-xe"  # the cross-entropy model, before self-critical epochs (if any)
+        self.target: Path | None = None  # while a run is being made: where it goes once finished
+
+    @property
+    def weights_dir(self) -> Path:
+        return self.path / "weights"
+
+    @property
+    def xe_weights_dir(self) -> Path:
+        return self.path / "weights-xe"  # the cross-entropy model, before self-critical epochs (if any)
+
+    def is_run_folder(self) -> bool:
+        """Holds only what the record format writes (what `--out` may overwrite)."""
+        if not self.path.is_dir() or self.path.is_symlink():
+            return False
+        try:
+            for p in self.path.rglob("*"):
+                if p.is_file() or p.is_symlink():
+                    check_record_name(str(p.relative_to(self.path)))
+        except UserError:
+            return False
+        return self.has("config.json")
 
     # ---- state
     def state(self) -> str:
@@ -97,11 +166,30 @@ class RunRecord:
         return "stale" if state in ("done", "failed") and not self.is_current(expected_hash) else state
 
     # ---- writers
+    def check_target(self) -> None:
+        """A folder a run may be written to: new, empty, or a run folder (which the new run replaces)."""
+        if self.path.exists() and (self.path.is_symlink() or not self.path.is_dir()
+                                   or (any(self.path.iterdir()) and not self.is_run_folder())):
+            raise UserError(f"{self.path}: exists and is not a run folder (it holds other files); "
+                            "give an empty or new folder")
+
     def begin(self, config: dict, extra: dict) -> None:
-        """Start afresh: a partial folder from a killed run is never trusted."""
-        shutil.rmtree(self.path, ignore_errors=True)
-        self.path.mkdir(parents=True)
+        """Start afresh in a new folder beside the target; the target (an earlier run of this cell, kept
+        until this one finishes) is replaced only by finish() or fail(), so a killed redo loses nothing.
+        A target that exists but is not a run folder is refused: it is never emptied."""
+        self.check_target()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        remove_leftovers(self.path)  # a killed earlier attempt's folder (one writer per run folder: the table lock)
+        self.target = self.path
+        self.path = Path(tempfile.mkdtemp(prefix=f".{self.target.name}.", suffix=".partial", dir=self.target.parent))
         atomic_write_json(self.path / "config.json", {**config, "config_hash": config_hash(config), **extra})
+
+    def _publish(self) -> None:
+        """The finished run takes the target's place (the old record goes only once the new one is there)."""
+        if self.target is None:
+            return
+        work, self.path, self.target = self.path, self.target, None
+        replace_dir(work, self.path)
 
     def write_params(self, params: dict) -> None:
         atomic_write_json(self.path / "params.json", params)
@@ -113,6 +201,7 @@ class RunRecord:
         self.write_history(history)
         atomic_write_json(self.path / FAILED, {"reason": reason, "variant": variant, "seed": seed,
                                                "seconds": round(seconds, 2)})
+        self._publish()
 
     def write_captions(self, captions: dict[str, str]) -> None:
         atomic_write_json(self.path / "captions.json", captions)
@@ -126,29 +215,54 @@ class RunRecord:
         """Every file of the folder, by relative path (what a Ray task sends back)."""
         return read_folder(self.path)
 
-    def write_files(self, files: dict[str, bytes]) -> None:
-        """A run made elsewhere (a Ray worker's scratch folder): its files written here, each atomically,
-        the DONE / FAILED marker last, so a driver killed half-way leaves a partial folder (redone)."""
-        shutil.rmtree(self.path, ignore_errors=True)
+    def write_files(self, files: dict[str, bytes], weights: bool = True) -> None:
+        """A run made elsewhere (a Ray worker's scratch folder, another machine's evidence): each file checked
+        against the record format and a size bound, written into a new folder that replaces this one only
+        once complete (DONE / FAILED last), so a failure half-way keeps the old record."""
+        for name, data in files.items():
+            check_record_name(name, weights)
+            if len(data) > MAX_FILE_BYTES:
+                raise UserError(f"{name}: {len(data):,} bytes, over the {MAX_FILE_BYTES:,}-byte bound of a run file")
         markers = [name for name in (DONE, FAILED) if name in files]
-        for name, data in sorted(files.items()):
-            if name not in markers:
-                atomic_write(self.path / name, lambda p, data=data: p.write_bytes(data))
-        for name in markers:
-            atomic_write(self.path / name, lambda p, data=files[name]: p.write_bytes(data))
+
+        def fill(tmp: Path) -> None:
+            for name in sorted(set(files) - set(markers)) + markers:
+                atomic_write(tmp / name, lambda p, data=files[name]: p.write_bytes(data))
+
+        atomic_dir(self.path, fill)
+
+    def evidence_files(self) -> dict[str, bytes]:
+        """The record without weights, the large files gzipped (the same bytes on every machine: mtime 0)."""
+        out = {}
+        for name in RECORD_FILES:
+            if self.has(name):
+                data = self._bytes(name)
+                out[name + ".gz" if name in GZIPPED else name] = (gzip.compress(data, 9, mtime=0) if name in GZIPPED
+                                                                 else data)
+        return out
 
     def finish(self, per_image: pd.DataFrame, metrics: dict) -> None:
         atomic_write(self.path / "per_image.csv", lambda p: per_image.to_csv(p))
         atomic_write_json(self.path / "metrics.json", metrics)
         atomic_write_json(self.path / DONE, {"finished": time.strftime("%Y-%m-%d %H:%M:%S"),
                                              "seconds": round(sum(metrics["timings"].values()), 2)})
+        self._publish()
 
-    # ---- readers
+    # ---- readers (a file may be stored gzipped, as in the evidence)
+    def _bytes(self, name: str) -> bytes:
+        plain = self.path / name
+        if plain.exists():
+            return plain.read_bytes()
+        return gzip.decompress((self.path / (name + ".gz")).read_bytes())
+
+    def has(self, name: str) -> bool:
+        return (self.path / name).exists() or (self.path / (name + ".gz")).exists()
+
     def _json(self, name: str):
-        return json.loads((self.path / name).read_text())
+        return json.loads(self._bytes(name))
 
     def config(self) -> dict:
-        return self._json("config.json") if (self.path / "config.json").exists() else {}
+        return self._json("config.json") if self.has("config.json") else {}
 
     def config_hash(self) -> str | None:
         return self.config().get("config_hash")
@@ -169,7 +283,52 @@ class RunRecord:
         return self._json("captions.json")
 
     def per_image(self) -> pd.DataFrame:
-        return pd.read_csv(self.path / "per_image.csv", index_col=0)
+        return pd.read_csv(io.BytesIO(self._bytes("per_image.csv")), index_col=0)
+
+    def attention_maps(self) -> dict[str, np.ndarray]:
+        if not self.has("attention_maps.json"):
+            return {}
+        return {k: np.asarray(v) for k, v in self._json("attention_maps.json").items()}
+
+    def has_weights(self) -> bool:
+        return (self.weights_dir / "model_config.json").exists()
+
+    def result_digest(self) -> str:
+        """What a run found (captions, metrics, probes, per-image values; not its timings or provenance):
+        two records of one cell with equal digests are the same result."""
+        m = self.metrics() if self.has("metrics.json") else self.failure()
+        m = {k: v for k, v in m.items() if k not in ("timings", "seconds")}
+        h = hashlib.sha256(json.dumps(m, sort_keys=True, default=str).encode())
+        for name in ("captions.json", "per_image.csv"):
+            if self.has(name):
+                h.update(self._bytes(name))
+        return h.hexdigest()[:16]
+
+    def check_incoming(self, seed: int) -> None:
+        """A record from elsewhere is data, not trust: only the format's file names, no links, bounded sizes,
+        a stored hash that is the hash of its stored settings, and the cell it claims to be."""
+        if self.path.is_symlink():
+            raise UserError(f"{self.path}: a symbolic link, not a run folder (refused)")
+        for p in sorted(self.path.rglob("*")):
+            name = str(p.relative_to(self.path))
+            if p.is_symlink():
+                raise UserError(f"{p}: a symbolic link inside a run record (refused)")
+            if p.is_file():
+                check_record_name(name)
+                if p.stat().st_size > MAX_FILE_BYTES:
+                    raise UserError(f"{p}: over the {MAX_FILE_BYTES:,}-byte bound of a run file (refused)")
+        config = self.config()
+        if not self.stored_hash_valid():
+            raise UserError(f"{self.path / 'config.json'}: its config_hash is not the hash of its settings "
+                            "(edited or copied from another run; refused)")
+        if config.get("seed") != seed:  # (variant names are not part of a run's identity: a renamed row keeps its runs)
+            raise UserError(f"{self.path / 'config.json'}: records seed {config.get('seed')}, not seed {seed} "
+                            f"as its folder says (refused)")
+
+    def stored_hash_valid(self) -> bool:
+        """The stored hash is the hash of the stored settings (a hash copied onto other settings is not)."""
+        config = self.config()
+        return bool(config) and config_hash(settings_of(config)) == config.get("config_hash")
 
     def failure(self) -> dict:
         return self._json(FAILED)
@@ -181,14 +340,21 @@ class TableTiming:
     invocation keeps the time of everything it finished."""
 
     def __init__(self, runs_dir: Path, table: str):
-        self.path = Path(runs_dir) / table / "timing.json"
+        self.path = child(runs_dir, table) / "timing.json"
         self.start = time.time()
+
+    @classmethod
+    def at(cls, table_dir: Path) -> "TableTiming":
+        """The timing of a table folder (runs/<table>/ or the evidence's reports/<table>/runs/)."""
+        table_dir = Path(table_dir).resolve()
+        return cls(table_dir.parent, table_dir.name)
 
     def read(self) -> list[dict]:
         return json.loads(self.path.read_text()) if self.path.exists() else []
 
     def begin(self, prepare_seconds: float, parts: dict[str, float]) -> None:
-        entries = self.read() + [{"when": time.strftime("%Y-%m-%d %H:%M:%S"), "prepare_seconds": round(prepare_seconds, 1),
+        entries = self.read() + [{"when": time.strftime("%Y-%m-%d %H:%M:%S"), "host": platform.node(),
+                                  "prepare_seconds": round(prepare_seconds, 1),
                                   "prepare_parts": {k: round(v, 1) for k, v in parts.items()}, "runs": 0,
                                   "total_seconds": round(time.time() - self.start, 1)}]
         atomic_write_json(self.path, entries)
@@ -200,10 +366,23 @@ class TableTiming:
         atomic_write_json(self.path, entries)
 
 
+class VerifyLog:
+    """verify.json in a table folder: the `ablate verify` checks of its cells, newest last."""
+
+    def __init__(self, table_dir: Path):
+        self.path = Path(table_dir) / "verify.json"
+
+    def read(self) -> list[dict]:
+        return json.loads(self.path.read_text()) if self.path.exists() else []
+
+    def add(self, checks: list[dict]) -> None:
+        atomic_write_json(self.path, self.read() + checks)
+
+
 @contextlib.contextmanager
 def table_lock(runs_dir: Path, table: str):
     """One run-all per output folder: a second one is refused (the OS drops the lock on any exit)."""
-    path = Path(runs_dir) / table
+    path = child(runs_dir, table)
     path.mkdir(parents=True, exist_ok=True)
     fh = open(path / ".lock", "a+")
     try:

@@ -4,7 +4,6 @@ stages (train, caption, score, probe) written through the run record (record.py)
 from __future__ import annotations
 
 import contextlib
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,54 +13,23 @@ import numpy as np
 import pandas as pd
 import torch
 
-from vlm_core.caption_lm import CaptionCorpus, CaptionLMConfig, load_caption_lm_dir
 from vlm_core.data import CaptionData
 from vlm_core.device import describe, resolve_device
-from vlm_core.errors import UserError
 from vlm_core.features import FeatureSet, cached_features
-from vlm_core.flickr8k import load_flickr8k
 from vlm_core.language import LanguageBackbone, load_language_backbone
 from vlm_core.model import CaptionModel, CaptionModelConfig
-from vlm_core.shapes import ShapesConfig, load_shapes
-from vlm_core.train import Decoding, TrainConfig, TrainingDiverged, generate_captions, train_model
+from vlm_core.train import TrainingDiverged, generate_captions, train_model
 from vlm_core.vision import VisionBackbone, load_vision_backbone
 
 from . import attention, probes
-from .record import REPO_ROOT, RunRecord, config_hash, determinism, provenance, run_path
+from .planning import run_config
+from .record import RunRecord, determinism, provenance
 from .scoring import score_tokenized, tokenize
 from .slots import slot_scores
-from .tables import DataSpec, Table, Variant, variant_config
+from .table_data import caption_corpus, load_data
+from .tables import Table, Variant
 
 GALLERY_MAPS = 2  # eval images whose Q-Former attention maps every run keeps
-
-
-def resolve_data_dir(spec: DataSpec, override: str | None) -> Path:
-    """--data-dir, then $ABLATE_FLICKR8K, then the table's path (from the cwd, then the repo root)."""
-    chosen = override or os.environ.get("ABLATE_FLICKR8K") or spec.path
-    p = Path(chosen).expanduser()
-    if not p.is_absolute() and not p.exists() and (REPO_ROOT / p).exists():
-        p = REPO_ROOT / p
-    return p
-
-
-def load_data(spec: DataSpec, data_dir: str | None = None) -> CaptionData:
-    if spec.name == "shapes":
-        data = load_shapes(spec.shapes)
-    else:
-        data = load_flickr8k(resolve_data_dir(spec, data_dir))
-    if spec.eval_split not in data.splits:
-        raise UserError(f"data.eval_split: unknown split {spec.eval_split!r}")
-    if spec.train_images:
-        data.splits["train"] = data.splits["train"][: spec.train_images]
-    if spec.eval_images:
-        data.splits[spec.eval_split] = data.splits[spec.eval_split][: spec.eval_images]
-    return data
-
-
-def caption_corpus(data: CaptionData) -> CaptionCorpus:
-    """The caption LM's text: training captions, one document per image (for packed pretraining)."""
-    return CaptionCorpus(data.name, data.split_captions("train"), data.split_captions("dev"),
-                         [len(data.captions[i]) for i in data.splits["train"]])
 
 
 @dataclass
@@ -98,39 +66,6 @@ def prepare(table: Table, cache_dir: Path, data_dir: str | None = None, splits: 
     t3 = time.time()
     return Workspace(table, data, vision, lm, feats, {"load": t1 - t0, "language_model": t2 - t1, "features": t3 - t2},
                      provenance(describe(device), table.run.precision), device)
-
-
-def run_config(table: Table, variant: Variant, seed: int, eval_split: str) -> dict:
-    """The settings that determine one run's result; their hash tells a current run from a stale one."""
-    return {**variant_config(table, variant), "seed": seed, "eval_split": eval_split}
-
-
-def expected_hash(table: Table, variant: Variant, seed: int) -> str:
-    return config_hash(run_config(table, variant, seed, table.data.eval_split))
-
-
-def plan_runs(table: Table, runs_dir: Path, variants: list[Variant], seeds: list[int], force: bool = False,
-              keep_stale: bool = False) -> tuple[list[tuple[Variant, int]], list[str]]:
-    """Which (variant, seed) runs to do, and one line for each run left as it is or redone for a reason.
-
-    A finished run is kept only when its stored config hash equals the table's now; a stale one
-    (settings changed since, or made before runs recorded their hash) is redone unless ``keep_stale``."""
-    todo, notes = [], []
-    for v in variants:
-        for s in seeds:
-            record = RunRecord(run_path(runs_dir, table.name, v.name, s))
-            state = record.status(expected_hash(table, v, s))
-            if state not in ("done", "failed", "stale") or force:
-                todo.append((v, s))
-            elif state == "stale":
-                if keep_stale:
-                    notes.append(f"keep {v.name} seed {s}: STALE (its settings differ from the table's; the report flags it)")
-                else:
-                    notes.append(f"redo {v.name} seed {s}: stale (its settings differ from the table's now)")
-                    todo.append((v, s))
-            else:
-                notes.append(f"skip {v.name} seed {s}: {state} earlier" + (" (use --force to retry)" if state == "failed" else ""))
-    return todo, notes
 
 
 def build_model(ws: Workspace, cfg: CaptionModelConfig, seed: int) -> CaptionModel:
@@ -251,49 +186,3 @@ def probe_stage(ws: Workspace, model: CaptionModel, feats: FeatureSet, captions:
     return probe
 
 
-def load_run_model(run: Path, cache_dir: Path, device: str = "auto", data_dir: str | None = None,
-                   weights: str = "final") -> tuple[CaptionModel, VisionBackbone]:
-    """Rebuild a finished run's trained model (for `ablate caption`, `ablate attention`), on ``device``;
-    ``weights = "xe"``: its cross-entropy model from before the self-critical epochs."""
-    record = RunRecord(run)
-    config = record.config()
-    if record.state() != "done" or not (record.weights_dir / "model_config.json").exists():
-        raise UserError(f"{run}: not a finished run folder (no DONE marker or no weights/)")
-    if weights not in ("final", "xe"):
-        raise UserError(f"weights must be 'final' or 'xe', not {weights!r}")
-    weights_dir = record.weights_dir if weights == "final" else record.xe_weights_dir
-    if not (weights_dir / "model_config.json").exists():
-        raise UserError(f"{run}: no {weights_dir.name}/ (only runs with self-critical epochs, made after "
-                        "they were kept, have the cross-entropy model)")
-    target = resolve_device(device)
-    vision = load_vision_backbone(config["backbones"]["vision"]).to(target)
-    language, lm_dir = config["backbones"]["language"], config.get("lm_info", {}).get("cache_dir")
-    if language == "caption-gpt2-tiny" and lm_dir and Path(lm_dir).exists():
-        lm = load_caption_lm_dir(Path(lm_dir))
-    elif language == "caption-gpt2-tiny":  # rebuilt (or found in cache_dir) from the run's training captions
-        data = run_data(config, data_dir)
-        lm = load_language_backbone(language, cache_dir=cache_dir, caption_corpus=caption_corpus(data),
-                                    caption_lm_config=CaptionLMConfig(**config["caption_lm"]))
-    else:
-        lm = load_language_backbone(language, cache_dir=cache_dir)
-    model = CaptionModel(CaptionModelConfig(**config["model"]), lm, vision.feature_dim, vision.grid).to(target)
-    model.precision = config.get("precision", "fp32")
-    model.load_trainable(weights_dir)
-    model.eval()
-    return model, vision
-
-
-def run_data(config: dict, data_dir: str | None = None, split: str | None = None, images: int = 0) -> CaptionData:
-    """The data a stored run was made with (its config's data section, eval split cut as it was); with ``split``,
-    that split is the one cut instead: its first ``images`` (0: as the run cut it if it is the run's split, else all).
-    The model trained on the training split only, so a test run can be screened on dev."""
-    spec = dict(config["data"])
-    if split:
-        spec["eval_images"] = images or (spec.get("eval_images", 0) if split == config["eval_split"] else 0)
-        spec["eval_split"] = split
-    return load_data(DataSpec(**{**spec, "shapes": ShapesConfig(**spec["shapes"])}), data_dir)
-
-
-def run_decoding(run: Path) -> Decoding:
-    """The decoding settings a run was scored with (what `ablate caption` uses by default)."""
-    return TrainConfig(**RunRecord(run).config()["train"]).decoding()

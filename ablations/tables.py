@@ -7,6 +7,7 @@ UserError naming the file and the key.
 from __future__ import annotations
 
 import copy
+import re
 import tomllib
 from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
@@ -208,6 +209,18 @@ def shipped_tables() -> list[str]:
     return sorted(p.stem for p in TABLES_DIR.glob("*.toml"))
 
 
+# Table, variant and sweep-row names become folder names (runs/<table>/<variant>/, reports/<table>/):
+# letters, digits, '.', '_', '-' and '+', not starting with a dot, so that no name can leave its folder.
+SAFE_NAME = re.compile(r"[A-Za-z0-9_+-][A-Za-z0-9._+-]{0,99}")
+
+
+def check_name(name: str, where: str) -> str:
+    if not isinstance(name, str) or not SAFE_NAME.fullmatch(name):
+        raise UserError(f"{where}: {name!r} is not a usable name (it becomes a folder name: letters, digits, "
+                        "'.', '_', '-', '+', at most 100, not starting with a dot)")
+    return name
+
+
 def load_table(name_or_path: str) -> Table:
     path = resolve_table_path(name_or_path)
     try:
@@ -216,6 +229,8 @@ def load_table(name_or_path: str) -> Table:
         raise UserError(f"{path}: TOML syntax error: {err}") from err
     except UnicodeDecodeError as err:
         raise UserError(f"{path}: not valid UTF-8") from err
+    except RecursionError as err:
+        raise UserError(f"{path}: nested too deeply to be a table") from err
     where = str(path)
     for key in raw:
         if key not in TOP_KEYS:
@@ -247,6 +262,7 @@ def load_table(name_or_path: str) -> Table:
         raise UserError(f"{where}: no [variants.*] rows")
     variants: dict[str, Variant] = {}
     for vname, row in rows.items():
+        check_name(vname, f"{where}: variants")
         variants[vname] = _variant(vname, row, model_base, train_base, f"{where}: variants.{vname}")
     reference = head.get("reference", "full")
     if reference not in variants:
@@ -259,7 +275,7 @@ def load_table(name_or_path: str) -> Table:
             raise UserError(f"{where}: variants.{v.name}.expect: {', '.join(set(v.expect) & NEEDS_SLOTS)} needs "
                             "slot labels, which only the shapes data has")
     return Table(
-        name=str(head.get("name", path.stem)), path=path, description=str(head.get("description", "")),
+        name=check_name(head.get("name", path.stem), f"{where}: table.name"), path=path, description=str(head.get("description", "")),
         seeds=list(seeds), data=data, backbones=backbones, caption_lm=caption_lm, probes=probes,
         variants=variants, run=run, reference=reference, notes=str(head.get("notes", "")),
         requires=str(head.get("requires", "")), targets={k: float(v) for k, v in targets.items()},
@@ -303,7 +319,7 @@ def _expand_sweep(sweep: Any, variants: dict, rows: dict, model_base: dict, trai
         row.setdefault(section, {})[key] = value
         row["expect"] = sweep.get("expect", [])
         row.pop("expected", None)
-        name = f"{base}-{key}-{value}"
+        name = check_name(f"{base}-{key}-{value}", f"{where}: the row name of value {value!r}")
         if name in variants:
             raise UserError(f"{where}: row {name!r} is defined twice")
         new = _variant(name, row, model_base, train_base, f"{where} ({name})")
@@ -345,6 +361,8 @@ def apply_settings(table: Table, variant: Variant | None, settings: list[str]) -
             value = tomllib.loads(f"v = {text.strip()}")["v"]
         except tomllib.TOMLDecodeError:
             value = text.strip()
+        except RecursionError as err:
+            raise UserError(f"--set {name.strip()}: the value is nested too deeply") from err
         current = getattr(owners[section], section)
         updated, _ = _build(type(current), {key: value}, f"--set {section}", base=asdict(current))
         setattr(owners[section], section, updated)

@@ -19,7 +19,8 @@ from pathlib import Path
 import typer
 
 from ablations.record import RunRecord
-from ablations.runner import load_run_model, run_data, run_decoding
+from ablations.table_data import run_data
+from ablations.trained import load_run_model, run_decoding
 from ablations.scoring import score_captions
 from vlm_core.errors import UserError
 from vlm_core.features import cached_features

@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 from ablations import budgets
 from ablations.cli import app
 from ablations.collect import TableRuns
+from ablations.report import _budget_sentence
 from ablations.tables import load_table
 
 from .micro import write_micro
@@ -79,7 +80,7 @@ def test_budget_verdicts_find_a_late_verdict_and_a_flip_from_the_runs(tmp_path):
     # The sentence quotes the measured difference at each budget (Welch over the per-seed means).
     late = tr.runs.set_index(["variant", "seed"])["CIDEr"]
     diff = late["meanpool-epochs-4"].mean() - late["full-epochs-4"].mean()
-    assert f"4 epochs: lower {diff:.3f} [" in cider.sentence and "**appears only late" in cider.sentence
+    assert f"4 epochs: lower {diff:.3f} [" in _budget_sentence(cider) and "**appears only late" in _budget_sentence(cider)
 
 
 def test_budget_verdicts_need_the_reference_at_the_same_budget(tmp_path):
@@ -158,4 +159,4 @@ def test_one_shared_budget_and_a_budget_without_values(tmp_path):
     tr.sweep_order.remove("full-epochs-1")
     cider = next(v for v in budgets.verdicts(tr) if v.quantity == "CIDEr")
     assert cider.budgets == [2] and cider.pattern == "lower at the only budget compared"
-    assert "not compared at 4 epochs (no CIDEr on one side)" in cider.sentence
+    assert "not compared at 4 epochs (no CIDEr on one side)" in _budget_sentence(cider)

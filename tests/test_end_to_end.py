@@ -8,7 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from ablations.cli import app
-from ablations.runner import load_data
+from ablations.table_data import load_data
 from ablations.tables import load_table
 
 from .micro import snapshot, spy_on, write_micro

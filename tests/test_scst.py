@@ -150,7 +150,7 @@ def test_a_table_with_self_critical_epochs_runs_records_them_and_reports_them(tm
     assert [h["epoch"] for h in history] == [1, 2, 3, 4]
     assert "train_loss" not in history[2] and all(np.isfinite(h["reward"]) for h in history[2:])
     # the cross-entropy model is kept beside the final one, and they differ by the self-critical updates
-    from ablations.runner import load_run_model
+    from ablations.trained import load_run_model
     run = runs / "micro" / "full" / "seed-0"
     final, _ = load_run_model(run, tmp_path / "cache")
     xe, _ = load_run_model(run, tmp_path / "cache", weights="xe")
@@ -284,7 +284,7 @@ def test_a_run_without_self_critical_epochs_has_no_cross_entropy_copy(tmp_path):
     from typer.testing import CliRunner
 
     from ablations.cli import app
-    from ablations.runner import load_run_model
+    from ablations.trained import load_run_model
 
     from .micro import write_micro
 

@@ -1,6 +1,8 @@
 """Atomic file writes: a reader never sees a half-written file, even after SIGKILL."""
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import shutil
@@ -20,11 +22,19 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
         write(tmp_path)
         with open(tmp_path, "rb+") as fh:
             os.fsync(fh.fileno())
+        os.chmod(tmp_path, 0o666 & ~_umask())  # what open() would give, not mkstemp's 0600
         os.replace(tmp_path, path)
+        _fsync_dir(path.parent)
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise
     return path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
@@ -32,15 +42,65 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
 
 
 def atomic_dir(path: str | Path, write: Callable[[Path], None]) -> Path:
-    """Call ``write(tmp_dir)`` then move tmp_dir to ``path``, replacing what was there: a folder
-    (a saved model, an adapter) appears under its final name only once complete."""
+    """Call ``write(tmp_dir)`` then put tmp_dir in ``path``'s place: a folder (a saved model, a run record)
+    appears under its final name only once complete. Each writer has its own tmp folder."""
     path = Path(path)
-    tmp = path.with_name(path.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    write(tmp)
-    shutil.rmtree(path, ignore_errors=True)
-    tmp.rename(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent))
+    try:
+        write(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return replace_dir(tmp, path)
+
+
+def replace_dir(done: Path, path: Path) -> Path:
+    """Move the complete folder ``done`` (same parent) to ``path``; what was at ``path`` is removed only
+    after the new folder is in place, so a crash keeps one of the two under a recognisable name."""
+    _fsync_dir(done)
+    old = None
+    if path.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".replaced", dir=path.parent))
+        os.replace(path, old / path.name)
+    os.replace(done, path)
+    _fsync_dir(path.parent)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
     return path
+
+
+@contextlib.contextmanager
+def build_lock(path: str | Path):
+    """Held while one process builds a cache entry at ``path``: a second builder waits here, then finds the
+    first one's result in place (callers check for it again inside the lock)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(f".{path.name}.lock"), "a+") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            remove_leftovers(path)  # no other builder is alive now: what a killed one left is garbage
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def remove_leftovers(path: str | Path) -> None:
+    """Remove what killed writers of ``path`` left beside it (their tmp folders); call only while no other
+    writer of ``path`` can be running (under its build lock, or the table lock of a run folder)."""
+    path = Path(path)
+    for p in path.parent.glob(f".{path.name}.*"):
+        if p.is_dir() and p.suffix in (".partial", ".replaced"):
+            shutil.rmtree(p, ignore_errors=True)
+
+
+def _fsync_dir(path: Path) -> None:
+    """Make a rename inside ``path`` durable (a crash right after it keeps the new name)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def atomic_write_json(path: str | Path, obj: Any) -> Path:

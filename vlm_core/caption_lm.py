@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from .atomic import atomic_dir, atomic_write_json
+from .atomic import atomic_dir, atomic_write_json, build_lock
 from .errors import UserError
 from .lm import frozen_lm, pad_batch, start_given_labels
 
@@ -159,7 +159,9 @@ def build_caption_lm(corpus: CaptionCorpus, cfg: CaptionLMConfig, cache_dir: Pat
     """Train (or load from cache) the caption LM; returns a LanguageBackbone."""
     out_dir = cache_dir / f"caption-gpt2-tiny-{corpus.name}-{cache_key(corpus, cfg)}"
     if not (out_dir / "info.json").exists():
-        _train_caption_lm(corpus, cfg, out_dir)
+        with build_lock(out_dir):  # a second process building the same entry waits, then loads the first one's
+            if not (out_dir / "info.json").exists():
+                _train_caption_lm(corpus, cfg, out_dir)
     return load_caption_lm_dir(out_dir)
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -37,14 +38,9 @@ class CaptionData:
         if self.images_dir is None:
             return self.render(self.labels[image_id])
         path = self.images_dir / image_id
-        try:
-            with Image.open(path) as img:
-                img.load()
-                return img.convert("RGB")
-        except FileNotFoundError as err:
-            raise UserError(f"{path}: image listed in the data set but missing") from err
-        except (OSError, ValueError, SyntaxError) as err:
-            raise UserError(f"{path}: cannot read image ({err})") from err
+        if not path.exists():
+            raise UserError(f"{path}: image listed in the data set but missing")
+        return open_image(path)
 
     def split_fingerprint(self, split: str) -> str:
         h = hashlib.sha256(f"{self.name}:{split}".encode())
@@ -56,6 +52,29 @@ class CaptionData:
         return [c for image_id in self.splits[split] for c in self.captions[image_id]]
 
 
+
+
+MAX_PIXELS = 40_000_000  # larger than any camera photo; a batch of 32 such images already needs ~4 GB
+
+
+def open_image(path: Path) -> Image.Image:
+    """An image file as RGB; a file that claims more than MAX_PIXELS (a decompression bomb, or just huge)
+    or cannot be decoded is a UserError naming it, decided from the header before any pixel is decoded."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                if img.width * img.height > MAX_PIXELS:
+                    raise UserError(f"{path}: {img.width}x{img.height} pixels, more than the {MAX_PIXELS:,} "
+                                    "an image may have here (refused before decoding)")
+                img.load()
+                return img.convert("RGB")
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+        raise UserError(f"{path}: refused, too many pixels ({err})") from err
+    except FileNotFoundError as err:
+        raise UserError(f"{path}: no such image file") from err
+    except (OSError, ValueError, SyntaxError) as err:
+        raise UserError(f"{path}: cannot read image ({err})") from err
 
 
 def read_lines(path: Path) -> list[str]:

@@ -11,6 +11,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import quote
 
 import numpy as np
 import torch
@@ -40,7 +41,7 @@ class FeatureSet:
 
 
 def feature_path(cache_dir: Path, backbone: VisionBackbone, data: CaptionData, split: str) -> Path:
-    safe = backbone.name.replace("/", "_")
+    safe = quote(backbone.name, safe="-_.")  # 'org/m' -> 'org%2Fm': never the same file as 'org_m'
     return Path(cache_dir) / "features" / f"{safe}__{data.name}__{split}__{data.split_fingerprint(split)}.npy"
 
 

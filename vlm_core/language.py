@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from .atomic import atomic_dir
+from .atomic import atomic_dir, build_lock
 from .errors import BackboneUnavailable, UserError
 from .hub import load_pretrained
 from .lm import LanguageBackbone, frozen_lm
@@ -74,27 +74,34 @@ def load_smollm2(cache_dir: Path) -> LanguageBackbone:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     cached = Path(cache_dir) / "smollm2-135m"
-    if not (cached / "done").exists():
-        gguf = smollm2_gguf_path()
-        tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-        # The weights are already dequantised to float32, but the model still carries the GGUF
-        # "quantized" flag that save_pretrained refuses: copy them into a plain model of the same config.
-        config = model.config
-        if hasattr(config, "quantization_config"):
-            del config.quantization_config
-        plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-        plain.load_state_dict(model.state_dict())
-
-        def save(tmp: Path) -> None:
-            plain.save_pretrained(tmp)
-            tok.save_pretrained(tmp)
-            (tmp / "done").write_text("ok\n")
-
-        atomic_dir(cached, save)
+    with build_lock(cached):  # one builder; a second one waits and then loads the first one's result
+        if not (cached / "done").exists():
+            _build_smollm2(cached)
     tok = AutoTokenizer.from_pretrained(cached)
     model = AutoModelForCausalLM.from_pretrained(cached, dtype=torch.float32)
     return frozen_lm("smollm2-135m", model, tok)
+
+
+def _build_smollm2(cached: Path) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf = smollm2_gguf_path()
+    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    # The weights are already dequantised to float32, but the model still carries the GGUF
+    # "quantized" flag that save_pretrained refuses: copy them into a plain model of the same config.
+    config = model.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    plain.load_state_dict(model.state_dict())
+
+    def save(tmp: Path) -> None:
+        plain.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        (tmp / "done").write_text("ok\n")
+
+    atomic_dir(cached, save)
 
 
 def load_language_backbone(name: str, *, cache_dir: Path, caption_corpus=None, caption_lm_config=None) -> LanguageBackbone:

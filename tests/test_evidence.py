@@ -1,0 +1,203 @@
+"""Evidence: run records without weights beside the report, reports rebuilt from them alone, tables
+finished over several machines, records from elsewhere checked, `ablate verify`."""
+import gzip
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from ablations.cli import app
+from ablations.record import RunRecord, check_record_name, code_fingerprint
+from ablations.report import WRITER_LINE
+from vlm_core.errors import UserError
+
+from .micro import snapshot, write_micro
+
+REPO = Path(__file__).resolve().parents[1]
+
+runner = CliRunner()
+
+
+def _cli(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def _ok(*args):
+    result = _cli(*args)
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def _without_writer_line(text: str) -> str:
+    return "\n".join(line for line in text.splitlines() if not line.startswith(WRITER_LINE))
+
+
+@pytest.fixture(scope="module")
+def two_machines(tmp_path_factory):
+    """One micro table run whole in one folder, and split by seed over two 'machines' (folders)."""
+    root = tmp_path_factory.mktemp("evidence")
+    table = write_micro(root / "micro.toml", variants=("full", "meanpool"))
+    cache = root / "cache"
+    _ok("run-all", table, "--runs-dir", root / "all", "--cache-dir", cache)
+    _ok("run-all", table, "--seed", 0, "--runs-dir", root / "m1", "--reports-dir", root / "r1", "--cache-dir", cache)
+    _ok("run-all", table, "--seed", 1, "--runs-dir", root / "m2", "--reports-dir", root / "r2", "--cache-dir", cache)
+    return {"root": root, "table": table, "cache": cache}
+
+
+def test_report_ships_evidence_and_rebuilds_from_it_alone(two_machines, tmp_path):
+    root, table = two_machines["root"], two_machines["table"]
+    out = tmp_path / "reports"
+    _ok("report", table, "--runs-dir", root / "all", "--out", out)
+    cell = out / "micro" / "runs" / "full" / "seed-0"
+    names = sorted(p.name for p in cell.iterdir())
+    assert names == sorted(["DONE", "config.json", "params.json", "history.json", "metrics.json", "captions.json.gz",
+                            "per_image.csv.gz", "attention_maps.json.gz"])
+    assert not (cell / "weights").exists()
+    local = RunRecord(root / "all" / "micro" / "full" / "seed-0")
+    assert json.loads(gzip.decompress((cell / "captions.json.gz").read_bytes())) == local.captions()
+    runs_csv = (out / "micro" / "runs.csv").read_text().splitlines()
+    assert len(runs_csv) == 1 + 4 and "fingerprint" in runs_csv[0] and "CIDEr (mean over images)" in runs_csv[0]
+    first = (out / "micro" / "README.md").read_text()
+    assert "## Evidence" in first and "4 runs" in first
+    # no local runs at all: the same report, from the evidence only
+    (out / "micro" / "README.md").unlink()
+    _ok("report", table, "--runs-dir", tmp_path / "nothing-here", "--out", out)
+    assert (out / "micro" / "README.md").read_text() == first
+    # a one-character edit of the committed report is a difference the regeneration check sees
+    edited = first.replace("## Main table", "## Main tablE")
+    assert _without_writer_line(edited) != _without_writer_line((out / "micro" / "README.md").read_text())
+
+
+def test_a_table_split_over_two_machines_merges_into_the_same_report(two_machines, tmp_path):
+    root, table, cache = two_machines["root"], two_machines["table"], two_machines["cache"]
+    both, merged = tmp_path / "both", tmp_path / "merged"
+    shutil.copytree(root / "m1", both)  # one folder holding the runs of both machines
+    for variant in ("full", "meanpool"):
+        shutil.copytree(root / "m2" / "micro" / variant / "seed-1", both / "micro" / variant / "seed-1")
+    _ok("report", table, "--runs-dir", both, "--out", tmp_path / "one")
+    _ok("evidence", "add", table, "--from", root / "m1", "--from", root / "m2", "--reports-dir", merged)
+    _ok("report", table, "--runs-dir", tmp_path / "none", "--out", merged)
+
+    def same_runs(text):  # the wall-clock row counts run-all invocations: 1 in one folder, 2 when merged
+        return [line for line in _without_writer_line(text).splitlines() if not line.startswith("| wall time")]
+
+    assert same_runs((merged / "micro" / "README.md").read_text()) == same_runs(
+        (tmp_path / "one" / "micro" / "README.md").read_text())
+    assert "over 2 invocation(s)" in (merged / "micro" / "README.md").read_text()
+    # and the split made the same results as one machine running every cell
+    _ok("report", table, "--runs-dir", root / "all", "--out", tmp_path / "whole")
+    assert (merged / "micro" / "runs.csv").read_text() == (tmp_path / "whole" / "micro" / "runs.csv").read_text()
+    # run-all on the merged evidence starts no finished run (a fresh machine: empty runs folder)
+    before = snapshot(merged)
+    out = _ok("run-all", table, "--runs-dir", tmp_path / "fresh", "--reports-dir", merged, "--cache-dir", cache)
+    assert "nothing to do" in out and "finished in the evidence" in out
+    assert snapshot(merged) == before and not (tmp_path / "fresh" / "micro" / "full").exists()
+
+
+def test_two_different_results_for_one_cell_are_both_kept_and_refused(two_machines, tmp_path):
+    root, table = two_machines["root"], two_machines["table"]
+    ev = tmp_path / "reports"
+    _ok("evidence", "add", table, "--from", root / "m1", "--reports-dir", ev)
+    other = tmp_path / "other" / "micro" / "full" / "seed-0"
+    shutil.copytree(root / "m1" / "micro" / "full" / "seed-0", other)
+    captions = json.loads((other / "captions.json").read_text())
+    captions[next(iter(captions))] = "a different caption"
+    (other / "captions.json").write_text(json.dumps(captions))
+    before = snapshot(ev)
+    result = _cli("evidence", "add", table, "--from", tmp_path / "other", "--reports-dir", ev)
+    assert result.exit_code == 2 and "full seed 0" in result.output and "nothing was picked" in result.output
+    assert snapshot(ev) == before
+    _ok("evidence", "add", table, "--from", tmp_path / "other", "--reports-dir", ev, "--replace")
+    assert RunRecord(ev / "micro" / "runs" / "full" / "seed-0").captions() == captions
+
+
+def _copy_cell(two_machines, tmp_path):
+    src = two_machines["root"] / "m1" / "micro" / "full" / "seed-0"
+    dest = tmp_path / "elsewhere" / "micro" / "full" / "seed-0"
+    shutil.copytree(src, dest)
+    return dest
+
+
+@pytest.mark.parametrize("tamper", ["settings", "copied-hash", "extra-file", "symlink", "wrong-seed"])
+def test_evidence_from_elsewhere_is_checked(two_machines, tmp_path, tamper):
+    cell = _copy_cell(two_machines, tmp_path)
+    config = json.loads((cell / "config.json").read_text())
+    if tamper == "settings":  # other settings under the stored hash
+        config["train"]["lr"] = 0.5
+    elif tamper == "copied-hash":
+        config["config_hash"] = json.loads((two_machines["root"] / "m2" / "micro" / "full" / "seed-1" /
+                                            "config.json").read_text())["config_hash"]
+    elif tamper == "wrong-seed":
+        shutil.move(cell, cell.with_name("seed-1"))
+        cell = cell.with_name("seed-1")
+    (cell / "config.json").write_text(json.dumps(config))
+    if tamper == "extra-file":
+        (cell / "evil.py").write_text("print('hi')\n")
+    elif tamper == "symlink":
+        (cell / "history.json").unlink()
+        (cell / "history.json").symlink_to("/etc/hostname")
+    result = _cli("evidence", "add", two_machines["table"], "--from", tmp_path / "elsewhere",
+                  "--reports-dir", tmp_path / "reports")
+    assert result.exit_code == 2, result.output
+    assert "refused" in result.output
+    assert not (tmp_path / "reports" / "micro" / "runs" / "full").exists()
+
+
+@pytest.mark.parametrize("name", ["../../../escape.txt", "/tmp/abs.txt", "weights/../../x", "notes.txt",
+                                  ".hidden", "weights/.x", "captions.json.gz.gz"])
+def test_worker_results_name_only_record_files(tmp_path, name):
+    with pytest.raises(UserError, match="not a file of the run-record format"):
+        RunRecord(tmp_path / "run").write_files({"config.json": b"{}", name: b"x", "DONE": b"{}"})
+    assert not (tmp_path / "run").exists() and not list(tmp_path.parent.glob("escape.txt"))
+
+
+def test_worker_results_have_a_size_bound(tmp_path, monkeypatch):
+    import ablations.record as record
+
+    monkeypatch.setattr(record, "MAX_FILE_BYTES", 10)
+    with pytest.raises(UserError, match="bound"):
+        RunRecord(tmp_path / "run").write_files({"config.json": b"x" * 11})
+    check_record_name("weights/lora/adapter_model.safetensors")  # the format's own files pass
+
+
+def test_verify_is_exact_on_the_evidence_and_sees_a_changed_setting(two_machines, tmp_path):
+    root, table, cache = two_machines["root"], two_machines["table"], two_machines["cache"]
+    ev = tmp_path / "reports"
+    _ok("evidence", "add", table, "--from", root / "all", "--reports-dir", ev)
+    out = _ok("verify", table, "--cells", 2, "--reports-dir", ev, "--cache-dir", cache)
+    assert out.count(": exact") == 2, out
+    checks = json.loads((ev / "micro" / "runs" / "verify.json").read_text())
+    assert [(c["variant"], c["seed"], c["exact"]) for c in checks] == [("full", 0, True), ("meanpool", 0, True)]
+    _ok("report", table, "--runs-dir", tmp_path / "none", "--out", ev)
+    assert "**exact**" in (ev / "micro" / "README.md").read_text()
+    result = _cli("verify", table, "--cells", 1, "--reports-dir", ev, "--cache-dir", cache, "--set", "train.lr=0.01")
+    assert result.exit_code == 2 and "differs: largest" in result.output and "seed SDs" in result.output
+    assert "settings (train.lr=0.01)" in result.output
+    assert len(json.loads((ev / "micro" / "runs" / "verify.json").read_text())) == 2  # a perturbed check is not stored
+
+
+def test_caption_on_evidence_says_how_to_retrain_the_cell(two_machines, tmp_path):
+    ev = tmp_path / "reports"
+    _ok("evidence", "add", two_machines["table"], "--from", two_machines["root"] / "m1", "--reports-dir", ev)
+    img = tmp_path / "x.png"
+    from PIL import Image
+
+    Image.new("RGB", (32, 32)).save(img)
+    result = _cli("caption", img, "--run", ev / "micro" / "runs" / "meanpool" / "seed-0")
+    assert result.exit_code == 2
+    assert "no weights/" in result.output and "ablate train --table micro --variant meanpool --seed 0" in result.output
+
+
+def test_fingerprint_ignores_comments_and_docstrings_but_not_code(tmp_path):
+    for pkg in ("vlm_core", "ablations"):
+        shutil.copytree(REPO / pkg, tmp_path / pkg, ignore=shutil.ignore_patterns("__pycache__"))
+    before = code_fingerprint(tmp_path)
+    target = tmp_path / "vlm_core" / "train.py"
+    text = target.read_text()
+    target.write_text('"""Another docstring."""\n# a comment\n' + text.split('"""', 2)[2])
+    (tmp_path / "ablations" / "report.py").write_text("x = 1\n")  # the report writer cannot change a result
+    assert code_fingerprint(tmp_path) == before
+    target.write_text(text.replace("def ", "def _renamed_", 1))
+    assert code_fingerprint(tmp_path) != before
