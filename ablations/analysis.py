@@ -12,6 +12,7 @@ from scipy import stats as sps
 
 from .collect import TableRuns
 from .formatting import fmt, fmt_ci, fmt_p
+from .record import STAGES
 from .stats import Comparison, Interval, compare, decide, mean_std, one_sample
 
 COMPARED = {"CIDEr": "CIDEr", "nll_gap": "NLL gap", "slot_relation": "relation slot"}  # per-image quantities
@@ -313,7 +314,6 @@ def evidence_sizes(tr: TableRuns) -> pd.Series:
 
 
 # ---- everything the report says, computed once
-STAGES = ("train", "generate", "score", "probe")  # the run stages (runner.execute_run times each by this name)
 GALLERY_SIZE = 6
 
 

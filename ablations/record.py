@@ -31,7 +31,6 @@ import platform
 import subprocess
 import tempfile
 import time
-from dataclasses import fields
 from importlib import metadata
 from pathlib import Path
 
@@ -40,6 +39,7 @@ import pandas as pd
 
 from vlm_core.atomic import atomic_dir, atomic_write, atomic_write_json, remove_leftovers, replace_dir
 from vlm_core.errors import UserError
+from vlm_core.settings import without_unset
 from vlm_core.train import SCST_SETTINGS, TrainConfig
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -50,6 +50,9 @@ LIBRARIES = ("torch", "transformers", "peft", "pycocoevalcap", "numpy", "scipy")
 def read_folder(path: Path) -> dict[str, bytes]:
     return {str(p.relative_to(path)): p.read_bytes() for p in sorted(Path(path).rglob("*")) if p.is_file()}
 
+
+# The stages of a run, timed by these names in metrics.json "timings" (runner.execute_run writes them).
+STAGES = ("train", "generate", "score", "probe")
 
 # Every file a run folder may hold besides its weights (what a worker may send back, what evidence may hold).
 RECORD_FILES = ("config.json", "params.json", "history.json", "captions.json", "per_image.csv", "metrics.json",
@@ -112,11 +115,9 @@ def config_hash(config: dict) -> str:
     the variant's names are left out, so renaming either keeps its runs current."""
     settings = {k: v for k, v in config.items() if k not in ("table", "variant")}
     if isinstance(settings.get("train"), dict):
-        defaults = {f.name: f.default for f in fields(TrainConfig)}
         scst = settings["train"].get("scst_epochs", 0) > 0  # then its samples / rate count even at their defaults
-        settings["train"] = {k: v for k, v in settings["train"].items()
-                             if not (k in TRAIN_KEYS_ADDED_LATER and v == defaults[k]
-                                     and not (scst and k in SCST_SETTINGS))}
+        settings["train"] = without_unset(settings["train"], TrainConfig, TRAIN_KEYS_ADDED_LATER,
+                                          keep=SCST_SETTINGS if scst else ())
     return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -414,8 +415,8 @@ def _git(*args: str) -> str | None:
 # The code a run's result depends on: the model, data, training and the run stages that caption, score and
 # probe. The report writer, the CLI, tests and docs are left out, so a commit that changes only those
 # keeps the fingerprint, and runs made before and after it count as one code version.
-RESULT_CODE = ("vlm_core", "ablations/runner.py", "ablations/probes.py", "ablations/scoring.py",
-               "ablations/slots.py", "ablations/attention.py")
+RESULT_CODE = ("vlm_core", "ablations/runner.py", "ablations/table_data.py", "ablations/probes.py",
+               "ablations/scoring.py", "ablations/slots.py", "ablations/attention.py")
 
 
 def _code_tree(source: str) -> str:

@@ -14,11 +14,11 @@ from vlm_core.atomic import atomic_write, atomic_write_text
 from vlm_core.errors import UserError
 
 from . import figures
-from .analysis import COMPARED, STAGES, Analysis, analyse, attention_gallery, run_rows
+from .analysis import COMPARED, Analysis, analyse, attention_gallery, run_rows
 from .collect import collect
 from .evidence import add_runs
 from .formatting import fmt, fmt_ci, fmt_p, md_table, mean_sd
-from .record import child, code_label, code_version, evidence_dir
+from .record import STAGES, child, code_label, code_version, evidence_dir
 from .scoring import METRICS
 from .table_data import load_data
 from .tables import Table

@@ -23,12 +23,13 @@ from vlm_core.vision import VisionBackbone, load_vision_backbone
 
 from . import attention, probes
 from .planning import run_config
-from .record import RunRecord, determinism, provenance
+from .record import STAGES, RunRecord, determinism, provenance
 from .scoring import score_tokenized, tokenize
 from .slots import slot_scores
 from .table_data import caption_corpus, load_data
 from .tables import Table, Variant
 
+TRAIN, GENERATE, SCORE, PROBE = STAGES
 GALLERY_MAPS = 2  # eval images whose Q-Former attention maps every run keeps
 
 
@@ -76,7 +77,7 @@ def build_model(ws: Workspace, cfg: CaptionModelConfig, seed: int) -> CaptionMod
 
 
 class Stopwatch:
-    """Seconds per named stage: ``with watch("train"): ...``."""
+    """Seconds per named stage: ``with watch(TRAIN): ...``."""
 
     def __init__(self):
         self.seconds: dict[str, float] = {}
@@ -102,19 +103,19 @@ def execute_run(ws: Workspace, variant: Variant, seed: int, out: Path, eval_spli
                   "vision_tokens": ws.vision.num_tokens, "vision_dim": ws.vision.feature_dim})
     watch, label = Stopwatch(), f"{variant.name} seed {seed}"
     try:
-        with watch("train"):
+        with watch(TRAIN):
             model = train_stage(ws, variant, seed, record, on_step, lambda m: log(f"{label}: {m}"))
     except TrainingDiverged as err:
-        record.fail(str(err), err.history, variant.name, seed, watch.seconds["train"])
+        record.fail(str(err), err.history, variant.name, seed, watch.seconds[TRAIN])
         log(f"{label}: FAILED: {err}")
         return "failed"
     feats = ws.features[eval_split]
-    with watch("generate"):
+    with watch(GENERATE):
         captions, first_ids = generate_captions(model, feats, variant.train.decoding(), with_first_token=True)
     record.write_captions(dict(zip(feats.ids, captions)))
-    with watch("score"):
+    with watch(SCORE):
         corpus, slots, per_image, gts, res = score_stage(ws.data, feats.ids, captions, ws.table.probes.spice)
-    with watch("probe"):
+    with watch(PROBE):
         probe = probe_stage(ws, model, feats, captions, first_ids, gts, res, per_image)
     shown = list(range(min(GALLERY_MAPS, len(feats.ids))))
     maps = model.query_attention(feats.batch(shown))  # kept for the report's attention gallery: no model needed there

@@ -15,7 +15,7 @@ from vlm_core.device import autocast, resolve_device
 from vlm_core.errors import UserError
 from vlm_core.features import FeatureSet
 from vlm_core.model import CaptionModel, CaptionModelConfig
-from vlm_core.train import Decoding, generate_captions, reference_nll
+from vlm_core.train import TrainConfig, generate_captions, reference_nll
 
 CFG = dict(num_queries=2, qformer_hidden=32, qformer_layers=1, qformer_heads=2, qformer_intermediate=64)
 CAPTIONS = ["a small red circle", "a large blue square left of a small green triangle"]
@@ -64,7 +64,7 @@ def test_generation_and_probes_make_no_tensor_off_the_model_device(model):
     feats = FeatureSet(["a", "b"], x.numpy().astype(np.float16), None, True, 0.0)
     with off_device():
         texts, first = model.generate(x, max_new_tokens=4, first_token_ids=True)
-        captions = generate_captions(model, feats, Decoding(max_new_tokens=4))
+        captions = generate_captions(model, feats, TrainConfig(max_new_tokens=4).decoding())
         like = probes.likelihood_swap(model, x, [[c] for c in CAPTIONS], [1, 0])
         eos = probes.eos_probabilities(model, x, CAPTIONS)
         p = model.next_token_probs(x, [[model.text.start_id], [model.text.start_id, 5]])

@@ -7,7 +7,7 @@ from ablations import probes
 from vlm_core.data import CaptionData
 from vlm_core.features import cached_features
 from vlm_core.model import CaptionModel, CaptionModelConfig
-from vlm_core.train import Decoding, TrainConfig, generate_captions, train_model
+from vlm_core.train import TrainConfig, generate_captions, train_model
 
 SMALL_MODEL = dict(num_queries=4, qformer_hidden=64, qformer_layers=1, qformer_heads=2, qformer_intermediate=128,
                    qformer_dropout=0.0, lora_rank=8)
@@ -44,7 +44,7 @@ def test_full_model_overfits_32_images(shapes_small, feats, caption_lm):
         history = train_model(model, data, sub, sub, TrainConfig(epochs=120, batch_size=16, lr=3e-3, dev_images=32),
                               seed=0, log=lambda *_: None)
         final[name] = history[-1]["train_loss"]
-        caps = generate_captions(model, sub, Decoding(max_new_tokens=20))
+        caps = generate_captions(model, sub, TrainConfig(max_new_tokens=20).decoding())
         exact = np.mean([c == data.captions[i][0] for c, i in zip(caps, sub.ids)])
         assert exact >= 0.9, (name, list(zip(caps, sub.ids))[:5])
         assert history[-1]["train_loss"] < history[0]["train_loss"] / 4, (name, history[-1])
@@ -57,7 +57,7 @@ def test_seed_recipe_collapses_to_empty_captions(shapes_small, feats, caption_lm
     model = CaptionModel(CaptionModelConfig(**SMALL_MODEL, recipe="seed", seed_pad_length=32), caption_lm, 1280, (7, 7))
     train_model(model, shapes_small, feats["train"], feats["dev"], TrainConfig(epochs=4, batch_size=16, lr=3e-3),
                 seed=0, log=lambda *_: None)
-    caps, first = generate_captions(model, feats["dev"], Decoding(max_new_tokens=20), with_first_token=True)
+    caps, first = generate_captions(model, feats["dev"], TrainConfig(max_new_tokens=20).decoding(), with_first_token=True)
     assert np.mean([c == "" for c in caps]) >= 0.9, caps[:5]
     d = probes.degeneracy(caps, first, model.eos_id)
     assert d["empty_rate"] >= 0.9 and d["eos_first_rate"] >= 0.9
@@ -69,7 +69,7 @@ def test_probes_see_a_model_that_ignores_the_image(shapes_small, feats, caption_
     torch.manual_seed(0)
     model = CaptionModel(CaptionModelConfig(**SMALL_MODEL, blind=True), caption_lm, 1280, (7, 7))
     f = feats["dev"]
-    caps = generate_captions(model, f, Decoding(max_new_tokens=12))
+    caps = generate_captions(model, f, TrainConfig(max_new_tokens=12).decoding())
     perm = probes.derangement(len(f.ids), 0)
     assert all(p != i for i, p in enumerate(perm)) and sorted(perm) == list(range(len(perm)))
     refs = {i: shapes_small.captions[i] for i in f.ids}

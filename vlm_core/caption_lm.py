@@ -19,6 +19,7 @@ import torch
 from .atomic import atomic_dir, atomic_write_json, build_lock
 from .errors import UserError
 from .lm import frozen_lm, pad_batch, start_given_labels
+from .settings import without_unset
 
 
 @dataclass
@@ -141,17 +142,16 @@ def perplexity(model, ids: list[list[int]], pad: int, batch_size: int = 128) -> 
     return math.exp(total / max(count, 1))
 
 
+CAPTION_LM_KEYS_ADDED_LATER = ("pack_length", "freeze_embeddings")
+
+
 def cache_key(corpus: CaptionCorpus, cfg: CaptionLMConfig) -> str:
     """Hash of (captions, settings); settings added later enter it only when set, so that caches
     made before they existed keep their key."""
-    settings = asdict(cfg)
+    settings = without_unset(asdict(cfg), CaptionLMConfig, CAPTION_LM_KEYS_ADDED_LATER)
     parts = [corpus.fingerprint(), settings]
     if cfg.pack_length:  # documents matter only when packed
         parts.append(hashlib.sha256(json.dumps(corpus.group_sizes).encode()).hexdigest()[:16])
-    else:
-        del settings["pack_length"]
-    if not cfg.freeze_embeddings:
-        del settings["freeze_embeddings"]
     return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:12]
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import random
 import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
@@ -22,6 +22,7 @@ from .features import FeatureSet
 from .lm import caption_token_ids
 from .model import CaptionModel
 from .rerank import consensus_choice
+from .settings import defaults
 
 
 class TrainingDiverged(RuntimeError):
@@ -98,14 +99,13 @@ class TrainConfig:
             raise UserError(f"train.scst_candidates must be one of {', '.join(SCST_CANDIDATES)}, not {self.scst_candidates!r}")
         if self.scst_candidates == "beam" and self.scst_samples < 2:
             raise UserError("train.scst_candidates = 'beam' needs train.scst_samples >= 2 (the beam width)")
-        defaults = {f.name: f.default for f in fields(TrainConfig)}
-        if not self.scst_epochs and any(getattr(self, k) != defaults[k] for k in SCST_SETTINGS + ("scst_candidates",)):
+        unset = defaults(TrainConfig)
+        if not self.scst_epochs and any(getattr(self, k) != unset[k] for k in SCST_SETTINGS + ("scst_candidates",)):
             raise UserError("train.scst_samples / scst_lr / scst_baseline / scst_candidates act only with "
                             "train.scst_epochs >= 1")
 
     def decoding(self) -> "Decoding":
-        return Decoding(self.max_new_tokens, self.num_beams, self.no_repeat_ngram_size, self.generate_batch_size,
-                        self.length_penalty, self.rerank, self.rerank_samples, self.rerank_temperature)
+        return Decoding(**{field: getattr(self, setting) for field, setting in DECODING_SETTINGS.items()})
 
 
 RERANKS = ("none", "consensus")
@@ -116,16 +116,23 @@ SCST_SETTINGS = ("scst_samples", "scst_lr", "scst_baseline")  # what acts only w
 
 @dataclass(frozen=True)
 class Decoding:
-    """How captions are generated; a run's values live in its train config (one source for each default)."""
+    """How captions are generated: the decoding part of a TrainConfig (``TrainConfig.decoding()``), where each
+    setting and its default is defined once."""
 
     max_new_tokens: int
-    num_beams: int = 1
-    no_repeat_ngram_size: int = 0  # forbid repeating any n-gram of this size among the new tokens (0 = off)
-    batch_size: int = 100
-    length_penalty: float = 1.0
-    rerank: str = "none"  # "consensus": every beam is a candidate, the one agreeing most with the evidence wins
-    rerank_samples: int = 0  # evidence: this many sampled captions per image (0: the other beams)
-    rerank_temperature: float = 1.0
+    num_beams: int
+    no_repeat_ngram_size: int
+    batch_size: int
+    length_penalty: float
+    rerank: str
+    rerank_samples: int
+    rerank_temperature: float
+
+
+DECODING_SETTINGS = {"max_new_tokens": "max_new_tokens", "num_beams": "num_beams",  # Decoding field -> TrainConfig's
+                     "no_repeat_ngram_size": "no_repeat_ngram_size", "batch_size": "generate_batch_size",
+                     "length_penalty": "length_penalty", "rerank": "rerank", "rerank_samples": "rerank_samples",
+                     "rerank_temperature": "rerank_temperature"}
 
 
 LENGTH_GROUP_BATCHES = 50  # batches per length-sorted group (transformers' LengthGroupedSampler: at most 50)
