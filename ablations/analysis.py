@@ -1,6 +1,5 @@
-"""From collected runs to verdicts: summaries, seed-level comparisons with the reference variant,
-one rule per expectation (tables.EXPECTATIONS), and diagnoses built from measured numbers only.
-"""
+"""From collected runs to everything a report says: summaries, losses, targets, the verdicts of
+verdicts.py, diagnoses built from measured numbers only, evidence sizes. Numbers, never markdown."""
 from __future__ import annotations
 
 from collections import Counter
@@ -11,137 +10,11 @@ import pandas as pd
 from scipy import stats as sps
 
 from .collect import TableRuns
-from .formatting import fmt, fmt_ci, fmt_p
+from .formatting import fmt
 from .record import STAGES
-from .stats import Comparison, Interval, compare, decide, mean_std, one_sample
-
-COMPARED = {"CIDEr": "CIDEr", "nll_gap": "NLL gap", "slot_relation": "relation slot"}  # per-image quantities
-
-
-# ---- summaries and comparisons
-def summarize(tr: TableRuns) -> pd.DataFrame:
-    """Mean and std over seeds of every per-run number, one row per variant (table order)."""
-    if tr.runs.empty:
-        return pd.DataFrame()
-    cols = [c for c in tr.runs.columns
-            if c not in ("variant", "seed", "epochs") and pd.api.types.is_numeric_dtype(tr.runs[c])]
-    return mean_std(tr.runs, cols).reindex(tr.order)
-
-
-def comparisons(tr: TableRuns, metric: str) -> dict[str, Comparison]:
-    """Every row of the table against the reference on one per-image quantity, computed once per table;
-    budget rows (tr.sweep_order) are compared at their own budget in budgets.py."""
-    if metric in tr.comparisons:
-        return tr.comparisons[metric]
-    ref, out = tr.table.reference, {}
-    for v in tr.order if ref in tr.order else []:
-        if v != ref and not tr.matrix(v, metric).empty and not tr.matrix(ref, metric).empty:
-            out[v] = compare(tr.matrix(v, metric), tr.matrix(ref, metric), (v, ref), metric)
-    tr.comparisons[metric] = out
-    return out
-
-
-def combine(*verdicts: str) -> str:
-    if "not held" in verdicts:
-        return "not held"
-    return "held" if all(v == "held" for v in verdicts) else "inconclusive"
-
-
-def undecided_note(c: Comparison) -> str:
-    if decide(c.seed, 0.0, "below") != "inconclusive":
-        return ""
-    if not c.seed.decided:
-        return f"; inconclusive: {c.seed.n} seed(s) give no seed-level CI"
-    needed = f"; roughly {c.seeds_needed} seeds per variant would decide it at the observed seed SDs" \
-        if c.seeds_needed else ""
-    return f"; inconclusive with {c.seed.n} seeds{needed}"
-
-
-def comparison_text(c: Comparison) -> str:
-    return (f"Δ{COMPARED.get(c.metric, c.metric)} vs {c.reference} {fmt_ci(c.seed)} (seed level, Welch p = "
-            f"{fmt_p(c.seed.p)})" + undecided_note(c))
-
-
-# ---- one rule per expectation: (verdict, the numbers behind it)
-@dataclass
-class Verdict:
-    variant: str
-    expectation: str
-    expected: str
-    verdict: str  # held / not held / inconclusive / n/a
-    numbers: str
-
-
-RATES = {"swap_rate", "empty_rate", "eos_first_rate"}  # shares: their CIs are clipped to [0, 1]
-
-
-def threshold(tr: TableRuns, v: str, column: str, bound: float, side: str, label: str, digits: int = 3):
-    i = one_sample(tr.seed_values(v, column).to_numpy(), limits=(0.0, 1.0) if column in RATES else None)
-    return decide(i, bound, side), f"{label} {fmt_ci(i, digits)} (need the 95% CI {side} {bound:g})"
-
-
-def rule_image_dependent(tr: TableRuns, v: str) -> tuple[str, str]:
-    a, ta = threshold(tr, v, "swap_rate", 0.9, "above", "swap rate")
-    b, tb = threshold(tr, v, "nll_gap", 0.0, "above", "NLL gap")
-    return combine(a, b), f"{ta}; {tb}; means over seeds with 95% CIs"
-
-
-def _worse_on(tr: TableRuns, v: str, metric: str) -> tuple[str, str]:
-    c = comparisons(tr, metric).get(v)
-    if c is None:
-        return "n/a", f"no {metric} to compare with the reference {tr.table.reference}"
-    return decide(c.seed, 0.0, "below"), comparison_text(c)
-
-
-def rule_worse_than_reference(tr: TableRuns, v: str) -> tuple[str, str]:
-    return _worse_on(tr, v, "CIDEr")
-
-
-def rule_loses_relations(tr: TableRuns, v: str) -> tuple[str, str]:
-    return _worse_on(tr, v, "slot_relation")
-
-
-def rule_uses_image_less(tr: TableRuns, v: str) -> tuple[str, str]:
-    return _worse_on(tr, v, "nll_gap")
-
-
-def rule_floor(tr: TableRuns, v: str) -> tuple[str, str]:
-    swap, swap_text = threshold(tr, v, "swap_rate", 0.05, "below", "swap rate")
-    summary = summarize(tr)
-    others = [o for o in tr.order if o != v and summary.loc[o, "empty_rate"] < 0.5]
-    if not others:
-        return swap, swap_text + "; no other working variant to compare CIDEr with"
-    comps = [compare(tr.matrix(v, "CIDEr"), tr.matrix(o, "CIDEr"), (v, o)) for o in others]
-    verdicts = [decide(c.seed, 0.0, "below") for c in comps]
-    nearest = max(comps, key=lambda c: c.seed.estimate)  # the working variant closest to the floor
-    return combine(swap, *verdicts), (f"{swap_text}; CIDEr below all {len(others)} working variants: "
-                                      f"{verdicts.count('held')} of {len(others)} held; closest: "
-                                      + comparison_text(nearest))
-
-
-def rule_collapsed(tr: TableRuns, v: str) -> tuple[str, str]:
-    verdict, text = threshold(tr, v, "empty_rate", 0.9, "above", "empty-caption rate")
-    return verdict, text + f"; EOS first {fmt(float(tr.seed_values(v, 'eos_first_rate').mean()))}"
-
-
-RULES = {"image_dependent": rule_image_dependent, "worse_than_reference": rule_worse_than_reference,
-         "loses_relations": rule_loses_relations, "uses_image_less": rule_uses_image_less, "floor": rule_floor,
-         "collapsed": rule_collapsed}
-
-
-def expectations(tr: TableRuns) -> list[Verdict]:
-    out = []
-    for name, v in tr.table.variants.items():
-        if v.is_budget_row:  # compared at their own budget in the budget section
-            continue
-        for e in v.expect or ["none"]:
-            if e == "none":
-                out.append(Verdict(name, e, v.expected, "n/a", "no expectation checked"))
-            elif name not in tr.order:
-                out.append(Verdict(name, e, v.expected, "n/a", "no finished run"))
-            else:
-                out.append(Verdict(name, e, v.expected, *RULES[e](tr, name)))
-    return out
+from .stats import Interval, one_sample
+from .verdicts import (COMPARED, Verdict, comparison_rows, expectations, grounding_verdicts, plan_swap,
+                       reliance_verdicts, summarize, target_test, variants_where)
 
 
 # ---- measured descriptions of what variants produce
@@ -227,11 +100,6 @@ def falls_every_epoch(history: list[pd.DataFrame], column: str) -> bool:
 
 
 # ---- inside the model: grounding of the queries, the LM's reading of the visual tokens
-def variants_where(tr: TableRuns, section: str, key: str, value) -> list[str]:
-    """Variants whose stored config has ``section.key == value`` (not their names: rows may be renamed)."""
-    return [v for v in tr.order if v != tr.table.reference and tr.configs[v].get(section, {}).get(key) == value]
-
-
 def _seed_interval(tr: TableRuns, v: str, column: str) -> Interval:
     return one_sample(tr.run_means(v, column))
 
@@ -249,28 +117,6 @@ def grounding_rows(tr: TableRuns) -> list[dict]:
     return rows
 
 
-def _more_than(tr: TableRuns, column: str, other: str, label: str) -> Verdict:
-    ref = tr.table.reference
-    c = compare(tr.matrix(ref, column), tr.matrix(other, column), (ref, other), column)
-    return Verdict(ref, column, f"{label} than {other}", decide(c.seed, 0.0, "above"),
-                   f"{ref} − {other}: {fmt_ci(c.seed)} (seed level, Welch p = {fmt_p(c.seed.p)})" + undecided_note(c))
-
-
-def grounding_verdicts(tr: TableRuns) -> list[Verdict]:
-    ref = tr.table.reference
-    trained = tr.configs.get(ref, {}).get("model", {}).get("train_qformer", False)
-    if ref not in tr.order or tr.matrix(ref, "grounding_excess").empty or not trained:
-        return []
-    excess = _seed_interval(tr, ref, "grounding_excess")
-    out = [Verdict(ref, "grounding_excess", "its queries put more attention on object pixels than chance",
-                   decide(excess, 0.0, "above"), f"attention mass on objects − objects' share of the image: "
-                   f"{fmt_ci(excess)} over seeds")]
-    for v in variants_where(tr, "model", "train_qformer", False):
-        if not tr.matrix(v, "grounding_excess").empty:
-            out.append(_more_than(tr, "grounding_excess", v, "its queries are more on the objects"))
-    return out
-
-
 def reliance_rows(tr: TableRuns) -> list[dict]:
     rows = []
     for v in tr.order:
@@ -281,14 +127,6 @@ def reliance_rows(tr: TableRuns) -> list[dict]:
         rows.append({"variant": v, "share": _seed_interval(tr, v, "visual_reliance"),
                      "layers": [float(s[c].mean()) for c in sorted(layers, key=lambda c: int(c.rsplit("_", 1)[1]))]})
     return rows
-
-
-def reliance_verdicts(tr: TableRuns) -> list[Verdict]:
-    ref = tr.table.reference
-    if ref not in tr.order or tr.matrix(ref, "visual_reliance").empty or not tr.configs[ref]["model"]["lora_rank"]:
-        return []
-    return [_more_than(tr, "visual_reliance", v, "the LM reads the visual tokens more (LoRA raises it)")
-            for v in variants_where(tr, "model", "lora_rank", 0) if not tr.matrix(v, "visual_reliance").empty]
 
 
 # ---- evidence
@@ -358,20 +196,22 @@ def time_spent(tr: TableRuns) -> dict:
             "wall_seconds": float(sum(x.get("total_seconds", 0.0) for x in tr.timing)), "invocations": tr.timing}
 
 
-def target_rows(tr: TableRuns, summary: pd.DataFrame, wall_seconds: float) -> list[dict]:
-    """Each [targets] line: the goal, what was measured, met or not (on the mean over seeds)."""
+def target_rows(tr: TableRuns, wall_seconds: float) -> list[dict]:
+    """Each [targets] line: a metric target is met when the reference's seed-level 95% CI lies above it, not
+    met when below, undecided otherwise; the wall-time target on the recorded minutes."""
     ref, rows = tr.table.reference, []
     for key, goal in tr.table.targets.items():
         if key == "minutes":
             got = wall_seconds / 60
-            rows.append({"key": key, "goal": goal, "got": got, "sd": None, "met": 0 < got <= goal,
-                         "recorded": got > 0, "gap": got - goal})
-        elif ref in summary.index and key in summary.columns:
-            got = float(summary.loc[ref, key])
-            rows.append({"key": key, "goal": goal, "got": got, "sd": float(summary.loc[ref, f"{key}_std"]),
-                         "met": got >= goal, "recorded": True, "gap": goal - got})
+            rows.append({"key": key, "goal": goal, "got": got, "recorded": got > 0,
+                         "decision": "met" if 0 < got <= goal else "not met", "gap": got - goal})
+        elif ref in tr.order and key in tr.runs:
+            t = target_test(tr, key, goal)
+            rows.append({"key": key, "goal": goal, "got": t.interval.estimate, "interval": t.interval,
+                         "recorded": True, "decision": {"held": "met", "not held": "not met"}.get(t.decision, "undecided"),
+                         "gap": goal - t.interval.estimate})
         else:
-            rows.append({"key": key, "goal": goal, "got": None, "sd": None, "met": False, "recorded": False, "gap": None})
+            rows.append({"key": key, "goal": goal, "got": None, "recorded": False, "decision": "not met", "gap": None})
     return rows
 
 
@@ -401,31 +241,15 @@ def loss_rows(tr: TableRuns) -> tuple[list[dict], list[dict]]:
     return loss, scst
 
 
-def comparison_rows(tr: TableRuns) -> dict[str, list[dict]]:
-    """Per compared quantity, every variant against the reference at seed level and at image level."""
-    out = {}
-    for metric in COMPARED:
-        rows = []
-        for v, c in comparisons(tr, metric).items():
-            i = c.image
-            decided = decide(c.seed, 0.0, "below") != "inconclusive"
-            image_differs = not (np.isnan(i["ci_low"]) or i["ci_low"] <= 0 <= i["ci_high"])
-            rows.append({"variant": v, "comparison": c, "decided": decided,
-                         "image_only": image_differs and not decided, "undecided_note": undecided_note(c)})
-        if rows:
-            out[metric] = rows
-    return out
-
-
 def plan_checks(tr: TableRuns) -> dict | None:
     """The original plan's two checks on the reference: loss falls every epoch; the caption follows the image."""
     ref = tr.table.reference
     if ref not in tr.order:
         return None
     h = tr.histories[ref]
-    swap, swap_text = threshold(tr, ref, "swap_rate", 0.9, "above", "swap rate")
+    swap = plan_swap(tr)
     return {"falls": falls_every_epoch(h, "train_loss") and falls_every_epoch(h, "dev_loss"),
-            "swap": swap, "swap_text": swap_text}
+            "swap": swap.decision, "swap_text": swap.text()}
 
 
 def reference_lengths(tr: TableRuns) -> pd.Series | None:
@@ -469,7 +293,7 @@ def analyse(tr: TableRuns) -> Analysis:
                    if not tr.stage_seconds.empty else pd.DataFrame())
     return Analysis(
         runs=tr, summary=summary, missing=[v for v in tr.table.variants if v not in tr.order + tr.sweep_order],
-        time=spent, targets=target_rows(tr, summary, spent["wall_seconds"]),
+        time=spent, targets=target_rows(tr, spent["wall_seconds"]),
         parameters=parameter_rows(tr), loss=loss, self_critical=scst, likelihood=likelihood_rows(tr),
         comparisons=comparison_rows(tr), expectations=expectations(tr), plan_checks=plan_checks(tr),
         budget_rows=budgets.budget_rows(tr), budget_verdicts=budgets.verdicts(tr),

@@ -10,10 +10,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 
 from .collect import TableRuns
-from .stats import Interval, one_sample, welch
+from .stats import Interval, decide, holm, image_floor, one_sample, welch
 
 # The quantities plotted and tested at every budget, and the direction each ablation is expected to
 # move them in (from the variant's expectations; other pairs are shown without an expected direction).
@@ -55,10 +54,9 @@ class BudgetVerdict:
     missing: list[int]  # budgets both have but one side lacks the quantity at
 
 
-def direction(i: Interval) -> str:
-    if not i.decided:
-        return "undecided"
-    return "lower" if i.high < 0 else "higher" if i.low > 0 else "undecided"
+def direction(i: Interval, p_adjusted: float) -> str:
+    """'lower' / 'higher' when the family-adjusted test decides (Holm p < 0.05), else 'undecided'."""
+    return {"held": "lower", "not held": "higher"}.get(decide(i, 0.0, "below", p_adjusted), "undecided")
 
 
 def pattern(directions: list[str], wanted: str | None) -> str:
@@ -89,28 +87,36 @@ def ordinal(n: int) -> str:
 
 def verdicts(tr: TableRuns) -> list[BudgetVerdict]:
     """Every ablation with budget rows against the reference's row at the same budget, on each quantity.
-    A budget where either side has no value for the quantity is left out (and named in the sentence)."""
+    Every (ablation, quantity, budget) test of the section is one family (Holm), so a pattern such as
+    "flips" rests on adjusted decisions. A budget where either side has no value is left out (and named)."""
     rows = series(tr)
     ref = tr.table.reference
-    out = []
+    planned = []
     for variant, by_budget in rows.items() if ref in rows else []:
         if variant == ref:
             continue
         shared = [b for b in by_budget if b in rows[ref]]
         for quantity, expectation in QUANTITIES.items():
-            diffs = {b: welch(tr.run_means(by_budget[b], quantity), tr.run_means(rows[ref][b], quantity))
-                     for b in shared}
-            diffs = {b: d for b, d in diffs.items() if not np.isnan(d.estimate)}  # a side without the quantity
-            if not diffs:
-                continue
-            expected = expectation in tr.table.variants[variant].expect
-            budgets = list(diffs)
-            dirs = [direction(d) for d in diffs.values()]
-            name = pattern(dirs, "lower" if expected else None) if len(budgets) > 1 else f"{dirs[0]} at the only budget compared"
-            missing = [b for b in shared if b not in diffs]
-            out.append(BudgetVerdict(variant, ref, quantity, expected, budgets, list(diffs.values()), dirs, name,
-                                     missing))
+            diffs = {}
+            for b in shared:
+                mx, my = tr.matrix(by_budget[b], quantity), tr.matrix(rows[ref][b], quantity)
+                if not (mx.empty or my.empty):
+                    diffs[b] = welch(mx.mean(axis=0).to_numpy(), my.mean(axis=0).to_numpy(), image_floor(mx),
+                                     image_floor(my))
+            if diffs:
+                planned.append((variant, quantity, expectation in tr.table.variants[variant].expect, diffs,
+                                [b for b in shared if b not in diffs]))
+    adjusted = iter(holm([d.p for _, _, _, diffs, _ in planned for d in diffs.values()]))
+    out = []
+    for variant, quantity, expected, diffs, missing in planned:
+        dirs = [direction(d, next(adjusted)) for d in diffs.values()]
+        name = pattern(dirs, "lower" if expected else None) if len(diffs) > 1 else f"{dirs[0]} at the only budget compared"
+        out.append(BudgetVerdict(variant, ref, quantity, expected, list(diffs), list(diffs.values()), dirs, name, missing))
     return out
+
+
+def family_size(verdicts: list[BudgetVerdict]) -> int:
+    return sum(len(v.budgets) for v in verdicts)
 
 
 def budget_rows(tr: TableRuns) -> list[dict]:

@@ -23,6 +23,7 @@ from . import executors
 from .attention import maps_for_images, render_maps
 from .console import console, err_console, quiet_libraries
 from .evidence import add_runs, table_folder
+from .findings import write_readme_block
 from .planning import expected_hash, plan_runs
 from .record import RunRecord, TableTiming, evidence_dir, run_path, table_lock
 from .report import write_report
@@ -218,6 +219,20 @@ def evidence_add(
                 console.print(f"  {line}", highlight=False, markup=False)
     except UserError as err:
         _fail(err)
+
+
+@app.command()
+def readme(
+    path: Path = typer.Option(Path("README.md"), "--readme", help="The README whose findings block is rewritten."),
+    reports_dir: Path = REPORTS,
+):
+    """Rewrite the README's findings block (each ablation's verdict per headline table) from the committed
+    evidence; a test fails when the committed block is stale."""
+    try:
+        changed = write_readme_block(path, reports_dir)
+    except UserError as err:
+        _fail(err)
+    console.print(f"{path}: findings block {'rewritten' if changed else 'already current'}", highlight=False)
 
 
 @app.command()

@@ -15,6 +15,7 @@ from vlm_core.errors import UserError
 
 from . import figures
 from .analysis import COMPARED, Analysis, analyse, attention_gallery, run_rows
+from .budgets import family_size as budget_family_size
 from .collect import collect
 from .evidence import add_runs
 from .formatting import fmt, fmt_ci, fmt_p, md_table, mean_sd
@@ -22,6 +23,7 @@ from .record import STAGES, child, code_label, code_version, evidence_dir
 from .scoring import METRICS
 from .table_data import load_data
 from .tables import Table
+from .verdicts import family_size
 
 PROBE_COLUMNS = ["swap_rate", "swap_mutual_bleu4", "nll_gap", "perceptual_score", "empty_rate",
                  "eos_first_rate", "unique_share", "distinct_1", "distinct_2", "mean_length"]
@@ -94,16 +96,19 @@ def section_targets(r: ReportInput) -> list[str]:
     rows = []
     for x in r.a.targets:
         if x["key"] == "minutes":
-            verdict = ("**not met** (no `run-all` wall time recorded)" if not x["recorded"] else "met" if x["met"]
-                       else f"**not met** (over by {x['gap']:.1f} min)")
+            verdict = ("**not met** (no `run-all` wall time recorded)" if not x["recorded"] else "met"
+                       if x["decision"] == "met" else f"**not met** (over by {x['gap']:.1f} min)")
             rows.append([f"whole table wall time ≤ {x['goal']:g} min", f"{x['got']:.1f} min", verdict])
         elif x["recorded"]:
-            rows.append([f"`{r.ref}` {x['key']} ≥ {x['goal']:g}", mean_sd(x["got"], x["sd"]),
-                         "met" if x["met"] else f"**not met** (short by {x['gap']:.3f})"])
+            words = {"met": "met (the CI lies above the target)",
+                     "not met": f"**not met** (the CI lies below; the mean is short by {x['gap']:.3f})",
+                     "undecided": "**undecided** (the CI contains the target)"}
+            rows.append([f"`{r.ref}` {x['key']} ≥ {x['goal']:g}", fmt_ci(x["interval"]), words[x["decision"]]])
         else:
             rows.append([f"`{r.ref}` {x['key']} ≥ {x['goal']:g}", f"no finished `{r.ref}` run", "**not met**"])
-    return ["## Targets", "", f"Set in the table file; numbers from the {r.table.data.eval_split} split "
-            "(mean ± std over seeds).", "", md_table(["target", "measured", "verdict"], rows), ""]
+    return ["## Targets", "", f"Set in the table file; numbers from the {r.table.data.eval_split} split: the mean over "
+            "seeds with its seed-level 95% CI. A target is met only when the whole CI lies above it.", "",
+            md_table(["target", "measured [95% CI, seeds]", "verdict"], rows), ""]
 
 
 def section_provenance(r: ReportInput) -> list[str]:
@@ -204,25 +209,31 @@ def section_likelihood(r: ReportInput) -> list[str]:
 def section_comparisons(r: ReportInput) -> list[str]:
     lines = [f"## Comparisons with `{r.ref}`", "",
              "**Seed level** (what verdicts use): each run reduced to its mean over images, variant − reference "
-             "compared with Welch's t over seeds (95% CI, p). **Image level** (these trained models only): "
-             "per-image values averaged over seeds, bootstrap 95% CI over images and Wilcoxon p; it says whether "
-             "these particular models differ, not whether the architectures do.", ""]
+             "compared with Welch's t over seeds (95% CI, p; a side's seed SD is never taken below the standard "
+             "error its runs' means have from their images). Each table below is one family: it decides on "
+             "Holm-adjusted p. **Image level** (these trained models only): per-image values averaged over seeds, "
+             "bootstrap 95% CI over images and Wilcoxon p; it says whether these particular models differ, not "
+             "whether the architectures do. Planning numbers are estimates from 2-4 degrees of freedom.", ""]
     notes = []
     for metric, rows in r.a.comparisons.items():
         cells = []
         for x in rows:
             c, i = x["comparison"], x["comparison"].image
-            cells.append([x["variant"], fmt_ci(c.seed), fmt_p(c.seed.p), f"{c.seed.n}", fmt(c.sd_variant),
-                          fmt(c.sd_reference), "differ" if x["decided"] else "**inconclusive**", c.seeds_needed or "–",
+            t = x["test"]
+            decision = ("differ" if x["decided"] else "**inconclusive**" if t.decision == "inconclusive"
+                        else f"**{t.decision}**")
+            seeds = f"{c.seeds_range[0]}–{c.seeds_range[1]}" if c.seeds_range and not x["decided"] else "–"
+            cells.append([x["variant"], fmt_ci(c.seed_level), fmt_p(c.seed_level.p), fmt_p(t.p_adjusted),
+                          f"{c.seed_level.n}", fmt(c.sd_variant), fmt(c.sd_reference), decision, fmt(c.detectable), seeds,
                           f"{fmt(i['mean_diff'])} [{fmt(i['ci_low'])}, {fmt(i['ci_high'])}]", fmt_p(i["p_wilcoxon"])])
             if x["image_only"]:
                 notes.append(f"- {COMPARED[metric]}, `{x['variant']}`: these trained models differ (image-level CI "
                              f"{fmt(i['ci_low'])} to {fmt(i['ci_high'])}), but that is **not a seed-level difference**"
                              f"{x['undecided_note']}.")
         lines += [f"### Δ{COMPARED[metric]}", "",
-                  md_table(["variant", "Δ [95% CI, seeds]", "Welch p", "seeds", "SD variant", f"SD {r.ref}",
-                            "seeds decide", "seeds needed (80% power)", "Δ [95% CI, images]", "Wilcoxon p (images)"],
-                           cells), ""]
+                  md_table(["variant", "Δ [95% CI, seeds]", "Welch p", "Holm p", "seeds", "SD variant", f"SD {r.ref}",
+                            "seeds decide", "|Δ| detectable now (80% power)", "seeds for 80% power (range)",
+                            "Δ [95% CI, images]", "Wilcoxon p (images)"], cells), ""]
     return lines + (notes + [""] if notes else [])
 
 
@@ -230,7 +241,12 @@ def section_expectations(r: ReportInput) -> list[str]:
     rows = [[v.variant, v.expected, v.expectation, f"**{v.verdict}**" if v.verdict != "n/a" else "n/a", v.numbers]
             for v in r.a.expectations]
     lines = ["## Expected vs observed", "", "Each expectation is tested by its rule at seed level (95% CIs over "
-             "training runs); **inconclusive** means the seeds cannot decide it.", "",
+             f"training runs). The table's {family_size(r.a.expectations)} tests are one family: each decides on its "
+             "Holm-adjusted p (the chance that any of them is decided by chance stays at 5 %). **inconclusive** "
+             "means the seeds cannot decide it; **seeds disagree** that some runs of the variant collapsed and some "
+             "did not (a mean over them describes no run), **confounded** that the runs compared come from different "
+             "code versions. Every verdict here assumes roughly normal seed-to-seed variation; under strong skew "
+             "the error rate is higher (see the README, \"How the reports decide\").", "",
              md_table(["variant", "expected", "rule", "verdict", "numbers"], rows), ""]
     checks = r.a.plan_checks
     if checks:
@@ -256,19 +272,20 @@ def section_budgets(r: ReportInput) -> list[str]:
              f"Each budget is its own set of runs ({unit}; warmup + cosine schedule over that run's own epochs, "
              "every other setting as in the table). At each budget the ablation is compared with the reference "
              "trained for the same epochs: Welch's t over seeds on per-run means, 95% CI. The pattern names the "
-             "sequence of per-budget outcomes, budgets ascending (lower / higher = the whole CI below / above 0).", "",
+             "sequence of per-budget outcomes, budgets ascending (lower / higher: decided below / above 0 on the "
+             "Holm-adjusted p of the section's family).", "",
              f"![CIDEr and likelihood-swap gap against training budget]({r.pictures['budgets']})", "",
              md_table(["variant", "epochs", "row", "seeds", "CIDEr [95% CI]", "NLL gap [95% CI]", "train s (mean)"],
                       rows), ""]
     verdicts = r.a.budget_verdicts
     if not verdicts:
         return lines + [f"No ablation has budget rows that `{r.ref}` also has finished, so nothing is compared.", ""]
-    k = max(len(v.budgets) for v in verdicts)
     lines += [f"- {_budget_sentence(v)}" for v in sorted(verdicts, key=lambda v: not v.expected)]
-    return lines + ["", f"Each budget is its own 95% test: with {k} budgets and no true difference, the chance that at "
-                    f"least one of them comes out decided is about {1 - 0.95 ** k:.0%}, so a verdict decided at some "
-                    "budgets only (\"appears only late\", \"fades\", \"at k of n budgets\") is weaker evidence than one "
-                    "decided at every budget; \"undecided\" means the seeds cannot tell, not that there is no effect.", ""]
+    return lines + ["", f"The section's {budget_family_size(verdicts)} tests (every ablation, quantity and budget) are "
+                    "one family: each direction above is decided on its Holm-adjusted p, so the chance that any "
+                    "cell of this section is decided by chance stays at 5 %, and a pattern (\"flips\", \"appears only "
+                    "late\") rests on adjusted decisions only. \"undecided\" means the seeds cannot tell, not that "
+                    "there is no effect.", ""]
 
 
 def section_attention(r: ReportInput) -> list[str]:
@@ -431,7 +448,7 @@ def _budget_sentence(v) -> str:
     steps = "; ".join(f"{b} epoch{'s' if b != 1 else ''}: {d} {fmt_ci(i)}, {i.n} seeds"
                       for b, d, i in zip(v.budgets, v.directions, v.differences))
     gone = f"; not compared at {', '.join(map(str, v.missing))} epochs (no {label} on one side)" if v.missing else ""
-    return f"{claim}: **{v.pattern}** (Δ{label}, seed-level 95% CI — {steps}{gone})."
+    return f"{claim}: **{v.pattern}** (Δ{label}, seed-level 95% CI, direction by Holm-adjusted p — {steps}{gone})."
 
 
 def _lm_note(cfg: dict) -> str:

@@ -10,9 +10,15 @@ Seed level: each run is reduced to one number (its mean over the eval images) an
 are compared with Welch's t (95% CI and two-sided p on the per-seed values). With the 3-5 seeds a
 CPU table affords, a bootstrap over seeds cannot reach its nominal coverage (it treats three draws
 as the whole population and its intervals come out too narrow), while Welch's t holds it for
-normal seed noise up to Welch's approximation of the degrees of freedom, and stays close under
-moderate skew; images still enter, through each seed's mean. The simulation tests in
-tests/test_verdicts.py check its false-positive rate and power.
+normal seed noise up to Welch's approximation of the degrees of freedom; images still enter, through
+each seed's mean. Under strong skew no 3-5-seed test holds its rate (benchmarks/verdict_rates.py
+measures how far it drifts), which is why a variant whose seeds disagree in kind is not decided.
+
+Guards: a seed spread is never taken as smaller than what a run's images alone give it (``floor``, the
+standard error of one run's mean over its images), so seeds that agree exactly do not make a zero-width
+CI that decides by itself; verdicts drawn together are a family whose p-values are Holm-adjusted
+(``holm``), so the chance that any of them is decided by chance stays at 5 %. The simulation tests in
+tests/test_verdict_rates.py check the rates and the power.
 """
 from __future__ import annotations
 
@@ -54,17 +60,18 @@ class Interval:
         return not (math.isnan(self.low) or math.isnan(self.high))
 
 
-def welch(x: np.ndarray, y: np.ndarray) -> Interval:
-    """mean(x) - mean(y) with a Welch 95% CI and p. Zero spread on both sides gives a point CI and
-    p = NaN (undefined, never an invented 0)."""
+def welch(x: np.ndarray, y: np.ndarray, floor_x: float = 0.0, floor_y: float = 0.0) -> Interval:
+    """mean(x) - mean(y) with a Welch 95% CI and p; each side's seed SD is at least its ``floor`` (the SE a
+    run's mean has from its images alone). Zero spread and no floor gives a point CI and p = NaN
+    (undefined, never an invented 0: such an interval decides nothing)."""
     x, y = np.asarray(x, float), np.asarray(y, float)
     diff = float(x.mean() - y.mean()) if len(x) and len(y) else float("nan")
     n = min(len(x), len(y))
     if len(x) < 2 or len(y) < 2:
         return Interval(diff, float("nan"), float("nan"), float("nan"), n)
-    vx, vy = x.var(ddof=1) / len(x), y.var(ddof=1) / len(y)
+    vx, vy = max(x.var(ddof=1), floor_x**2) / len(x), max(y.var(ddof=1), floor_y**2) / len(y)
     se = math.sqrt(vx + vy)
-    if se == 0:
+    if se <= 1e-12 * max(1.0, abs(float(y.mean()))):  # no spread (up to rounding): a point, p undefined
         return Interval(diff, diff, diff, 1.0 if diff == 0 else float("nan"), n)
     df = (vx + vy) ** 2 / (vx**2 / (len(x) - 1) + vy**2 / (len(y) - 1))
     half = stats.t.ppf(1 - ALPHA / 2, df) * se
@@ -72,15 +79,16 @@ def welch(x: np.ndarray, y: np.ndarray) -> Interval:
     return Interval(diff, diff - half, diff + half, p, n)
 
 
-def one_sample(values: np.ndarray, bound: float = 0.0, limits: tuple[float, float] | None = None) -> Interval:
-    """Mean over seeds with a t 95% CI, and p against ``bound``; ``limits`` clips the CI to the values the
-    quantity can take (a rate's CI stays within [0, 1])."""
+def one_sample(values: np.ndarray, bound: float = 0.0, limits: tuple[float, float] | None = None,
+               floor: float = 0.0) -> Interval:
+    """Mean over seeds with a t 95% CI, and p against ``bound``; the seed SD is at least ``floor``;
+    ``limits`` clips the CI to the values the quantity can take (a rate's CI stays within [0, 1])."""
     v = np.asarray(values, float)
     mean = float(v.mean()) if len(v) else float("nan")
     if len(v) < 2:
         return Interval(mean, float("nan"), float("nan"), float("nan"), len(v))
-    se = v.std(ddof=1) / math.sqrt(len(v))
-    if se == 0:
+    se = max(v.std(ddof=1), floor) / math.sqrt(len(v))
+    if se <= 1e-12 * max(1.0, abs(mean)):  # no spread (up to rounding): a point, p undefined
         return Interval(mean, mean, mean, 1.0 if mean == bound else float("nan"), len(v))
     half = stats.t.ppf(1 - ALPHA / 2, len(v) - 1) * se
     p = float(2 * stats.t.sf(abs(mean - bound) / se, len(v) - 1))
@@ -90,15 +98,74 @@ def one_sample(values: np.ndarray, bound: float = 0.0, limits: tuple[float, floa
     return Interval(mean, low, high, p, len(v))
 
 
-def decide(interval: Interval, bound: float, side: str) -> str:
+def decide(interval: Interval, bound: float, side: str, p: float | None = None) -> str:
     """'held' when the whole CI lies on ``side`` ('below' / 'above') of ``bound``, 'not held' when it
-    lies wholly on the other side, else 'inconclusive' (also with fewer than 2 seeds)."""
-    if not interval.decided:
-        return "inconclusive"
-    below, above = interval.high < bound, interval.low > bound
+    lies wholly on the other side, else 'inconclusive' (also with fewer than 2 seeds, or an undefined p).
+    With ``p`` (a family-adjusted p-value of the same test), decided only when ``p`` < ALPHA, on the side
+    of the estimate: the unadjusted rule is the same as p < ALPHA for these t intervals."""
+    if not interval.decided or interval.high == interval.low or math.isnan(interval.p if p is None else p):
+        return "inconclusive"  # (a zero-width CI comes from seeds without spread: it decides nothing alone)
+    if p is not None:
+        if p >= ALPHA:
+            return "inconclusive"
+        below, above = interval.estimate < bound, interval.estimate > bound
+    else:
+        below, above = interval.high < bound, interval.low > bound
     if side == "below":
         return "held" if below else "not held" if above else "inconclusive"
     return "held" if above else "not held" if below else "inconclusive"
+
+
+def holm(pvalues: list[float]) -> list[float]:
+    """Holm's step-down adjustment: reject p_adj < ALPHA and the family-wise error rate stays <= ALPHA
+    under any dependence between the tests. NaN (an undefined test) stays NaN and counts in the family."""
+    p = np.asarray(pvalues, float)
+    m = len(p)
+    order = np.argsort(np.where(np.isnan(p), np.inf, p))
+    out, running = np.full(m, np.nan), 0.0
+    for rank, k in enumerate(order):
+        if np.isnan(p[k]):
+            continue
+        running = max(running, min(1.0, (m - rank) * p[k]))
+        out[k] = running
+    return out.tolist()
+
+
+def image_floor(per_image: pd.DataFrame) -> float:
+    """The SE of one run's mean over its images (images x seeds; the mean over runs): the least spread a run
+    mean has, whatever the seeds do."""
+    n = per_image.notna().sum(axis=0).clip(lower=1)
+    return float(np.sqrt((per_image.var(axis=0, ddof=1) / n).mean())) if per_image.shape[0] > 1 else 0.0
+
+
+def rate_floor(rates: np.ndarray, images: np.ndarray) -> float:
+    """The least SE of a share measured on ``images`` per run (Agresti-Coull: never 0, even at 0 or 1)."""
+    rates, images = np.asarray(rates, float), np.asarray(images, float)
+    if not len(rates):
+        return 0.0
+    p = (rates * images + 2) / (images + 4)
+    return float(np.sqrt(np.mean(p * (1 - p) / (images + 4))))
+
+
+def detectable(sd_a: float, sd_b: float, n: int) -> float:
+    """The smallest difference a Welch comparison of ``n`` seeds a side detects with 80% power at the
+    observed seed SDs (normal approximation); NaN without spread or seeds."""
+    if n < 2 or any(math.isnan(x) for x in (sd_a, sd_b)):
+        return float("nan")
+    return (stats.norm.ppf(1 - ALPHA / 2) + stats.norm.ppf(POWER)) * math.sqrt((sd_a**2 + sd_b**2) / n)
+
+
+def seeds_needed_range(diff: float, sd_a: float, sd_b: float, n_a: int, n_b: int) -> tuple[int, int] | None:
+    """Seeds per variant for 80% power at the pooled seed SD's 80% confidence bounds: an SD estimated from
+    2-4 seeds is so uncertain that one number would mislead. None when there is nothing to size."""
+    df = n_a + n_b - 2
+    if df < 1 or any(math.isnan(x) for x in (sd_a, sd_b, diff)) or not diff:
+        return None
+    pooled = ((n_a - 1) * sd_a**2 + (n_b - 1) * sd_b**2) / df
+    low_sd = math.sqrt(df * pooled / stats.chi2.ppf(0.9, df))
+    high_sd = math.sqrt(df * pooled / stats.chi2.ppf(0.1, df))
+    low, high = seeds_needed(diff, low_sd, low_sd), seeds_needed(diff, high_sd, high_sd)
+    return None if low is None or high is None else (low, high)
 
 
 def seeds_needed(diff: float, sd_a: float, sd_b: float) -> int | None:
@@ -142,10 +209,11 @@ class Comparison:
     variant: str
     reference: str
     metric: str
-    seed: Interval  # Welch on per-seed means
+    seed_level: Interval  # Welch on per-seed means (each side's SD floored by its image-level SE)
     sd_variant: float
     sd_reference: float
-    seeds_needed: int | None
+    detectable: float  # the smallest |difference| these seeds detect with 80% power
+    seeds_range: tuple[int, int] | None  # seeds per variant for 80% power, at the seed SD's 80% bounds
     image: dict  # paired_difference on per-image values averaged over seeds
 
 
@@ -153,11 +221,11 @@ def compare(variant: pd.DataFrame, reference: pd.DataFrame, names: tuple[str, st
             metric: str = "CIDEr", n_resamples: int = 2000) -> Comparison:
     """``variant`` / ``reference``: per-image values, one column per seed (index = image id)."""
     x, y = variant.mean(axis=0).to_numpy(), reference.mean(axis=0).to_numpy()  # per-seed means (NaN skipped)
-    seed = welch(x, y)
+    seed = welch(x, y, image_floor(variant), image_floor(reference))
     sd_x = float(np.std(x, ddof=1)) if len(x) > 1 else float("nan")
     sd_y = float(np.std(y, ddof=1)) if len(y) > 1 else float("nan")
     common = variant.index.intersection(reference.index)
     image = paired_difference(variant.loc[common].mean(axis=1).to_numpy(), reference.loc[common].mean(axis=1).to_numpy(),
                               n_resamples=n_resamples)
-    needed = seeds_needed(seed.estimate, sd_x, sd_y) if decide(seed, 0.0, "below") == "inconclusive" else None
-    return Comparison(names[0], names[1], metric, seed, sd_x, sd_y, needed, image)
+    return Comparison(names[0], names[1], metric, seed, sd_x, sd_y, detectable(sd_x, sd_y, min(len(x), len(y))),
+                      seeds_needed_range(seed.estimate, sd_x, sd_y, len(x), len(y)), image)

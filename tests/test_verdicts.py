@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ablations import analysis, probes
+from ablations import analysis, probes, verdicts
 from ablations.collect import TableRuns
 from ablations.stats import compare, decide, one_sample, paired_difference, seeds_needed, welch
 from ablations.tables import load_table
@@ -38,8 +38,8 @@ def _rates(tmp_path, n_seeds, shift, tables=200):
         tr = TableRuns(table, tmp_path, pd.DataFrame(), ["full", "meanpool"])
         tr.per_image = {"full": {s: reference[[s]].set_axis(["CIDEr"], axis=1) for s in reference},
                         "meanpool": {s: variant[[s]].set_axis(["CIDEr"], axis=1) for s in variant}}
-        verdict, _ = analysis.rule_worse_than_reference(tr, "meanpool")
-        seed_hits += verdict != "inconclusive"  # a difference either way
+        (test,) = verdicts.decide_family(verdicts.rule_worse_than_reference(tr, "meanpool"))
+        seed_hits += test.decision != "inconclusive"  # a difference either way
         old = paired_difference(variant.mean(axis=1).to_numpy(), reference.mean(axis=1).to_numpy(), n_resamples=200)
         image_hits += not (old["ci_low"] <= 0 <= old["ci_high"])
     return seed_hits / tables, image_hits / tables
@@ -78,7 +78,8 @@ def test_one_sample_decide_and_seeds_needed():
     assert decide(one_sample(np.array([0.95, 0.97, 0.99])), 0.9, "above") == "held"
     assert decide(one_sample(np.array([0.5, 0.6, 0.55])), 0.9, "above") == "not held"
     assert decide(one_sample(np.array([0.5, 0.99, 0.95])), 0.9, "above") == "inconclusive"
-    assert decide(one_sample(np.zeros(3)), 0.05, "below") == "held"  # no spread: the point decides
+    assert decide(one_sample(np.zeros(3)), 0.05, "below") == "inconclusive"  # no spread: a point decides nothing
+    assert decide(one_sample(np.zeros(3), 0.05, floor=0.01), 0.05, "below") == "held"  # floored: a real CI
     rate = one_sample(np.array([0.6, 1.0, 1.0]), limits=(0.0, 1.0))  # a share's CI stays within [0, 1]
     assert rate.high == 1.0 and rate.low < 0.6 and one_sample(np.array([0.6, 1.0, 1.0])).high > 1.0
     small, large = seeds_needed(-0.3, 0.25, 0.2), seeds_needed(-1.0, 0.25, 0.2)

@@ -1,0 +1,66 @@
+"""Print the error rates of the report's seed-level rule (ablations/rule_rates.py), each with its Monte Carlo
+standard error, and whether the seeds of a table pair up across variants (are per-seed outcomes correlated?).
+
+    python benchmarks/verdict_rates.py [--tables 100000] [--evidence reports/shapes/runs]
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from ablations import rule_rates
+
+
+def show(label: str, r: tuple[float, float]) -> str:
+    return f"{label}: {r[0]:.4f} ± {r[1]:.4f}"
+
+
+def pairing(evidence: Path) -> None:
+    """Correlation over seeds of each variant's per-run CIDEr with the reference's (seed k of every variant
+    shares its data order and caption sampling): a paired analysis would help only if these are high."""
+    runs = Path(evidence).parent / "runs.csv"
+    if not runs.exists():
+        print(f"(no {runs}: pairing not measured)")
+        return
+    table = pd.read_csv(runs)
+    wide = table.pivot_table(index="seed", columns="variant", values="CIDEr")
+    ref = wide.columns[0] if "full" not in wide else "full"
+    print(f"\nper-seed CIDEr correlation with {ref} ({len(wide)} seeds, {runs}):")
+    for v in wide.columns:
+        if v != ref and wide[v].notna().sum() >= 3:
+            r, p = stats.pearsonr(wide[ref], wide[v])
+            print(f"  {v:>16}: r = {r:+.2f} (p = {p:.2f})")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--tables", type=int, default=100_000)
+    ap.add_argument("--evidence", type=Path, default=Path("reports/shapes/runs"))
+    args = ap.parse_args()
+    rng = np.random.default_rng(0)
+    print(f"share of {args.tables:,} simulated tables decided (a false positive, except under shift-4sd):")
+    for name in ("normal", "sd-ratio-9", "bimodal", "lognormal", "shift-4sd"):
+        for seeds in (3, 5, 8):
+            out = rule_rates.scenario(name, seeds, args.tables, rng)
+            print(f"  {name:>10}, {seeds} seeds: " + "; ".join(show(k, v) for k, v in out.items()))
+    print("zero-spread seeds (no floor / floor 0.1), decided:",
+          rule_rates.zero_spread_decides(rng, floor=0.0), rule_rates.zero_spread_decides(rng, floor=0.1))
+    n = args.tables // 4
+    print(show("budget section (2 ablations x 2 quantities x 4 budgets), any cell decided, Holm",
+               rule_rates.budget_family(rng, n)))
+    print(show("  the same, each cell its own 95% test", rule_rates.budget_family(rng, n, adjust=False)))
+    for family in (1, 10, 25):
+        print(show(f"power at a 4-SD shift, 5 seeds, Holm in a family of {family}",
+                   rule_rates.power_in_family(rng, n, family)))
+    for family in (1, 10, 25):
+        print(show(f"power at a 2-SD shift, 5 seeds, Holm in a family of {family}",
+                   rule_rates.power_in_family(rng, n, family, shift=2.0)))
+    pairing(args.evidence)
+
+
+if __name__ == "__main__":
+    main()

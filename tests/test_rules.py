@@ -1,0 +1,130 @@
+"""Every verdict rule and bound on synthetic runs whose answer is plain: each case has a twin on the other
+side of the bound, so flipping a rule's side or moving its threshold fails here."""
+import numpy as np
+import pandas as pd
+import pytest
+
+from ablations import analysis, verdicts
+from ablations.collect import TableRuns
+from ablations.tables import load_table
+
+from .micro import write_micro
+
+SEEDS = (0, 1, 2, 3, 4)
+IMAGES = 60
+
+
+def _runs(tmp_path, spec: dict[str, dict], fingerprints: dict[str, list[str]] | None = None) -> TableRuns:
+    """spec: variant -> {column: per-seed means (or one value for every seed)}; per-image values are the
+    seed's mean plus small image noise, run-level rates as given."""
+    table = load_table(str(write_micro(tmp_path / "rules.toml", seeds=SEEDS,
+                                       variants=("full", "blind", "seed-recipe", "meanpool"))))
+    rng = np.random.default_rng(0)
+    rows, per_image = [], {}
+    for v, cols in spec.items():
+        per_image[v] = {}
+        for k, s in enumerate(SEEDS):
+            value = {c: (x[k] if isinstance(x, (list, tuple)) else x) for c, x in cols.items()}
+            frame = pd.DataFrame({c: value[c] + rng.normal(0, 0.01, IMAGES) for c in
+                                  ("CIDEr", "nll_gap", "slot_relation", "grounding_excess", "visual_reliance") if c in value},
+                                 index=[f"i{j}" for j in range(IMAGES)])
+            per_image[v][s] = frame
+            rows.append({"variant": v, "seed": s, "images": 400, "empty_rate": 0.0, "eos_first_rate": 0.0,
+                         "fingerprint": (fingerprints or {}).get(v, ["f"] * len(SEEDS))[k], **value})
+    tr = TableRuns(table, tmp_path, pd.DataFrame(rows), list(spec))
+    tr.per_image = per_image
+    tr.configs = {v: {"model": {"train_qformer": v != "meanpool", "lora_rank": 0 if v == "meanpool" else 8}} for v in spec}
+    return tr
+
+
+def _decide(rule, tr, v):
+    return verdicts.combine([t.decision for t in verdicts.decide_family(rule(tr, v))])
+
+
+SPREAD = [-0.02, -0.01, 0.0, 0.01, 0.02]
+
+
+def _around(x):
+    return [x + d for d in SPREAD]
+
+
+@pytest.mark.parametrize("swap, gap, expected", [(_around(0.95), _around(0.3), "held"),
+                                                 (_around(0.85), _around(0.3), "not held"),   # swap bound 0.9
+                                                 (_around(0.95), _around(-0.3), "not held")])  # gap bound 0
+def test_image_dependent(tmp_path, swap, gap, expected):
+    tr = _runs(tmp_path, {"full": {"swap_rate": swap, "nll_gap": gap, "CIDEr": 1.0}})
+    assert _decide(verdicts.rule_image_dependent, tr, "full") == expected
+
+
+@pytest.mark.parametrize("metric, rule", [("CIDEr", verdicts.rule_worse_than_reference),
+                                          ("slot_relation", verdicts.rule_loses_relations),
+                                          ("nll_gap", verdicts.rule_uses_image_less)])
+@pytest.mark.parametrize("shift, expected", [(-0.5, "held"), (0.5, "not held"), (0.0, "inconclusive")])
+def test_comparisons_with_the_reference(tmp_path, metric, rule, shift, expected):
+    base = {"CIDEr": 1.0, "slot_relation": 0.5, "nll_gap": 1.0}
+    tr = _runs(tmp_path, {"full": {k: _around(x) for k, x in base.items()},
+                          "meanpool": {k: _around(x + (shift if k == metric else 0)) for k, x in base.items()}})
+    assert _decide(rule, tr, "meanpool") == expected
+
+
+@pytest.mark.parametrize("swap, cider, expected", [(0.0, 0.2, "held"), (0.2, 0.2, "not held"),  # swap bound 0.05
+                                                   (0.0, 1.5, "not held")])  # CIDEr above a working variant
+def test_floor(tmp_path, swap, cider, expected):
+    tr = _runs(tmp_path, {"full": {"CIDEr": _around(1.0), "swap_rate": 0.95},
+                          "blind": {"CIDEr": _around(cider), "swap_rate": swap}})
+    assert _decide(verdicts.rule_floor, tr, "blind") == expected
+
+
+@pytest.mark.parametrize("empty, expected", [(_around(0.95), "held"), (_around(0.8), "not held")])  # bound 0.9
+def test_collapsed(tmp_path, empty, expected):
+    tr = _runs(tmp_path, {"seed-recipe": {"CIDEr": 0.1, "empty_rate": empty, "eos_first_rate": empty}})
+    assert _decide(verdicts.rule_collapsed, tr, "seed-recipe") == expected
+
+
+def test_a_variant_whose_seeds_disagree_in_kind_is_not_decided(tmp_path):
+    tr = _runs(tmp_path, {"full": {"CIDEr": _around(1.0)},
+                          "meanpool": {"CIDEr": [0.0, 0.5, 0.5, 0.5, 0.5], "empty_rate": [0.9, 0, 0, 0, 0]}})
+    (test,) = verdicts.decide_family(verdicts.rule_worse_than_reference(tr, "meanpool"))
+    assert test.decision == "seeds disagree" and "some meanpool runs collapsed" in test.text()
+    tr.runs.loc[tr.runs["variant"] == "meanpool", "empty_rate"] = 0.0  # the same numbers without a collapse
+    (test,) = verdicts.decide_family(verdicts.rule_worse_than_reference(tr, "meanpool"))
+    assert test.decision == "held"
+
+
+def test_runs_from_two_code_versions_are_confounded_unless_verified(tmp_path):
+    spec = {"full": {"CIDEr": _around(1.0)}, "meanpool": {"CIDEr": _around(0.5)}}
+    tr = _runs(tmp_path, spec, fingerprints={"full": ["a"] * 5, "meanpool": ["b"] * 5})
+    assert _decide(verdicts.rule_worse_than_reference, tr, "meanpool") == "confounded"
+    tr.verification = [{"exact": True, "differed": ["code fingerprint"]}]
+    assert _decide(verdicts.rule_worse_than_reference, tr, "meanpool") == "held"
+
+
+@pytest.mark.parametrize("goal, expected", [(0.9, "met"), (1.1, "not met"), (1.0, "undecided")])
+def test_targets_are_judged_on_the_seed_level_ci(tmp_path, goal, expected):
+    tr = _runs(tmp_path, {"full": {"CIDEr": _around(1.0)}})
+    tr.table.targets = {"CIDEr": goal}
+    (row,) = analysis.target_rows(tr, 0.0)
+    assert row["decision"] == expected
+
+
+def test_grounding_and_reliance_claims_have_sides(tmp_path):
+    tr = _runs(tmp_path, {"full": {"CIDEr": 1.0, "grounding_excess": _around(0.1), "visual_reliance": _around(0.6)},
+                          "meanpool": {"CIDEr": 1.0, "grounding_excess": _around(0.0), "visual_reliance": _around(0.4)}})
+    tr.configs["meanpool"]["model"]["train_qformer"] = False
+    grounding = {v.expectation if v.variant == "full" and not v.expected.endswith("meanpool") else "vs": v.verdict
+                 for v in verdicts.grounding_verdicts(tr)}
+    assert grounding == {"grounding_excess": "held", "vs": "held"}
+    assert [v.verdict for v in verdicts.reliance_verdicts(tr)] == ["held"]
+    tr.per_image["full"] = {s: f.assign(visual_reliance=f["visual_reliance"] - 0.4) for s, f in tr.per_image["full"].items()}
+    tr.comparisons = {}
+    assert [v.verdict for v in verdicts.reliance_verdicts(tr)] == ["not held"]
+
+
+def test_a_family_is_holm_adjusted(tmp_path):
+    """Two weak effects that each pass alone (p < 0.05) but not after Holm over the family."""
+    from ablations.stats import Interval
+
+    tests = [verdicts.Test(f"t{k}", Interval(-0.1, -0.2, -0.01, p, 5), 0.0, "below") for k, p in enumerate([0.03, 0.04])]
+    assert [t.decision for t in verdicts.decide_family(tests)] == ["inconclusive", "inconclusive"]
+    alone = verdicts.decide_family([verdicts.Test("t", Interval(-0.1, -0.2, -0.01, 0.03, 5), 0.0, "below")])
+    assert alone[0].decision == "held"
