@@ -8,7 +8,7 @@ import pytest
 
 from ablations import analysis, probes, verdicts
 from ablations.collect import TableRuns
-from ablations.stats import compare, decide, one_sample, paired_difference, seeds_needed, welch
+from ablations.stats import decide, one_sample, paired_difference, seeds_needed, welch
 from ablations.tables import load_table
 
 from .micro import write_micro
