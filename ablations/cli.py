@@ -25,6 +25,7 @@ from .console import console, err_console, quiet_libraries
 from .evidence import add_runs, table_folder
 from .findings import write_readme_block
 from .planning import expected_hash, plan_runs
+from .preflight import preflight
 from .record import RunRecord, TableTiming, evidence_dir, run_path, table_lock
 from .report import write_report
 from .runner import execute_run, prepare
@@ -107,6 +108,7 @@ def run_all(
         _run_options(tbl, device=device, precision=precision, executor=executor, cpus_per_run=cpus_per_run,
                      gpus_per_run=gpus_per_run)
         seed_list = _chosen_seeds(tbl, seeds, seed)
+        preflight(tbl, runs_dir, cache_dir, data_dir, ray_address)  # before anything is created or trained
         with table_lock(runs_dir, tbl.name):
             todo, notes = plan_runs(tbl, runs_dir, tbl.select(only), seed_list, force, keep_stale,
                                     evidence=evidence_dir(reports_dir, tbl.name))
