@@ -3,6 +3,7 @@ pycocoevalcap, the data folder, write access, the device, the Ray cluster). Each
 naming the fix; nothing is created on the way (no runs folder, no lock)."""
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import shutil
@@ -70,10 +71,8 @@ def data_folder(table: Table, data_dir: str | None) -> None:
 
 def ray_address(address: str | None) -> None:
     """An explicit host:port must answer (a quick TCP connect); 'auto' and a local cluster are Ray's to find."""
-    try:
-        import ray  # noqa: F401
-    except ImportError as err:
-        raise UserError("--executor ray needs Ray: pip install -e '.[ray]'") from err
+    if importlib.util.find_spec("ray") is None:
+        raise UserError("--executor ray needs Ray: pip install -e '.[ray]'")
     if not address or address == "auto" or ":" not in address:
         return
     host, _, port = address.removeprefix("ray://").rpartition(":")

@@ -101,7 +101,8 @@ def section_comparisons(r: ReportInput) -> list[str]:
             t = x["test"]
             decision = ("differ" if x["decided"] else "**inconclusive**" if t.decision == "inconclusive"
                         else f"**{t.decision}**")
-            seeds = f"{c.seeds_range[0]}–{c.seeds_range[1]}" if c.seeds_range and not x["decided"] else "–"
+            low, high = c.seeds_range or (None, None)
+            seeds = "–" if low is None or x["decided"] else str(low) if low == high else f"{low}–{high}"
             cells.append([x["variant"], fmt_ci(c.seed_level), fmt_p(c.seed_level.p), fmt_p(t.p_adjusted),
                           f"{c.seed_level.n}", fmt(c.sd_variant), fmt(c.sd_reference), decision, fmt(c.detectable), seeds,
                           f"{fmt(i['mean_diff'])} [{fmt(i['ci_low'])}, {fmt(i['ci_high'])}]", fmt_p(i["p_wilcoxon"])])

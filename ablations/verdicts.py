@@ -87,7 +87,8 @@ class Test:
     bound: float
     side: str  # 'below' / 'above' the bound is what the claim says
     guard: str | None = None  # why it must not decide at all
-    note: str = ""  # what else to say (e.g. seeds a comparison would need)
+    note: str = ""  # what else to say about the numbers
+    planning: str = ""  # what the seeds could detect: said only when the test stays inconclusive
     p_adjusted: float = float("nan")
     decision: str = "inconclusive"
 
@@ -95,7 +96,7 @@ class Test:
         if self.guard:
             return f"{self.label} {fmt_ci(self.interval)} (not decided: {self.guard})"
         return (f"{self.label} {fmt_ci(self.interval)} (need it {self.side} {self.bound:g}; Holm p = "
-                f"{fmt_p(self.p_adjusted)})" + self.note)
+                f"{fmt_p(self.p_adjusted)})" + self.note + (self.planning if self.decision == "inconclusive" else ""))
 
 
 def decide_family(tests: list[Test]) -> list[Test]:
@@ -144,7 +145,8 @@ def undecided_note(c: Comparison) -> str:
         parts.append(f"these seeds detect |Δ| ≥ {fmt(c.detectable)} with 80% power")
     if c.seeds_range:
         low, high = c.seeds_range
-        parts.append(f"deciding Δ = {fmt(c.seed_level.estimate)} would take roughly {low}–{high} seeds per variant "
+        seeds = str(low) if low == high else f"{low}–{high}"
+        parts.append(f"deciding Δ = {fmt(c.seed_level.estimate)} would take roughly {seeds} seeds per variant "
                      "(80% power, over the 80% CI of the seed SD)")
     return "; " + "; ".join(parts) if parts else ""
 
@@ -160,7 +162,7 @@ def comparison_test(tr: TableRuns, v: str, metric: str, side: str = "below", oth
     if c is None or math.isnan(c.seed_level.estimate):
         return None
     return Test(f"Δ{COMPARED.get(metric, metric)} {v} − {ref}", c.seed_level, 0.0, side, guard(tr, v, ref),
-                undecided_note(c))
+                planning=undecided_note(c))
 
 
 # ---- one rule per expectation: its tests
