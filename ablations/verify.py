@@ -39,7 +39,8 @@ def chosen_cells(table: Table, evidence: Path, n: int) -> list[tuple[str, int]]:
 def quantities(metrics: dict) -> dict[str, float]:
     """Every number a run reports: corpus metrics, slot scores, scalar probes."""
     out = {**metrics["metrics"], **metrics["slots"]}
-    out.update({k: v for k, v in metrics["probes"].items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
+    out.update({k: v for k, v in metrics["probes"].items() if isinstance(v, (int, float)) and not isinstance(v, bool)
+                and not k.endswith("_p")})  # p-values are not quantities to measure a difference in
     return {k: float(v) for k, v in out.items()}
 
 
