@@ -150,7 +150,7 @@ def section_evidence(r: ReportInput) -> list[str]:
         lines += ["Any seed-level verdict can be recomputed from it, e.g.:", "", "```python",
                   "import pandas as pd, scipy.stats as st", 'runs = pd.read_csv("runs.csv")',
                   f'a, b = (runs[runs.variant == v]["CIDEr (mean over images)"] for v in ("{other}", "{r.ref}"))',
-                  "t = st.ttest_ind(a, b, equal_var=False)  # Welch, as the report",
+                  "t = st.ttest_ind(a, b, equal_var=False)  # Welch (the report also floors each SD by its image-level SE)",
                   "print(a.mean() - b.mean(), t.confidence_interval(0.95), t.pvalue)", "```", ""]
     if not r.a.verification:
         return lines + ["No cell has been re-verified yet (`ablate verify` retrains chosen cells and compares).", ""]
