@@ -82,10 +82,29 @@ class SerialExecutor:
 _WORKSPACE: Workspace | None = None
 
 
-def _init_local_worker(table: Table, cache_dir: Path, data_dir: str | None, threads: int) -> None:
+def on_gpu(device: str, gpus: float) -> bool:
+    """Runs go to a GPU: asked for by name, or 'auto' where GPUs are."""
+    return device.startswith("cuda") or (device == "auto" and gpus > 0)
+
+
+def local_workers(table: Table, runs: int, cpus: int, gpus: int) -> list[str | None]:
+    """The local pool: on a GPU, one worker per GPU (each its own device; ``cuda:N`` asked for: that one);
+    on the CPU, as many workers as cores / threads per run. One entry per worker: its device, or None (the
+    table's)."""
+    device = table.run.device
+    if on_gpu(device, gpus):
+        devices = [device] if device.startswith("cuda:") else [f"cuda:{k}" for k in range(max(gpus, 1))]
+        return devices[: max(1, min(runs, len(devices)))]
+    return [None] * max(1, min(runs, cpus // threads_per_run(table)))
+
+
+def _init_local_worker(table: Table, cache_dir: Path, data_dir: str | None, threads: int, devices) -> None:
     global _WORKSPACE
     torch.set_num_threads(threads)
     quiet_libraries()
+    device = devices.get()  # each worker takes one device (None: the table's own)
+    if device is not None:
+        table = replace(table, run=replace(table.run, device=device))
     _WORKSPACE = prepare(table, cache_dir, data_dir, log=lambda *_: None)  # cache hits: the driver built them
 
 
@@ -107,9 +126,14 @@ class LocalPoolExecutor:
 
     def run(self, todo: list[tuple[Variant, int]], done: Done) -> int:
         table, threads = self.table, threads_per_run(self.table)
-        workers = max(1, min(len(todo), (os.cpu_count() or 1) // threads))
-        with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_init_local_worker,
-                                 initargs=(table, self.cache_dir, self.data_dir, threads)) as pool:
+        gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        devices = local_workers(table, len(todo), os.cpu_count() or 1, gpus)
+        context = get_context("spawn")
+        queue = context.Queue()
+        for device in devices:
+            queue.put(device)
+        with ProcessPoolExecutor(len(devices), mp_context=context, initializer=_init_local_worker,
+                                 initargs=(table, self.cache_dir, self.data_dir, threads, queue)) as pool:
             futures = {pool.submit(_local_run, v.name, s, run_path(self.runs_dir, table.name, v.name, s)): (v, s)
                        for v, s in todo}
             try:
@@ -149,8 +173,24 @@ def _unship(ws: Workspace, lm_files: dict[str, bytes], scratch: Path) -> Workspa
         (scratch / name).write_bytes(data)
     lm = frozen_lm(ws.lm.name, AutoModelForCausalLM.from_pretrained(scratch), AutoTokenizer.from_pretrained(scratch),
                    ws.lm.info)
-    device = resolve_device(ws.table.run.device)
+    device = resolve_device(task_device(ws.table.run.device))
     return replace(ws, lm=lm, device=device, provenance=provenance(describe(device), ws.table.run.precision))
+
+
+def task_device(device: str) -> str:
+    """Inside a Ray task only the GPUs Ray gave it are visible, numbered from 0: 'cuda:N' names one of the
+    driver's GPUs, so a task uses its own ('cuda')."""
+    return "cuda" if device.startswith("cuda") else device
+
+
+def gpus_per_task(run, cluster_gpus: float) -> float:
+    """What each Ray task asks for. Ray hides every GPU from a task that asks for none, so runs meant for a
+    GPU (a cuda device, or 'auto' on a cluster with GPUs) ask for one unless run.gpus_per_run says otherwise."""
+    if run.gpus_per_run:
+        return run.gpus_per_run
+    if run.device.startswith("cuda") and cluster_gpus <= 0:
+        raise UserError(f"--device {run.device}: the Ray cluster has no GPU")
+    return 1.0 if on_gpu(run.device, cluster_gpus) else 0.0
 
 
 def ablate_run(shipped: tuple[Workspace, dict[str, bytes]], variant: str, seed: int,
@@ -197,7 +237,8 @@ def run_ray(ws: Workspace, todo: list[tuple[Variant, int]], runs_dir: Path, done
     lost = 0
     try:
         threads = threads_per_run(ws.table)
-        task = ray.remote(ablate_run).options(num_cpus=threads, num_gpus=ws.table.run.gpus_per_run, max_retries=3)
+        gpus = gpus_per_task(ws.table.run, ray.cluster_resources().get("GPU", 0))
+        task = ray.remote(ablate_run).options(num_cpus=threads, num_gpus=gpus, max_retries=3)
         payload = ray.put(shippable(ws))
         pending = {task.remote(payload, v.name, s, threads): (v, s) for v, s in todo}
         while pending:

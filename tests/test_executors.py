@@ -85,3 +85,34 @@ def test_a_killed_ray_worker_is_redone_and_nothing_is_half_written(serial):
     assert proc.returncode == 0, out.decode()[-3000:]
     assert not list(runs.rglob("*.tmp")) and not list(runs.rglob("*.partial"))
     _same_results(root / "serial", runs)
+
+
+# ---- the GPU path, decided by functions that run without a GPU
+def test_ray_tasks_ask_for_a_gpu_when_the_runs_are_meant_for_one():
+    from ablations.executors import gpus_per_task, task_device
+    from ablations.tables import RunSpec
+    from vlm_core.errors import UserError
+
+    assert gpus_per_task(RunSpec(device="auto"), cluster_gpus=0) == 0.0
+    assert gpus_per_task(RunSpec(device="auto"), cluster_gpus=2) == 1.0  # Ray hides GPUs from tasks asking none
+    assert gpus_per_task(RunSpec(device="cpu"), cluster_gpus=2) == 0.0
+    assert gpus_per_task(RunSpec(device="cuda", gpus_per_run=0.25), cluster_gpus=1) == 0.25
+    with pytest.raises(UserError, match="no GPU"):
+        gpus_per_task(RunSpec(device="cuda"), cluster_gpus=0)
+    assert task_device("cuda:1") == "cuda" and task_device("cpu") == "cpu"  # a task sees only its own GPU
+
+
+def test_the_local_pool_runs_one_worker_per_gpu(tmp_path):
+    from dataclasses import replace
+
+    from ablations.executors import local_workers
+    from ablations.tables import load_table
+
+    table = load_table(str(write_micro(tmp_path / "m.toml")))
+    table.run = replace(table.run, executor="local", cpus_per_run=1, device="auto")
+    assert local_workers(table, runs=20, cpus=16, gpus=0) == [None] * 16  # CPU: cores / threads per run
+    assert local_workers(table, runs=20, cpus=16, gpus=1) == ["cuda:0"]  # not 16 workers on one GPU
+    assert local_workers(table, runs=20, cpus=16, gpus=2) == ["cuda:0", "cuda:1"]
+    assert local_workers(table, runs=1, cpus=16, gpus=2) == ["cuda:0"]
+    table.run = replace(table.run, device="cuda:1")
+    assert local_workers(table, runs=20, cpus=16, gpus=2) == ["cuda:1"]
