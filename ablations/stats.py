@@ -165,7 +165,7 @@ def seeds_needed_range(diff: float, sd_a: float, sd_b: float, n_a: int, n_b: int
     low_sd = math.sqrt(df * pooled / stats.chi2.ppf(0.9, df))
     high_sd = math.sqrt(df * pooled / stats.chi2.ppf(0.1, df))
     low, high = seeds_needed(diff, low_sd, low_sd), seeds_needed(diff, high_sd, high_sd)
-    return None if low is None or high is None else (low, high)
+    return None if low is None or high is None else (min(low, high), max(low, high))
 
 
 def seeds_needed(diff: float, sd_a: float, sd_b: float) -> int | None:
@@ -177,6 +177,8 @@ def seeds_needed(diff: float, sd_a: float, sd_b: float) -> int | None:
     for n in range(2, MAX_SEEDS + 1):
         df = 2 * n - 2
         ncp = abs(diff) / (sd * math.sqrt(2 / n))
+        if ncp > 30:  # power is 1 to any printed digit (and scipy's noncentral t turns NaN out there)
+            return n
         crit = stats.t.ppf(1 - ALPHA / 2, df)
         if stats.nct.sf(crit, df, ncp) + stats.nct.cdf(-crit, df, ncp) >= POWER:
             return n

@@ -163,3 +163,17 @@ def test_results_are_written_with_the_umask_not_0600(tmp_path):
     finally:
         os.umask(old)
     assert oct(path.stat().st_mode & 0o777) == oct(0o644)
+
+
+# 7. backbone names 'org/m' and 'org_m' no longer share one feature cache file
+def test_backbone_names_map_to_distinct_cache_files(tmp_path):
+    from types import SimpleNamespace
+
+    from vlm_core.features import feature_path
+    from vlm_core.shapes import ShapesConfig, load_shapes
+
+    data = load_shapes(ShapesConfig(train=4, dev=2, test=2))
+    paths = {feature_path(tmp_path, SimpleNamespace(name=n), data, "test") for n in ("org/m", "org_m", "efficientnet-lite0")}
+    assert len(paths) == 3 and all(p.parent == tmp_path / "features" for p in paths)
+    assert feature_path(tmp_path, SimpleNamespace(name="efficientnet-lite0"), data, "test").name.startswith(
+        "efficientnet-lite0__")  # names without '/' keep their old cache file
