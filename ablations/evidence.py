@@ -52,6 +52,9 @@ def add_runs(table: Table, source_dir: Path, evidence: Path, replace: bool = Fal
             label = f"{v.name} seed {seed}"
             src.check_incoming(seed)
             dest = RunRecord(cell_path(evidence, v.name, seed))
+            for p in (evidence, dest.path.parent, dest.path):  # never write through a committed link
+                if p.is_symlink():
+                    raise UserError(f"{p}: a symbolic link in the evidence (refused; replace it with a folder)")
             want = expected_hash(table, v, seed)
             if dest.state() in ("done", "failed"):
                 if dest.config_hash() == src.config_hash():
@@ -89,7 +92,11 @@ def _describe(record: RunRecord) -> str:
 def _merge_timing(source_dir: Path, evidence: Path) -> None:
     """The run-all invocations of both folders, each once (they are the report's wall time)."""
     ours, theirs = TableTiming.at(evidence), TableTiming.at(source_dir)
-    entries = ours.read()
-    new = [e for e in theirs.read() if e not in entries]
-    if new:
-        atomic_write_json(ours.path, sorted(entries + new, key=lambda e: e.get("when", "")))
+    merged = {}
+    for e in ours.read() + theirs.read():  # one invocation = (host, start); a later snapshot has more runs
+        key = (e.get("host"), e.get("when"))
+        if key not in merged or e.get("runs", 0) >= merged[key].get("runs", 0):
+            merged[key] = e
+    entries = sorted(merged.values(), key=lambda e: e.get("when", ""))
+    if entries != ours.read():
+        atomic_write_json(ours.path, entries)

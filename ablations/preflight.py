@@ -60,8 +60,8 @@ def data_folder(table: Table, data_dir: str | None) -> None:
         return
     folder = resolve_data_dir(table.data, data_dir)
     if not folder.is_dir():
-        raise UserError(f"data folder {folder} not found: give --data-dir, set $ABLATE_FLICKR8K, or fix data.path "
-                        f"in {table.path}")
+        raise UserError(f"{folder}: Flickr8k data directory not found (give --data-dir, set $ABLATE_FLICKR8K, or "
+                        f"fix data.path in {table.path})")
     missing = [name for name in ("Flickr8k.token.txt", *SPLIT_FILES.values()) if not (folder / name).exists()]
     if missing and not (folder / "captions.txt").exists():
         raise UserError(f"{folder}: missing {', '.join(missing)} (the Flickr8k caption and split files)")

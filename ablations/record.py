@@ -254,13 +254,20 @@ class RunRecord:
         plain = self.path / name
         if plain.exists():
             return plain.read_bytes()
-        return gzip.decompress((self.path / (name + ".gz")).read_bytes())
+        with gzip.open(self.path / (name + ".gz")) as fh:
+            data = fh.read(MAX_FILE_BYTES + 1)  # bounded: a small .gz must not expand without limit
+        if len(data) > MAX_FILE_BYTES:
+            raise UserError(f"{self.path / (name + '.gz')}: expands beyond {MAX_FILE_BYTES:,} bytes (refused)")
+        return data
 
     def has(self, name: str) -> bool:
         return (self.path / name).exists() or (self.path / (name + ".gz")).exists()
 
     def _json(self, name: str):
-        return json.loads(self._bytes(name))
+        try:
+            return json.loads(self._bytes(name))
+        except (ValueError, OSError, EOFError) as err:
+            raise UserError(f"{self.path / name}: not a readable JSON record file ({err})") from err
 
     def config(self) -> dict:
         return self._json("config.json") if self.has("config.json") else {}
@@ -328,8 +335,12 @@ class RunRecord:
 
     def stored_hash_valid(self) -> bool:
         """The stored hash is the hash of the stored settings (a hash copied onto other settings is not)."""
-        config = self.config()
-        return bool(config) and config_hash(settings_of(config)) == config.get("config_hash")
+        try:
+            config = self.config()
+            return (isinstance(config, dict) and bool(config)
+                    and config_hash(settings_of(config)) == config.get("config_hash"))
+        except (TypeError, ValueError, AttributeError, UserError):
+            return False  # a malformed config is not valid evidence (check_incoming refuses it)
 
     def failure(self) -> dict:
         return self._json(FAILED)

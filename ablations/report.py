@@ -91,7 +91,9 @@ def section_targets(r: ReportInput) -> list[str]:
         elif x["recorded"]:
             words = {"met": "met (the CI lies above the target)",
                      "not met": f"**not met** (the CI lies below; the mean is short by {x['gap']:.3f})",
-                     "undecided": "**undecided** (the CI contains the target)"}
+                     "undecided": "**undecided** (" + ("no spread over seeds: a point decides nothing" if
+                                                       x["interval"].low == x["interval"].high else
+                                                       "the CI contains the target") + ")"}
             rows.append([f"`{r.ref}` {x['key']} ≥ {x['goal']:g}", fmt_ci(x["interval"]), words[x["decision"]]])
         else:
             rows.append([f"`{r.ref}` {x['key']} ≥ {x['goal']:g}", f"no finished `{r.ref}` run", "**not met**"])
@@ -207,9 +209,11 @@ def draw_figures(table: Table, a: Analysis, out_dir: Path, data_dir: str | None,
         pictures["budgets"] = figures.budget_plot(a.runs, out_dir / "budgets.png")
     if table.data.name == "shapes" if thumbnails is None else thumbnails:
         data = _readable_data(table, data_dir)
-        pictures["thumbnails"] = figures.thumbnails(a.gallery["ids"], data.load_image, out_dir / "gallery") if data else {}
+        ids = [i for i in a.gallery["ids"] if data and i in data.captions]  # only images of the data set
+        pictures["thumbnails"] = figures.thumbnails(ids, data.load_image, out_dir / "gallery") if data else {}
         if data:
-            pictures["attention"] = {v: figures.attention_pictures(maps, data.load_image, out_dir / "attention", v)
+            pictures["attention"] = {v: figures.attention_pictures({i: m for i, m in maps.items() if i in data.captions},
+                                                                   data.load_image, out_dir / "attention", v)
                                      for v, maps in attention_gallery(a.runs).items()}
     return pictures
 

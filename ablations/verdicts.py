@@ -65,7 +65,8 @@ def confound(tr: TableRuns, *variants: str) -> str | None:
     prints = set(tr.runs[tr.runs["variant"].isin(variants)]["fingerprint"])
     if len(prints) <= 1:
         return None
-    if any(c.get("exact") and "code fingerprint" in c.get("differed", []) for c in tr.verification):
+    shown_equal = {fp for c in tr.verification if c.get("exact") for fp in c.get("fingerprints", [])}
+    if prints <= shown_equal:  # a verify check reproduced runs exactly across each of these code versions
         return None
     return f"confounded: these runs come from {len(prints)} code versions"
 
@@ -251,9 +252,11 @@ def comparison_rows(tr: TableRuns) -> dict[str, list[dict]]:
         comps = comparisons(tr, metric)
         if not comps:
             continue
-        tests = decide_family([comparison_test(tr, v, metric) for v in comps])
+        triples = [(v, c, comparison_test(tr, v, metric)) for v, c in comps.items()]
+        triples = [x for x in triples if x[2] is not None]  # no estimate (e.g. no two-object image): no row
+        decide_family([t for _, _, t in triples])
         rows = []
-        for (v, c), t in zip(comps.items(), tests):
+        for v, c, t in triples:
             i = c.image
             image_differs = not (np.isnan(i["ci_low"]) or i["ci_low"] <= 0 <= i["ci_high"])
             decided = t.decision in ("held", "not held")

@@ -106,7 +106,9 @@ def verify_cells(table_name: str, n: int, reports_dir: Path, cache_dir: Path, da
             elif new.config_hash() != expected_hash(table, table.variants[variant], seed):
                 differed.insert(0, "settings (the evidence is stale)")
             check = {"variant": variant, "seed": seed, "when": time.strftime("%Y-%m-%d"),
-                     "code": code_label(code_version()), **result, "differed": differed}
+                     "code": code_label(code_version()), **result, "differed": differed,
+                     "fingerprints": sorted({old.provenance().get("code", {}).get("fingerprint", "?"),
+                                             new.provenance().get("code", {}).get("fingerprint", "?")})}
             checks.append(check)
             log(_line(check))
     if not settings:

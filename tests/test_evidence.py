@@ -201,3 +201,15 @@ def test_fingerprint_ignores_comments_and_docstrings_but_not_code(tmp_path):
     assert code_fingerprint(tmp_path) == before
     target.write_text(text.replace("def ", "def _renamed_", 1))
     assert code_fingerprint(tmp_path) != before
+
+
+def test_evidence_is_never_written_through_a_link(two_machines, tmp_path):
+    victim = tmp_path / "elsewhere"
+    victim.mkdir()
+    (victim / "keep.txt").write_text("mine\n")
+    (tmp_path / "reports" / "micro" / "runs").mkdir(parents=True)
+    (tmp_path / "reports" / "micro" / "runs" / "full").symlink_to(victim)
+    result = _cli("evidence", "add", two_machines["table"], "--from", two_machines["root"] / "m1",
+                  "--reports-dir", tmp_path / "reports")
+    assert result.exit_code == 2 and "symbolic link" in result.output
+    assert sorted(p.name for p in victim.iterdir()) == ["keep.txt"]

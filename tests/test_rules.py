@@ -95,7 +95,9 @@ def test_runs_from_two_code_versions_are_confounded_unless_verified(tmp_path):
     spec = {"full": {"CIDEr": _around(1.0)}, "meanpool": {"CIDEr": _around(0.5)}}
     tr = _runs(tmp_path, spec, fingerprints={"full": ["a"] * 5, "meanpool": ["b"] * 5})
     assert _decide(verdicts.rule_worse_than_reference, tr, "meanpool") == "confounded"
-    tr.verification = [{"exact": True, "differed": ["code fingerprint"]}]
+    tr.verification = [{"exact": True, "differed": ["code fingerprint"], "fingerprints": ["a"]}]
+    assert _decide(verdicts.rule_worse_than_reference, tr, "meanpool") == "confounded"  # b never reproduced
+    tr.verification.append({"exact": True, "differed": ["code fingerprint"], "fingerprints": ["a", "b"]})
     assert _decide(verdicts.rule_worse_than_reference, tr, "meanpool") == "held"
 
 

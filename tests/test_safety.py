@@ -177,3 +177,15 @@ def test_backbone_names_map_to_distinct_cache_files(tmp_path):
     assert len(paths) == 3 and all(p.parent == tmp_path / "features" for p in paths)
     assert feature_path(tmp_path, SimpleNamespace(name="efficientnet-lite0"), data, "test").name.startswith(
         "efficientnet-lite0__")  # names without '/' keep their old cache file
+
+
+def test_a_crash_between_the_two_renames_of_a_swap_keeps_the_old_run(tmp_path):
+    """replace_dir moves the old folder aside, then the new one in: killed in between, the old one comes back."""
+    from vlm_core.atomic import remove_leftovers
+
+    aside = tmp_path / ".seed-0.abc.replaced" / "seed-0"
+    aside.mkdir(parents=True)
+    (aside / "DONE").write_text("{}")
+    (tmp_path / ".seed-0.def.partial").mkdir()  # the new run, never moved in
+    remove_leftovers(tmp_path / "seed-0")
+    assert (tmp_path / "seed-0" / "DONE").exists() and sorted(p.name for p in tmp_path.iterdir()) == ["seed-0"]

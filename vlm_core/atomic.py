@@ -31,10 +31,17 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
     return path
 
 
-def _umask() -> int:
+def _read_umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+_UMASK = _read_umask()  # read once at import: setting it briefly later would race with other threads
+
+
+def _umask() -> int:
+    return _UMASK
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
@@ -89,6 +96,11 @@ def remove_leftovers(path: str | Path) -> None:
     """Remove what killed writers of ``path`` left beside it (their tmp folders); call only while no other
     writer of ``path`` can be running (under its build lock, or the table lock of a run folder)."""
     path = Path(path)
+    if not path.exists():  # killed between moving the old folder aside and the new one in: put the old back
+        for old in sorted(path.parent.glob(f".{path.name}.*.replaced"), key=lambda p: p.stat().st_mtime, reverse=True):
+            if (old / path.name).exists():
+                os.replace(old / path.name, path)
+                break
     for p in path.parent.glob(f".{path.name}.*"):
         if p.is_dir() and p.suffix in (".partial", ".replaced"):
             shutil.rmtree(p, ignore_errors=True)

@@ -35,6 +35,8 @@ class CaptionData:
     render: Callable[[dict], Image.Image] | None = None  # draws an image from its labels (shapes)
 
     def load_image(self, image_id: str) -> Image.Image:
+        if image_id not in self.captions:  # an id from a stored record never names an arbitrary file
+            raise UserError(f"{image_id!r}: not an image of the {self.name} data set")
         if self.images_dir is None:
             return self.render(self.labels[image_id])
         path = self.images_dir / image_id
