@@ -18,18 +18,18 @@ from .verdicts import (COMPARED, Verdict, comparison_rows, expectations, groundi
 
 
 # ---- measured descriptions of what variants produce
-def pooled_mode(tr: TableRuns, v: str) -> tuple[str, float, int]:
+def pooled_mode(table_runs: TableRuns, v: str) -> tuple[str, float, int]:
     """The most frequent caption over every caption of every seed, its share, and the caption count."""
-    caps = [c for seed_caps in tr.captions.get(v, {}).values() for c in seed_caps.values()]
+    caps = [c for seed_caps in table_runs.captions.get(v, {}).values() for c in seed_caps.values()]
     if not caps:
         return "", 0.0, 0
     caption, n = Counter(caps).most_common(1)[0]
     return caption, n / len(caps), len(caps)
 
 
-def empty_by_length(tr: TableRuns, v: str, ref_length: pd.Series | None) -> tuple[float, float] | None:
+def empty_by_length(table_runs: TableRuns, v: str, ref_length: pd.Series | None) -> tuple[float, float] | None:
     """Empty-caption rate (over seeds) on the third of images with the shortest / longest references."""
-    seeds = tr.captions.get(v, {})
+    seeds = table_runs.captions.get(v, {})
     if ref_length is None or not seeds:
         return None
     rate = pd.DataFrame({s: {i: float(not c.strip()) for i, c in caps.items()} for s, caps in seeds.items()}).mean(axis=1)
@@ -42,24 +42,24 @@ def empty_by_length(tr: TableRuns, v: str, ref_length: pd.Series | None) -> tupl
     return float(rate[short].mean()), float(rate[long].mean())
 
 
-def likelihood_rows(tr: TableRuns) -> list[dict]:
+def likelihood_rows(table_runs: TableRuns) -> list[dict]:
     """Likelihood swap per variant: seed-level mean gap with CI, and the per-image view of these models."""
     rows = []
-    for v in tr.order:
-        m = tr.matrix(v, "nll_gap")
+    for v in table_runs.order:
+        m = table_runs.matrix(v, "nll_gap")
         if m.empty:
             continue
         gap = m.mean(axis=1).dropna().to_numpy()
         p = 1.0 if np.allclose(gap, 0) else float(sps.wilcoxon(gap).pvalue)
-        caption, share, n = pooled_mode(tr, v)
-        rows.append({"variant": v, "seed": one_sample(tr.run_means(v, "nll_gap")), "positive": float((gap > 0).mean()),
+        caption, share, n = pooled_mode(table_runs, v)
+        rows.append({"variant": v, "seed": one_sample(table_runs.run_means(v, "nll_gap")), "positive": float((gap > 0).mean()),
                      "p_images": p, "images": len(gap), "mode": caption, "mode_share": share, "captions": n})
     return rows
 
 
-def eos_diagnosis(tr: TableRuns, v: str, s: pd.Series, by_length: tuple[float, float] | None) -> str:
+def eos_diagnosis(table_runs: TableRuns, v: str, s: pd.Series, by_length: tuple[float, float] | None) -> str:
     """An EOS collapse described by what was measured on the stored models."""
-    recipe = tr.configs[v].get("model", {}).get("recipe", "fixed")
+    recipe = table_runs.configs[v].get("model", {}).get("recipe", "fixed")
     start = "[visual][EOS]" if recipe == "seed" else "[visual][BOS]"
     a, b, c = s.get("p_eos_start", np.nan), s.get("p_eos_bos", np.nan), s.get("p_eos_after_eos", np.nan)
     text = (f"EOS collapse ({s['empty_rate']:.0%} empty captions, EOS the first token in {s['eos_first_rate']:.0%}). "
@@ -82,13 +82,13 @@ def eos_diagnosis(tr: TableRuns, v: str, s: pd.Series, by_length: tuple[float, f
     return text
 
 
-def diagnose(tr: TableRuns, v: str, s: pd.Series, by_length: tuple[float, float] | None = None) -> str | None:
+def diagnose(table_runs: TableRuns, v: str, s: pd.Series, by_length: tuple[float, float] | None = None) -> str | None:
     """What is degenerate about a variant's captions, in measured numbers; None when they look healthy."""
     if s["empty_rate"] >= 0.5 or s["eos_first_rate"] >= 0.5:
-        return eos_diagnosis(tr, v, s, by_length)
-    caption, share, n = pooled_mode(tr, v)
+        return eos_diagnosis(table_runs, v, s, by_length)
+    caption, share, n = pooled_mode(table_runs, v)
     if share >= 0.5 or s["unique_share"] <= 0.05:
-        return (f"mode collapse: {share:.0%} of all {n} captions ({len(tr.captions[v])} seeds) are “{caption}” "
+        return (f"mode collapse: {share:.0%} of all {n} captions ({len(table_runs.captions[v])} seeds) are “{caption}” "
                 f"({s['unique_share']:.1%} unique per seed on average); the caption changes for "
                 f"{s['swap_rate']:.1%} of swapped images (NLL gap {fmt(s['nll_gap'])} nats/token).")
     return None
@@ -100,53 +100,53 @@ def falls_every_epoch(history: list[pd.DataFrame], column: str) -> bool:
 
 
 # ---- inside the model: grounding of the queries, the LM's reading of the visual tokens
-def _seed_interval(tr: TableRuns, v: str, column: str) -> Interval:
-    return one_sample(tr.run_means(v, column))
+def _seed_interval(table_runs: TableRuns, v: str, column: str) -> Interval:
+    return one_sample(table_runs.run_means(v, column))
 
 
-def grounding_rows(tr: TableRuns) -> list[dict]:
+def grounding_rows(table_runs: TableRuns) -> list[dict]:
     rows = []
-    for v in tr.order:
-        if tr.matrix(v, "grounding_mass").empty:
+    for v in table_runs.order:
+        if table_runs.matrix(v, "grounding_mass").empty:
             continue
-        s = tr.runs[tr.runs["variant"] == v]
-        rows.append({"variant": v, "mass": _seed_interval(tr, v, "grounding_mass"),
-                     "chance": float(s["grounding_chance"].mean()), "excess": _seed_interval(tr, v, "grounding_excess"),
+        s = table_runs.runs[table_runs.runs["variant"] == v]
+        rows.append({"variant": v, "mass": _seed_interval(table_runs, v, "grounding_mass"),
+                     "chance": float(s["grounding_chance"].mean()), "excess": _seed_interval(table_runs, v, "grounding_excess"),
                      "ratio": float(s["grounding_ratio"].mean()), "entropy": float(s["query_entropy"].mean()),
                      "entropy_max": float(s["query_entropy_max"].mean()), "overlap": float(s["query_overlap"].mean())})
     return rows
 
 
-def reliance_rows(tr: TableRuns) -> list[dict]:
+def reliance_rows(table_runs: TableRuns) -> list[dict]:
     rows = []
-    for v in tr.order:
-        if tr.matrix(v, "visual_reliance").empty:
+    for v in table_runs.order:
+        if table_runs.matrix(v, "visual_reliance").empty:
             continue
-        s = tr.runs[tr.runs["variant"] == v]
+        s = table_runs.runs[table_runs.runs["variant"] == v]
         layers = sorted(c for c in s.columns if c.startswith("visual_reliance_layer_") and s[c].notna().any())
-        rows.append({"variant": v, "share": _seed_interval(tr, v, "visual_reliance"),
+        rows.append({"variant": v, "share": _seed_interval(table_runs, v, "visual_reliance"),
                      "layers": [float(s[c].mean()) for c in sorted(layers, key=lambda c: int(c.rsplit("_", 1)[1]))]})
     return rows
 
 
 # ---- evidence
-def run_rows(tr: TableRuns) -> pd.DataFrame:
+def run_rows(table_runs: TableRuns) -> pd.DataFrame:
     """runs.csv: one row per run, budget rows too, with the per-image means the seed-level tests compare."""
-    runs = tr.runs.copy()
+    runs = table_runs.runs.copy()
     for metric in COMPARED:
         runs[f"{metric} (mean over images)"] = [
-            tr.per_image[v][s][metric].mean() if metric in tr.per_image[v][s] else np.nan
+            table_runs.per_image[v][s][metric].mean() if metric in table_runs.per_image[v][s] else np.nan
             for v, s in zip(runs["variant"], runs["seed"])]
-    order = {v: k for k, v in enumerate(tr.table.variants)}
+    order = {v: k for k, v in enumerate(table_runs.table.variants)}
     return runs.sort_values(["variant", "seed"], key=lambda c: c.map(order) if c.name == "variant" else c)
 
 
-def evidence_sizes(tr: TableRuns) -> pd.Series:
+def evidence_sizes(table_runs: TableRuns) -> pd.Series:
     """Bytes on disk of each run record in the evidence (index: variant/seed-k)."""
     sizes = {}
-    for variant, seeds in tr.per_image.items():
+    for variant, seeds in table_runs.per_image.items():
         for seed in seeds:
-            folder = tr.folder / variant / f"seed-{seed}"
+            folder = table_runs.folder / variant / f"seed-{seed}"
             sizes[f"{variant}/seed-{seed}"] = sum(p.stat().st_size for p in folder.iterdir() if p.is_file())
     return pd.Series(sizes, dtype=float)
 
@@ -189,24 +189,24 @@ def mean_per_epoch(histories: list[pd.DataFrame]) -> pd.DataFrame:
     return pd.concat(histories).groupby("epoch").mean()
 
 
-def time_spent(tr: TableRuns) -> dict:
-    stages = tr.stage_seconds
+def time_spent(table_runs: TableRuns) -> dict:
+    stages = table_runs.stage_seconds
     return {"run_seconds": float(stages[list(STAGES)].sum().sum()) if len(stages) else 0.0, "runs": len(stages),
-            "prepare_seconds": float(sum(x["prepare_seconds"] for x in tr.timing)),
-            "wall_seconds": float(sum(x.get("total_seconds", 0.0) for x in tr.timing)), "invocations": tr.timing}
+            "prepare_seconds": float(sum(x["prepare_seconds"] for x in table_runs.timing)),
+            "wall_seconds": float(sum(x.get("total_seconds", 0.0) for x in table_runs.timing)), "invocations": table_runs.timing}
 
 
-def target_rows(tr: TableRuns, wall_seconds: float) -> list[dict]:
+def target_rows(table_runs: TableRuns, wall_seconds: float) -> list[dict]:
     """Each [targets] line: a metric target is met when the reference's seed-level 95% CI lies above it, not
     met when below, undecided otherwise; the wall-time target on the recorded minutes."""
-    ref, rows = tr.table.reference, []
-    for key, goal in tr.table.targets.items():
+    ref, rows = table_runs.table.reference, []
+    for key, goal in table_runs.table.targets.items():
         if key == "minutes":
             got = wall_seconds / 60
             rows.append({"key": key, "goal": goal, "got": got, "recorded": got > 0,
                          "decision": "met" if 0 < got <= goal else "not met", "gap": got - goal})
-        elif ref in tr.order and key in tr.runs:
-            t = target_test(tr, key, goal)
+        elif ref in table_runs.order and key in table_runs.runs:
+            t = target_test(table_runs, key, goal)
             rows.append({"key": key, "goal": goal, "got": t.interval.estimate, "interval": t.interval,
                          "recorded": True, "decision": {"held": "met", "not held": "not met"}.get(t.decision, "undecided"),
                          "gap": goal - t.interval.estimate})
@@ -215,89 +215,89 @@ def target_rows(tr: TableRuns, wall_seconds: float) -> list[dict]:
     return rows
 
 
-def parameter_rows(tr: TableRuns) -> list[dict]:
+def parameter_rows(table_runs: TableRuns) -> list[dict]:
     rows = []
-    for v in tr.order:
-        p = tr.params[v]
+    for v in table_runs.order:
+        p = table_runs.params[v]
         trainable = sum(x["trainable"] for x in p.values())
         rows.append({"variant": v, "modules": p, "trainable": trainable,
                      "share": trainable / sum(x["trainable"] + x["frozen"] for x in p.values())})
     return rows
 
 
-def loss_rows(tr: TableRuns) -> tuple[list[dict], list[dict]]:
+def loss_rows(table_runs: TableRuns) -> tuple[list[dict], list[dict]]:
     """Cross-entropy epochs (train and dev loss) and self-critical epochs (reward and dev loss), per variant."""
     loss, scst = [], []
-    for v in tr.order:
-        h = tr.histories[v]
+    for v in table_runs.order:
+        h = table_runs.histories[v]
         mean = mean_per_epoch(h)
         loss.append({"variant": v, "train": list(mean["train_loss"]), "dev": list(mean["dev_loss"]),
                      "train_falls": falls_every_epoch(h, "train_loss"), "dev_falls": falls_every_epoch(h, "dev_loss")})
-        if v in tr.scst_histories:
-            mean = mean_per_epoch(tr.scst_histories[v])
-            t = tr.table.variants[v].train
+        if v in table_runs.scst_histories:
+            mean = mean_per_epoch(table_runs.scst_histories[v])
+            t = table_runs.table.variants[v].train
             scst.append({"variant": v, "reward": list(mean["reward"]), "dev": list(mean["dev_loss"]),
                          "samples": t.scst_samples, "candidates": t.scst_candidates})
     return loss, scst
 
 
-def plan_checks(tr: TableRuns) -> dict | None:
+def plan_checks(table_runs: TableRuns) -> dict | None:
     """The original plan's two checks on the reference: loss falls every epoch; the caption follows the image."""
-    ref = tr.table.reference
-    if ref not in tr.order:
+    ref = table_runs.table.reference
+    if ref not in table_runs.order:
         return None
-    h = tr.histories[ref]
-    swap = plan_swap(tr)
+    h = table_runs.histories[ref]
+    swap = plan_swap(table_runs)
     return {"falls": falls_every_epoch(h, "train_loss") and falls_every_epoch(h, "dev_loss"),
             "swap": swap.decision, "swap_text": swap.text()}
 
 
-def reference_lengths(tr: TableRuns) -> pd.Series | None:
+def reference_lengths(table_runs: TableRuns) -> pd.Series | None:
     """Mean reference length in words per evaluation image (each run stores it), or None if no run has it."""
-    for frames in tr.per_image.values():
+    for frames in table_runs.per_image.values():
         for frame in frames.values():
             if "ref_words" in frame:
                 return frame["ref_words"]
     return None
 
 
-def gallery(tr: TableRuns) -> dict:
+def gallery(table_runs: TableRuns) -> dict:
     """The first seed's captions of the first GALLERY_SIZE evaluation images, per variant."""
-    seed = tr.table.seeds[0]
-    caps = {v: tr.captions[v][seed] for v in tr.order if seed in tr.captions.get(v, {})}
+    seed = table_runs.table.all_seeds[0]
+    caps = {v: table_runs.captions[v][seed] for v in table_runs.order if seed in table_runs.captions.get(v, {})}
     ids = list(next(iter(caps.values())))[:GALLERY_SIZE] if caps else []
     return {"seed": seed, "ids": ids, "captions": caps}
 
 
-def attention_gallery(tr: TableRuns) -> dict[str, dict[str, np.ndarray]]:
+def attention_gallery(table_runs: TableRuns) -> dict[str, dict[str, np.ndarray]]:
     """Stored Q-Former maps of the reference and of frozen-Q-Former variants, first seed: variant -> image -> maps."""
-    seed = tr.table.seeds[0]
-    names = [tr.table.reference] + variants_where(tr, "model", "train_qformer", False)
-    return {n: tr.attention_maps[n][seed] for n in names
-            if n in tr.order and tr.attention_maps.get(n, {}).get(seed)}
+    seed = table_runs.table.all_seeds[0]
+    names = [table_runs.table.reference] + variants_where(table_runs, "model", "train_qformer", False)
+    return {n: table_runs.attention_maps[n][seed] for n in names
+            if n in table_runs.order and table_runs.attention_maps.get(n, {}).get(seed)}
 
 
-def analyse(tr: TableRuns) -> Analysis:
+def analyse(table_runs: TableRuns) -> Analysis:
     from . import budgets
 
-    summary = summarize(tr)
-    spent = time_spent(tr)
-    loss, scst = loss_rows(tr) if tr.order else ([], [])
-    ref_length = reference_lengths(tr)
+    summary = summarize(table_runs)
+    spent = time_spent(table_runs)
+    loss, scst = loss_rows(table_runs) if table_runs.order else ([], [])
+    ref_length = reference_lengths(table_runs)
     diagnoses = {}
-    for v in tr.order:
-        d = diagnose(tr, v, summary.loc[v], empty_by_length(tr, v, ref_length))
+    for v in table_runs.order:
+        d = diagnose(table_runs, v, summary.loc[v], empty_by_length(table_runs, v, ref_length))
         if d:
             diagnoses[v] = d
-    stage_means = (tr.stage_seconds.groupby("variant")[list(STAGES)].mean().reindex(tr.order)
-                   if not tr.stage_seconds.empty else pd.DataFrame())
+    stage_means = (table_runs.stage_seconds.groupby("variant")[list(STAGES)].mean().reindex(table_runs.order)
+                   if not table_runs.stage_seconds.empty else pd.DataFrame())
     return Analysis(
-        runs=tr, summary=summary, missing=[v for v in tr.table.variants if v not in tr.order + tr.sweep_order],
-        time=spent, targets=target_rows(tr, spent["wall_seconds"]),
-        parameters=parameter_rows(tr), loss=loss, self_critical=scst, likelihood=likelihood_rows(tr),
-        comparisons=comparison_rows(tr), expectations=expectations(tr), plan_checks=plan_checks(tr),
-        budget_rows=budgets.budget_rows(tr), budget_verdicts=budgets.verdicts(tr),
-        grounding=grounding_rows(tr), grounding_verdicts=grounding_verdicts(tr),
-        reliance=reliance_rows(tr), reliance_verdicts=reliance_verdicts(tr), diagnoses=diagnoses,
-        gallery=gallery(tr), stage_means=stage_means, evidence_sizes=evidence_sizes(tr),
-        verification=tr.verification)
+        runs=table_runs, summary=summary, missing=[v for v in table_runs.table.variants if v not in table_runs.order + table_runs.sweep_order],
+        time=spent, targets=target_rows(table_runs, spent["wall_seconds"]),
+        parameters=parameter_rows(table_runs), loss=loss, self_critical=scst, likelihood=likelihood_rows(table_runs),
+        comparisons=comparison_rows(table_runs), expectations=expectations(table_runs), plan_checks=plan_checks(table_runs),
+        budget_rows=budgets.budget_rows(table_runs), budget_verdicts=budgets.verdicts(table_runs),
+        grounding=grounding_rows(table_runs), grounding_verdicts=grounding_verdicts(table_runs),
+        reliance=reliance_rows(table_runs), reliance_verdicts=reliance_verdicts(table_runs), diagnoses=diagnoses,
+        gallery=gallery(table_runs), stage_means=stage_means, evidence_sizes=evidence_sizes(table_runs),
+        verification=table_runs.verification)

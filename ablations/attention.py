@@ -18,7 +18,7 @@ from PIL import Image
 
 from vlm_core.atomic import atomic_write
 from vlm_core.errors import UserError
-from vlm_core.lm import caption_token_ids
+from vlm_core.language import caption_token_ids
 from vlm_core.model import CaptionModel
 from vlm_core.shapes import object_masks
 

@@ -19,24 +19,24 @@ from .stats import Interval, decide, holm, image_floor, one_sample, welch
 QUANTITIES = {"CIDEr": "worse_than_reference", "nll_gap": "uses_image_less"}
 
 
-def series(tr: TableRuns) -> dict[str, dict[int, str]]:
+def series(table_runs: TableRuns) -> dict[str, dict[int, str]]:
     """variant -> {epochs: row name}, for every variant with budget rows (its own row included),
     keeping only rows with at least one finished run; epochs as stored with the runs. Empty when the
     table has no budget sweep."""
-    table = tr.table
+    table = table_runs.table
     bases = {v.sweep_of for v in table.variants.values() if v.is_budget_row}
     out = {}
     for base in [b for b in table.variants if b in bases]:
         names = [base] + [v.name for v in table.variants.values() if v.sweep_of == base and v.is_budget_row]
-        done = [n for n in names if n in tr.order + tr.sweep_order]
-        epochs = {n: tr.configs.get(n, {}).get("train", {}).get("epochs", table.variants[n].train.epochs) for n in done}
+        done = [n for n in names if n in table_runs.order + table_runs.sweep_order]
+        epochs = {n: table_runs.configs.get(n, {}).get("train", {}).get("epochs", table.variants[n].train.epochs) for n in done}
         out[base] = {epochs[n]: n for n in sorted(done, key=epochs.get)}
     return out
 
 
-def seed_mean(tr: TableRuns, row: str, quantity: str) -> Interval:
+def seed_mean(table_runs: TableRuns, row: str, quantity: str) -> Interval:
     """Mean over seeds of the run-level value, with its t 95% CI (the plotted points)."""
-    return one_sample(tr.seed_values(row, quantity).to_numpy(dtype=float))
+    return one_sample(table_runs.seed_values(row, quantity).to_numpy(dtype=float))
 
 
 @dataclass
@@ -85,12 +85,12 @@ def ordinal(n: int) -> str:
     return {1: "1st", 2: "2nd", 3: "3rd"}.get(n, f"{n}th")
 
 
-def verdicts(tr: TableRuns) -> list[BudgetVerdict]:
+def verdicts(table_runs: TableRuns) -> list[BudgetVerdict]:
     """Every ablation with budget rows against the reference's row at the same budget, on each quantity.
     Every (ablation, quantity, budget) test of the section is one family (Holm), so a pattern such as
     "flips" rests on adjusted decisions. A budget where either side has no value is left out (and named)."""
-    rows = series(tr)
-    ref = tr.table.reference
+    rows = series(table_runs)
+    ref = table_runs.table.reference
     planned = []
     for variant, by_budget in rows.items() if ref in rows else []:
         if variant == ref:
@@ -99,12 +99,12 @@ def verdicts(tr: TableRuns) -> list[BudgetVerdict]:
         for quantity, expectation in QUANTITIES.items():
             diffs = {}
             for b in shared:
-                mx, my = tr.matrix(by_budget[b], quantity), tr.matrix(rows[ref][b], quantity)
+                mx, my = table_runs.matrix(by_budget[b], quantity), table_runs.matrix(rows[ref][b], quantity)
                 if not (mx.empty or my.empty):
                     diffs[b] = welch(mx.mean(axis=0).to_numpy(), my.mean(axis=0).to_numpy(), image_floor(mx),
                                      image_floor(my))
             if diffs:
-                planned.append((variant, quantity, expectation in tr.table.variants[variant].expect, diffs,
+                planned.append((variant, quantity, expectation in table_runs.table.variants[variant].expect, diffs,
                                 [b for b in shared if b not in diffs]))
     adjusted = iter(holm([d.p for _, _, _, diffs, _ in planned for d in diffs.values()]))
     out = []
@@ -119,14 +119,14 @@ def family_size(verdicts: list[BudgetVerdict]) -> int:
     return sum(len(v.budgets) for v in verdicts)
 
 
-def budget_rows(tr: TableRuns) -> list[dict]:
+def budget_rows(table_runs: TableRuns) -> list[dict]:
     """Per variant and budget: its row, seeds, CIDEr and NLL gap as mean with seed-level 95% CI, train seconds."""
-    t = tr.stage_seconds
+    t = table_runs.stage_seconds
     train_s = t.set_index("variant")["train"].groupby(level=0).mean() if not t.empty else {}
     out = []
-    for variant, by_budget in series(tr).items():
+    for variant, by_budget in series(table_runs).items():
         for b, row in by_budget.items():
-            out.append({"variant": variant, "epochs": b, "row": row, "seeds": len(tr.seed_values(row, "CIDEr")),
-                        **{q: seed_mean(tr, row, q) for q in QUANTITIES},
+            out.append({"variant": variant, "epochs": b, "row": row, "seeds": len(table_runs.seed_values(row, "CIDEr")),
+                        **{q: seed_mean(table_runs, row, q) for q in QUANTITIES},
                         "train_seconds": float(train_s[row]) if row in train_s else None})
     return out

@@ -133,21 +133,21 @@ def _chosen_seeds(tbl, first: Optional[int], chosen: Optional[list[int]]) -> lis
     if first and chosen:
         raise UserError("--seeds N and --seed K: give one of them")
     if chosen:
-        unknown = [k for k in chosen if k not in tbl.seeds]
+        unknown = [k for k in chosen if k not in tbl.all_seeds]
         if unknown:
             raise UserError(f"--seed {unknown[0]}: not a seed of table '{tbl.name}' (its seeds: "
-                            f"{', '.join(map(str, tbl.seeds))}; add it to table.seeds to run it)")
-        return [k for k in tbl.seeds if k in chosen]
-    return tbl.seeds[:first] if first else tbl.seeds
+                            f"{', '.join(map(str, tbl.all_seeds))}; add it to table.seeds to run it)")
+        return [k for k in tbl.all_seeds if k in chosen]
+    return tbl.all_seeds[:first] if first else tbl.all_seeds
 
 
 def _execute(tbl, todo, runs_dir: Path, cache_dir: Path, data_dir: Optional[str], ray_address: Optional[str]) -> int:
     """Prepare once, run ``todo`` on the table's executor with progress, record the time after every run."""
 
     timing = TableTiming(runs_dir, tbl.name)
-    ws = prepare(tbl, cache_dir, data_dir, log=console.print)
-    timing.begin(time.time() - timing.start, ws.seconds)
-    console.print(f"{len(todo)} run(s) on {ws.provenance['device']}, executor {tbl.run.executor}, "
+    workspace = prepare(tbl, cache_dir, data_dir, log=console.print)
+    timing.begin(time.time() - timing.start, workspace.seconds)
+    console.print(f"{len(todo)} run(s) on {workspace.provenance['device']}, executor {tbl.run.executor}, "
                   f"{executors.threads_per_run(tbl)} thread(s) per run", highlight=False)
     with _progress() as progress:
         overall = progress.add_task(f"[bold]{tbl.name}[/bold] runs", total=len(todo))
@@ -168,7 +168,7 @@ def _execute(tbl, todo, runs_dir: Path, cache_dir: Path, data_dir: Optional[str]
             return lambda step, total, loss: progress.update(task, total=total, completed=step,
                                                              description=f"  {v.name} seed {s} loss {loss:.3f}")
 
-        runner = executors.executor(tbl.run.executor, ws, runs_dir, cache_dir, data_dir, ray_address, on_step,
+        runner = executors.executor(tbl.run.executor, workspace, runs_dir, cache_dir, data_dir, ray_address, on_step,
                                     log=progress.console.print)
         lost = runner.run(todo, done)
     console.print(f"[green]finished[/green] {len(todo) - lost} run(s) in {time.time() - timing.start:.0f} s")
@@ -184,7 +184,7 @@ def report(
     data_dir: Optional[str] = DATA_DIR,
     thumbnails: Optional[bool] = typer.Option(
         None, "--thumbnails/--no-thumbnails",
-        help="Gallery thumbnails. Default: only for data the project generates (shapes), never copies of Flickr8k photos."),
+        help="Gallery thumbnails and attention maps. Default: the table's table.show_images (true only for the generated shapes, never Flickr8k photos)."),
 ):
     """Add the finished runs in --runs-dir to the table's evidence (<out>/<table>/runs/), then write
     <out>/<table>/README.md, plots and runs.csv from the evidence alone: no retraining, no weights."""
@@ -266,13 +266,14 @@ def list_tables(runs_dir: Path = RUNS):
         t = RichTable(title=f"{tbl.name}: {tbl.description}", title_justify="left")
         t.add_column("variant")
         t.add_column("expected")
-        for s in tbl.seeds:
+        for s in tbl.all_seeds:
             t.add_column(f"seed {s}")
-        colour = {"done": "green", "failed": "red", "partial": "yellow", "missing": "dim", "stale": "magenta"}
+        colour = {"done": "green", "failed": "red", "partial": "yellow", "missing": "dim", "stale": "magenta", "-": "dim"}
         for v in tbl.variants.values():
             states = []
-            for s in tbl.seeds:
-                states.append(RunRecord(run_path(runs_dir, tbl.name, v.name, s)).status(expected_hash(tbl, v, s)))
+            for s in tbl.all_seeds:
+                states.append(RunRecord(run_path(runs_dir, tbl.name, v.name, s)).status(expected_hash(tbl, v, s))
+                              if s in v.seeds else "-")
             t.add_row(v.name, v.expected, *[f"[{colour[x]}]{x}[/{colour[x]}]" for x in states])
         console.print(t)
 
@@ -310,10 +311,10 @@ def train(
         out = out or Path("runs") / "train" / f"{tbl.name}-{variant}-seed{seed}"
         RunRecord(out).check_target()  # before loading anything: a folder of other files is never touched
         start = time.time()
-        ws = prepare(tbl, cache_dir, data_dir, splits=("train", "dev"), log=console.print)
+        workspace = prepare(tbl, cache_dir, data_dir, splits=("train", "dev"), log=console.print)
         with _progress() as progress:
             task = progress.add_task(f"training {variant}", total=None)
-            state = execute_run(ws, v, seed, out, eval_split="dev", log=progress.console.print,
+            state = execute_run(workspace, v, seed, out, eval_split="dev", log=progress.console.print,
                                 on_step=lambda s, n, loss: progress.update(task, total=n, completed=s))
         metrics = RunRecord(out).metrics() if state == "done" else {}
         if metrics:

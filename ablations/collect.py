@@ -84,7 +84,7 @@ def collect(table: Table, folder: Path) -> TableRuns:
     rows, prov, stages = [], [], []
     out = TableRuns(table, Path(folder), pd.DataFrame(), [])
     for v in table.variants.values():
-        for seed in table.seeds:
+        for seed in v.seeds:
             record = RunRecord(cell_path(folder, v.name, seed))
             state = record.state()
             if state == "failed":

@@ -45,7 +45,7 @@ def add_runs(table: Table, source_dir: Path, evidence: Path, replace: bool = Fal
     the same settings and another result it is a conflict (both stay, an error lists them) unless ``replace``."""
     merge = Merge()
     for v in table.variants.values():
-        for seed in table.seeds:
+        for seed in v.seeds:
             src = RunRecord(cell_path(source_dir, v.name, seed))
             if src.path.resolve() == cell_path(evidence, v.name, seed).resolve() or src.state() not in ("done", "failed"):
                 continue

@@ -69,10 +69,10 @@ class SerialExecutor:
     log: Callable[[str], None] = print
 
     def run(self, todo: list[tuple[Variant, int]], done: Done) -> int:
-        ws = self.workspace
-        torch.set_num_threads(threads_per_run(ws.table))
+        workspace = self.workspace
+        torch.set_num_threads(threads_per_run(workspace.table))
         for v, s in todo:
-            state = execute_run(ws, v, s, run_path(self.runs_dir, ws.table.name, v.name, s),
+            state = execute_run(workspace, v, s, run_path(self.runs_dir, workspace.table.name, v.name, s),
                                 on_step=self.on_step(v, s) if self.on_step else None, log=self.log)
             done(v, s, state, [])
         return 0
@@ -154,27 +154,27 @@ def _folder_bytes(save: Callable[[Path], None]) -> dict[str, bytes]:
         return read_folder(Path(tmp))
 
 
-def shippable(ws: Workspace) -> tuple[Workspace, dict[str, bytes]]:
+def shippable(workspace: Workspace) -> tuple[Workspace, dict[str, bytes]]:
     """What a Ray task needs, as the object store wants it: the workspace without the vision model
     (runs only need its cached features), features in memory, and the frozen LM as the files of
     save_pretrained (a pickled transformers model loses the hooks that return hidden states)."""
-    feats = {k: FeatureSet(f.ids, np.ascontiguousarray(f.array), f.path, True, 0.0) for k, f in ws.features.items()}
-    lm_files = _folder_bytes(lambda d: (ws.lm.model.save_pretrained(d), ws.lm.tokenizer.save_pretrained(d)))
-    return replace(ws, vision=replace(ws.vision, model=None), features=feats, lm=replace(ws.lm, model=None)), lm_files
+    feats = {k: FeatureSet(f.ids, np.ascontiguousarray(f.array), f.path, True, 0.0) for k, f in workspace.features.items()}
+    lm_files = _folder_bytes(lambda d: (workspace.lm.model.save_pretrained(d), workspace.lm.tokenizer.save_pretrained(d)))
+    return replace(workspace, vision=replace(workspace.vision, model=None), features=feats, lm=replace(workspace.lm, model=None)), lm_files
 
 
-def _unship(ws: Workspace, lm_files: dict[str, bytes], scratch: Path) -> Workspace:
+def _unship(workspace: Workspace, lm_files: dict[str, bytes], scratch: Path) -> Workspace:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from vlm_core.lm import frozen_lm
+    from vlm_core.language import frozen_lm
 
     for name, data in lm_files.items():
         (scratch / name).parent.mkdir(parents=True, exist_ok=True)
         (scratch / name).write_bytes(data)
-    lm = frozen_lm(ws.lm.name, AutoModelForCausalLM.from_pretrained(scratch), AutoTokenizer.from_pretrained(scratch),
-                   ws.lm.info)
-    device = resolve_device(task_device(ws.table.run.device))
-    return replace(ws, lm=lm, device=device, provenance=provenance(describe(device), ws.table.run.precision))
+    lm = frozen_lm(workspace.lm.name, AutoModelForCausalLM.from_pretrained(scratch), AutoTokenizer.from_pretrained(scratch),
+                   workspace.lm.info)
+    device = resolve_device(task_device(workspace.table.run.device))
+    return replace(workspace, lm=lm, device=device, provenance=provenance(describe(device), workspace.table.run.precision))
 
 
 def task_device(device: str) -> str:
@@ -201,9 +201,9 @@ def ablate_run(shipped: tuple[Workspace, dict[str, bytes]], variant: str, seed: 
     lines: list[str] = []
     with tempfile.TemporaryDirectory(prefix="ablate-run-") as tmp:
         (Path(tmp) / "lm").mkdir()
-        ws = _unship(*shipped, Path(tmp) / "lm")
+        workspace = _unship(*shipped, Path(tmp) / "lm")
         out = Path(tmp) / "run"
-        state = execute_run(ws, ws.table.variants[variant], seed, out, log=lines.append)
+        state = execute_run(workspace, workspace.table.variants[variant], seed, out, log=lines.append)
         files = RunRecord(out).read_files()
     return state, files, lines
 
@@ -221,7 +221,7 @@ class RayExecutor:
         return run_ray(self.workspace, todo, self.runs_dir, done, self.address, self.log)
 
 
-def run_ray(ws: Workspace, todo: list[tuple[Variant, int]], runs_dir: Path, done: Done, address: str | None = None,
+def run_ray(workspace: Workspace, todo: list[tuple[Variant, int]], runs_dir: Path, done: Done, address: str | None = None,
             log: Callable[[str], None] = print) -> int:
     """Returns how many runs could not be finished because their workers kept dying (Ray retried each
     3 times); their folders are left as they were and the next `run-all` redoes them. An error raised
@@ -236,10 +236,10 @@ def run_ray(ws: Workspace, todo: list[tuple[Variant, int]], runs_dir: Path, done
                  log_to_driver=False, configure_logging=False)
     lost = 0
     try:
-        threads = threads_per_run(ws.table)
-        gpus = gpus_per_task(ws.table.run, ray.cluster_resources().get("GPU", 0))
+        threads = threads_per_run(workspace.table)
+        gpus = gpus_per_task(workspace.table.run, ray.cluster_resources().get("GPU", 0))
         task = ray.remote(ablate_run).options(num_cpus=threads, num_gpus=gpus, max_retries=3)
-        payload = ray.put(shippable(ws))
+        payload = ray.put(shippable(workspace))
         pending = {task.remote(payload, v.name, s, threads): (v, s) for v, s in todo}
         while pending:
             ready, _ = ray.wait(list(pending), num_returns=1)
@@ -251,7 +251,7 @@ def run_ray(ws: Workspace, todo: list[tuple[Variant, int]], runs_dir: Path, done
                 lost += 1
                 log(f"{v.name} seed {s}: lost, its worker kept dying ({type(err).__name__}); `run-all` again redoes it")
                 continue
-            RunRecord(run_path(runs_dir, ws.table.name, v.name, s)).write_files(files)
+            RunRecord(run_path(runs_dir, workspace.table.name, v.name, s)).write_files(files)
             done(v, s, state, lines)
     finally:
         if started:

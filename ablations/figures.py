@@ -50,9 +50,9 @@ def loss_plot(histories: dict[str, list[pd.DataFrame]], out: Path) -> str:
     return _save(fig, out)
 
 
-def budget_plot(tr: TableRuns, out: Path) -> str | None:
+def budget_plot(table_runs: TableRuns, out: Path) -> str | None:
     """CIDEr and the likelihood-swap gap against epochs (log2 axis), mean and seed-level 95% CI per variant."""
-    rows = series(tr)
+    rows = series(table_runs)
     if not rows:
         return None
     import matplotlib
@@ -61,7 +61,7 @@ def budget_plot(tr: TableRuns, out: Path) -> str | None:
     for ax, quantity in zip(axes, QUANTITIES):
         for k, (variant, by_budget) in enumerate(rows.items()):
             budgets = list(by_budget)
-            means = [seed_mean(tr, by_budget[b], quantity) for b in budgets]
+            means = [seed_mean(table_runs, by_budget[b], quantity) for b in budgets]
             y = np.array([m.estimate for m in means])
             low = np.array([m.low if m.decided else m.estimate for m in means])
             high = np.array([m.high if m.decided else m.estimate for m in means])
@@ -71,7 +71,7 @@ def budget_plot(tr: TableRuns, out: Path) -> str | None:
         ax.set_xticks(sorted({b for r in rows.values() for b in r}))
         ax.get_xaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
         ax.set_xlabel("training epochs")
-        ax.set_ylabel(f"{COMPARED.get(quantity, quantity)} ({tr.table.data.eval_split} split)")
+        ax.set_ylabel(f"{COMPARED.get(quantity, quantity)} ({table_runs.table.data.eval_split} split)")
         ax.set_title(f"{COMPARED.get(quantity, quantity)}: mean of seeds, 95% CI")
         ax.grid(alpha=0.3)
     axes[0].legend()

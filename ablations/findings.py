@@ -27,12 +27,12 @@ CLAIMS = {"image_dependent": "captions depend on the image", "worse_than_referen
 RULE_QUANTITY = {"worse_than_reference": "CIDEr", "loses_relations": "slot_relation", "uses_image_less": "nll_gap"}
 
 
-def _cell(tr, verdict) -> str:
+def _cell(table_runs, verdict) -> str:
     """The verdict word and the one number behind it (a seed-level difference where the rule compares)."""
     word = f"**{verdict.verdict}**" if verdict.verdict in ("held", "not held") else verdict.verdict
     quantity = RULE_QUANTITY.get(verdict.expectation)
-    if quantity and verdict.variant in comparisons(tr, quantity):
-        c = comparisons(tr, quantity)[verdict.variant]
+    if quantity and verdict.variant in comparisons(table_runs, quantity):
+        c = comparisons(table_runs, quantity)[verdict.variant]
         return f"{word}: Δ{COMPARED[quantity]} {fmt_ci(c.seed_level)}"
     return word
 
@@ -52,7 +52,7 @@ def findings(reports_dir: Path) -> str:
         table = load_table(table_name)
         a = analyse(collect(table, evidence_dir(reports_dir, table_name)))
         done = len(a.runs.runs)
-        cells = len(table.variants) * len(table.seeds)
+        cells = sum(len(v.seeds) for v in table.variants.values())
         target = "; ".join(f"{t['key']} {fmt_ci(t['interval'])} vs ≥ {t['goal']:g}: {t['decision']}"
                            for t in a.targets if t["key"] != "minutes" and t["got"] is not None)
         status.append(f"- [`{table_name}`](reports/{table_name}/README.md): {done} of {cells} runs finished"

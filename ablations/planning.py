@@ -26,7 +26,7 @@ def plan_runs(table: Table, runs_dir: Path, variants: list[Variant], seeds: list
     changed since, or made before runs recorded their hash) is redone unless ``keep_stale``."""
     todo, notes = [], []
     for v in variants:
-        for s in seeds:
+        for s in [s for s in v.seeds if s in seeds]:
             want = expected_hash(table, v, s)
             local = RunRecord(cell_path(child(runs_dir, table.name), v.name, s))
             state = local.status(want)

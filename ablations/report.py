@@ -66,7 +66,7 @@ def section_setup(r: ReportInput) -> list[str]:
         ["training data", training_data],
         ["vision backbone (frozen)", f"{t.backbones.vision} ({cfg.get('vision_tokens', '?')} tokens × {cfg.get('vision_dim', '?')})"],
         ["language backbone (frozen base)", t.backbones.language + _lm_note(cfg)],
-        ["seeds", ", ".join(str(s) for s in t.seeds)],
+        ["seeds", _seeds_text(t)],
         ["reference variant", f"`{r.ref}` (every comparison is variant − {r.ref})"],
         [f"model ({r.ref})", _settings_text(cfg.get("model", {}))],
         [f"training ({r.ref})", _settings_text(cfg.get("train", {}))],
@@ -207,7 +207,7 @@ def draw_figures(table: Table, a: Analysis, out_dir: Path, data_dir: str | None,
         pictures["loss"] = figures.loss_plot({n: a.runs.histories[n] for n in a.runs.order}, out_dir / "loss.png")
     if a.budget_rows:
         pictures["budgets"] = figures.budget_plot(a.runs, out_dir / "budgets.png")
-    if table.data.name == "shapes" if thumbnails is None else thumbnails:
+    if table.show_images if thumbnails is None else thumbnails:
         data = _readable_data(table, data_dir)
         ids = [i for i in a.gallery["ids"] if data and i in data.captions]  # only images of the data set
         pictures["thumbnails"] = figures.thumbnails(ids, data.load_image, out_dir / "gallery") if data else {}
@@ -223,6 +223,13 @@ def _readable_data(table: Table, data_dir: str | None):
         return load_data(table.data, data_dir)
     except (UserError, OSError):
         return None
+
+
+def _seeds_text(t) -> str:
+    """The table's seeds, and any variant that runs other ones (e.g. 5 seeds for the main comparison)."""
+    others = {v.name: v.seeds for v in t.variants.values() if v.seeds != t.seeds and not v.sweep_of}
+    text = ", ".join(str(s) for s in t.seeds)
+    return text + "".join(f"; `{n}`: {', '.join(map(str, s))}" for n, s in others.items())
 
 
 def _lm_note(cfg: dict) -> str:

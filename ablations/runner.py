@@ -16,7 +16,8 @@ import torch
 from vlm_core.data import CaptionData
 from vlm_core.device import describe, resolve_device
 from vlm_core.features import FeatureSet, cached_features
-from vlm_core.language import LanguageBackbone, load_language_backbone
+from vlm_core.caption_lm import load_language_backbone
+from vlm_core.language import LanguageBackbone
 from vlm_core.model import CaptionModel, CaptionModelConfig
 from vlm_core.train import TrainingDiverged, generate_captions, train_model
 from vlm_core.vision import VisionBackbone, load_vision_backbone
@@ -69,10 +70,10 @@ def prepare(table: Table, cache_dir: Path, data_dir: str | None = None, splits: 
                      provenance(describe(device), table.run.precision), device)
 
 
-def build_model(ws: Workspace, cfg: CaptionModelConfig, seed: int) -> CaptionModel:
+def build_model(workspace: Workspace, cfg: CaptionModelConfig, seed: int) -> CaptionModel:
     torch.manual_seed(seed)
-    model = CaptionModel(cfg, ws.lm, ws.vision.feature_dim, ws.vision.grid).to(ws.device)
-    model.precision = ws.table.run.precision
+    model = CaptionModel(cfg, workspace.lm, workspace.vision.feature_dim, workspace.vision.grid).to(workspace.device)
+    model.precision = workspace.table.run.precision
     return model
 
 
@@ -91,53 +92,53 @@ class Stopwatch:
             self.seconds[stage] = time.time() - start
 
 
-def execute_run(ws: Workspace, variant: Variant, seed: int, out: Path, eval_split: str | None = None,
+def execute_run(workspace: Workspace, variant: Variant, seed: int, out: Path, eval_split: str | None = None,
                 on_step: Callable[[int, int, float], None] | None = None,
                 log: Callable[[str], None] = print) -> str:
     """Train, caption, score and probe one (variant, seed) into ``out``; returns 'done' or 'failed'."""
     record = RunRecord(out)
-    eval_split = eval_split or ws.table.data.eval_split
-    record.begin(run_config(ws.table, variant, seed, eval_split),
-                 {"provenance": {**ws.provenance, "determinism": determinism()},
-                  "machine": ws.provenance.get("machine", ""), "lm_info": ws.lm.info,
-                  "vision_tokens": ws.vision.num_tokens, "vision_dim": ws.vision.feature_dim})
+    eval_split = eval_split or workspace.table.data.eval_split
+    record.begin(run_config(workspace.table, variant, seed, eval_split),
+                 {"provenance": {**workspace.provenance, "determinism": determinism()},
+                  "machine": workspace.provenance.get("machine", ""), "lm_info": workspace.lm.info,
+                  "vision_tokens": workspace.vision.num_tokens, "vision_dim": workspace.vision.feature_dim})
     watch, label = Stopwatch(), f"{variant.name} seed {seed}"
     try:
         with watch(TRAIN):
-            model = train_stage(ws, variant, seed, record, on_step, lambda m: log(f"{label}: {m}"))
+            model = train_stage(workspace, variant, seed, record, on_step, lambda m: log(f"{label}: {m}"))
     except TrainingDiverged as err:
         record.fail(str(err), err.history, variant.name, seed, watch.seconds[TRAIN])
         log(f"{label}: FAILED: {err}")
         return "failed"
-    feats = ws.features[eval_split]
+    feats = workspace.features[eval_split]
     with watch(GENERATE):
         captions, first_ids = generate_captions(model, feats, variant.train.decoding(), with_first_token=True)
     record.write_captions(dict(zip(feats.ids, captions)))
     with watch(SCORE):
-        corpus, slots, per_image, gts, res = score_stage(ws.data, feats.ids, captions, ws.table.probes.spice)
+        corpus, slots, per_image, gts, res = score_stage(workspace.data, feats.ids, captions, workspace.table.probes.spice)
     with watch(PROBE):
-        probe = probe_stage(ws, model, feats, captions, first_ids, gts, res, per_image)
+        probe = probe_stage(workspace, model, feats, captions, first_ids, gts, res, per_image)
     shown = list(range(min(GALLERY_MAPS, len(feats.ids))))
     maps = model.query_attention(feats.batch(shown))  # kept for the report's attention gallery: no model needed there
     if maps is not None:
         record.write_attention_maps({feats.ids[k]: maps[:, k] for k in shown})
     # facts of the data set the report needs, kept so that it can be written without the data on disk
-    per_image["ref_words"] = [float(np.mean([len(c.split()) for c in ws.data.captions[i]])) for i in feats.ids]
+    per_image["ref_words"] = [float(np.mean([len(c.split()) for c in workspace.data.captions[i]])) for i in feats.ids]
     record.finish(per_image, {"variant": variant.name, "seed": seed, "split": eval_split, "images": len(feats.ids),
-                              "train_images": len(ws.data.splits["train"]), "metrics": corpus, "slots": slots,
+                              "train_images": len(workspace.data.splits["train"]), "metrics": corpus, "slots": slots,
                               "probes": probe, "timings": watch.seconds})
     return "done"
 
 
-def train_stage(ws: Workspace, variant: Variant, seed: int, record: RunRecord,
+def train_stage(workspace: Workspace, variant: Variant, seed: int, record: RunRecord,
                 on_step: Callable | None, log: Callable[[str], None]) -> CaptionModel:
     """Build and train the model; history and trained weights go into the record."""
-    model = build_model(ws, variant.model, seed)
+    model = build_model(workspace, variant.model, seed)
     record.write_params(model.parameter_report())
     history: list[dict] = []
     try:
         # kept so that self-critical training can be compared with, or re-screened from, the same model
-        train_model(model, ws.data, ws.features["train"], ws.features["dev"], variant.train, seed,
+        train_model(model, workspace.data, workspace.features["train"], workspace.features["dev"], variant.train, seed,
                     on_step=on_step, log=log, history=history,
                     before_self_critical=lambda m: m.save_trainable(record.xe_weights_dir))
     except TrainingDiverged as err:
@@ -162,14 +163,14 @@ def score_stage(data: CaptionData, ids: list[str], captions: list[str], spice: b
     return corpus, slots, per_image, gts, res
 
 
-def probe_stage(ws: Workspace, model: CaptionModel, feats: FeatureSet, captions: list[str], first_ids: list[int],
+def probe_stage(workspace: Workspace, model: CaptionModel, feats: FeatureSet, captions: list[str], first_ids: list[int],
                 gts: dict, res: dict, per_image: pd.DataFrame) -> dict:
     """Image-swap probes, degeneracy and measured EOS probabilities; per-image NLL gaps join ``per_image``."""
-    ids, table = feats.ids, ws.table
+    ids, table = feats.ids, workspace.table
     perm = probes.derangement(len(ids), table.probes.swap_seed)
     probe = probes.generation_swap(captions, [res[i][0] for i in ids], perm)
     probe.update(probes.perceptual_score(gts, res, ids, perm))
-    refs = [ws.data.captions[i][: table.probes.nll_refs or None] for i in ids]
+    refs = [workspace.data.captions[i][: table.probes.nll_refs or None] for i in ids]
     x = feats.batch(list(range(len(ids))))
     like = probes.likelihood_swap(model, x, refs, perm)
     per_image["nll_gap"] = like.pop("per_image_nll_gap")
@@ -178,8 +179,8 @@ def probe_stage(ws: Workspace, model: CaptionModel, feats: FeatureSet, captions:
     probe.update(probes.eos_probabilities(model, x, [r[0] for r in refs]))
     per_image["visual_reliance"], scalars = attention.visual_reliance(model, x, captions)
     probe.update(scalars)
-    if ws.data.labels and not model.cfg.blind:  # where the objects are is known: is the Q-Former looking there?
-        found = attention.grounding(model, x, [ws.data.labels[i] for i in ids], ws.vision.grid)
+    if workspace.data.labels and not model.cfg.blind:  # where the objects are is known: is the Q-Former looking there?
+        found = attention.grounding(model, x, [workspace.data.labels[i] for i in ids], workspace.vision.grid)
         if found is not None:
             for column, values in found[0].items():
                 per_image[column] = values.to_numpy()

@@ -13,7 +13,7 @@ from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
-from vlm_core.caption_lm import CaptionLMConfig
+from vlm_core.caption_lm import CAPTION_LM, CaptionLMConfig
 from vlm_core.device import check_precision
 from vlm_core.errors import UserError
 from vlm_core.model import CaptionModelConfig
@@ -40,6 +40,7 @@ BUDGET_KEY = "train.epochs"
 # ``[targets]``: thresholds for the reference variant on the eval split (metric names), and ``minutes`` for the table.
 TARGET_KEYS = ["BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr", "SPICE", "minutes"]
 DATA_NAMES = ("shapes", "flickr8k")
+DATA_WITH_SLOT_LABELS = ("shapes",)  # captions that parse into slots (colour, shape, relation); see slots.py
 
 
 @dataclass
@@ -84,7 +85,7 @@ class RunSpec:
 @dataclass
 class BackboneSpec:
     vision: str = "efficientnet-lite0"
-    language: str = "caption-gpt2-tiny"
+    language: str = CAPTION_LM
 
 
 @dataclass
@@ -106,6 +107,7 @@ class Variant:
     sweep_of: str = ""
     sweep_key: str = ""
     sweep_value: Any = None
+    seeds: list[int] = field(default_factory=list)  # the table's seeds unless the row lists its own
 
     @property
     def is_budget_row(self) -> bool:
@@ -128,6 +130,14 @@ class Table:
     notes: str = ""
     requires: str = ""  # e.g. "hub+gpu": printed when a run cannot start
     targets: dict[str, float] = field(default_factory=dict)  # see TARGET_KEYS; the report says met or not
+    # Whether the report may show the data's images (gallery thumbnails, attention maps): the synthetic
+    # shapes may be shown; photos (Flickr8k) are not ours to republish, so the default is no.
+    show_images: bool = False
+
+    @property
+    def all_seeds(self) -> list[int]:
+        """Every seed some variant runs (a variant may list more seeds than the table, e.g. the main comparison)."""
+        return sorted({s for v in self.variants.values() for s in v.seeds})
 
     def select(self, only: list[str] | None) -> list[Variant]:
         if not only:
@@ -188,9 +198,9 @@ def _build(cls, raw: Any, where: str, base: dict | None = None):
         raise UserError(f"{where}: {err}") from err
 
 
-TOP_KEYS = {"table", "data", "backbones", "caption_lm", "model", "train", "probes", "variants", "sweep", "targets", "run"}
-TABLE_KEYS = {"name", "description", "seeds", "notes", "requires", "reference"}
-VARIANT_KEYS = {"model", "train", "expect", "expected", "description"}
+TOP_KEYS = {"include", "table", "data", "backbones", "caption_lm", "model", "train", "probes", "variants", "sweep", "targets", "run"}
+TABLE_KEYS = {"name", "description", "seeds", "notes", "requires", "reference", "show_images"}
+VARIANT_KEYS = {"model", "train", "expect", "expected", "description", "seeds"}
 
 
 def resolve_table_path(name_or_path: str) -> Path:
@@ -221,17 +231,55 @@ def check_name(name: str, where: str) -> str:
     return name
 
 
-def load_table(name_or_path: str) -> Table:
-    path = resolve_table_path(name_or_path)
+def _read_toml(path: Path) -> dict:
     try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as err:
+        raise UserError(f"{path}: cannot read ({err.strerror})") from err
     except tomllib.TOMLDecodeError as err:
         raise UserError(f"{path}: TOML syntax error: {err}") from err
     except UnicodeDecodeError as err:
         raise UserError(f"{path}: not valid UTF-8") from err
     except RecursionError as err:
         raise UserError(f"{path}: nested too deeply to be a table") from err
-    where = str(path)
+
+
+def merged(base: dict, over: dict) -> dict:
+    """``over`` laid on ``base``: tables merge key by key, any other value replaces."""
+    out = copy.deepcopy(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merged(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _with_includes(raw: dict, path: Path) -> dict:
+    """``include = "common/control-variants.toml"`` (or a list): those files' keys first, the table's own
+    merged over them, so that the shared variant rows live in one file. Paths are relative to the table."""
+    names = raw.pop("include", [])
+    names = [names] if isinstance(names, str) else names
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise UserError(f"{path}: include: expected a file name or a list of them")
+    base: dict = {}
+    if names:
+        raw["include"] = names  # kept only for the error messages of load_table
+    for name in names:
+        part_path = path.parent / name
+        part = _read_toml(part_path)
+        if "include" in part:
+            raise UserError(f"{part_path}: include: an included file cannot include others (one level keeps "
+                            "every setting two files away at most)")
+        base = merged(base, part)
+    return merged(base, raw)
+
+
+def load_table(name_or_path: str) -> Table:
+    path = resolve_table_path(name_or_path)
+    raw = _with_includes(_read_toml(path), path)
+    included = raw.pop("include", [])
+    where = f"{path} (with {', '.join(included)})" if included else str(path)
     for key in raw:
         if key not in TOP_KEYS:
             raise UserError(f"{where}: unknown key '{key}'; known: {', '.join(sorted(TOP_KEYS))}")
@@ -239,9 +287,7 @@ def load_table(name_or_path: str) -> Table:
     for key in head:
         if key not in TABLE_KEYS:
             raise UserError(f"{where}: unknown key 'table.{key}'; known: {', '.join(sorted(TABLE_KEYS))}")
-    seeds = head.get("seeds", [0])
-    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
-        raise UserError(f"{where}: table.seeds: expected a non-empty list of integers")
+    seeds = _seeds(head.get("seeds", [0]), f"{where}: table.seeds")
     data, _ = _build(DataSpec, raw.get("data", {}), f"{where}: data")
     backbones, _ = _build(BackboneSpec, raw.get("backbones", {}), f"{where}: backbones")
     caption_lm, _ = _build(CaptionLMConfig, raw.get("caption_lm", {}), f"{where}: caption_lm")
@@ -263,15 +309,15 @@ def load_table(name_or_path: str) -> Table:
     variants: dict[str, Variant] = {}
     for vname, row in rows.items():
         check_name(vname, f"{where}: variants")
-        variants[vname] = _variant(vname, row, model_base, train_base, f"{where}: variants.{vname}")
+        variants[vname] = _variant(vname, row, model_base, train_base, seeds, f"{where}: variants.{vname}")
     reference = head.get("reference", "full")
     if reference not in variants:
         raise UserError(f"{where}: table.reference: no variant {reference!r} (variants: {', '.join(variants)}); "
                         "name the variant every other one is compared with")
     for i, sweep in enumerate(raw.get("sweep", [])):
-        _expand_sweep(sweep, variants, rows, model_base, train_base, f"{where}: sweep[{i}]", reference)
+        _expand_sweep(sweep, variants, rows, model_base, train_base, seeds, f"{where}: sweep[{i}]", reference)
     for v in variants.values():
-        if set(v.expect) & NEEDS_SLOTS and data.name != "shapes":
+        if set(v.expect) & NEEDS_SLOTS and data.name not in DATA_WITH_SLOT_LABELS:
             raise UserError(f"{where}: variants.{v.name}.expect: {', '.join(set(v.expect) & NEEDS_SLOTS)} needs "
                             "slot labels, which only the shapes data has")
     return Table(
@@ -279,10 +325,11 @@ def load_table(name_or_path: str) -> Table:
         seeds=list(seeds), data=data, backbones=backbones, caption_lm=caption_lm, probes=probes,
         variants=variants, run=run, reference=reference, notes=str(head.get("notes", "")),
         requires=str(head.get("requires", "")), targets={k: float(v) for k, v in targets.items()},
+        show_images=_check_type(head.get("show_images", False), False, f"{where}: table.show_images"),
     )
 
 
-def _variant(vname: str, row: Any, model_base: dict, train_base: dict, where: str) -> Variant:
+def _variant(vname: str, row: Any, model_base: dict, train_base: dict, table_seeds: list[int], where: str) -> Variant:
     if not isinstance(row, dict):
         raise UserError(f"{where}: expected a table of keys")
     for key in row:
@@ -296,11 +343,19 @@ def _variant(vname: str, row: Any, model_base: dict, train_base: dict, where: st
         raise UserError(f"{where}.expect: unknown expectation {expect!r}; known: {', '.join(EXPECTATIONS)} "
                         "(one name or a list)")
     expected = row.get("expected", "; ".join(EXPECTATIONS[e] for e in expect) or "nothing checked")
-    return Variant(vname, model, train, expect, str(expected), str(row.get("description", "")))
+    seeds = _seeds(row.get("seeds", table_seeds), f"{where}.seeds")
+    return Variant(vname, model, train, expect, str(expected), str(row.get("description", "")), seeds=seeds)
 
 
-def _expand_sweep(sweep: Any, variants: dict, rows: dict, model_base: dict, train_base: dict, where: str,
-                  reference: str) -> None:
+def _seeds(seeds: Any, where: str) -> list[int]:
+    if (not isinstance(seeds, list) or not seeds or len(set(seeds)) != len(seeds)
+            or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds)):
+        raise UserError(f"{where}: expected a non-empty list of distinct integers >= 0, not {seeds!r}")
+    return list(seeds)
+
+
+def _expand_sweep(sweep: Any, variants: dict, rows: dict, model_base: dict, train_base: dict, table_seeds: list[int],
+                  where: str, reference: str) -> None:
     """``{base = "full", key = "model.num_queries", values = [8, 32]}`` -> rows full-num_queries-8, ...
     (``base`` defaults to the table's reference variant)."""
     if not isinstance(sweep, dict) or set(sweep) - {"base", "key", "values", "expect"} or "key" not in sweep:
@@ -322,7 +377,7 @@ def _expand_sweep(sweep: Any, variants: dict, rows: dict, model_base: dict, trai
         name = check_name(f"{base}-{key}-{value}", f"{where}: the row name of value {value!r}")
         if name in variants:
             raise UserError(f"{where}: row {name!r} is defined twice")
-        new = _variant(name, row, model_base, train_base, f"{where} ({name})")
+        new = _variant(name, row, model_base, train_base, table_seeds, f"{where} ({name})")
         if getattr(getattr(new, section), key) == getattr(getattr(variants[base], section), key):
             raise UserError(f"{where}.values: {value!r} is what {base!r} already has ({sweep['key']}); the row "
                             "would repeat it")

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from vlm_core.caption_lm import CaptionLMConfig, load_caption_lm_dir
+from vlm_core.caption_lm import CaptionLMConfig, is_caption_lm, load_caption_lm_dir, load_language_backbone
 from vlm_core.device import resolve_device
 from vlm_core.errors import UserError
-from vlm_core.language import load_language_backbone
 from vlm_core.model import CaptionModel, CaptionModelConfig
 from vlm_core.train import Decoding, TrainConfig
 from vlm_core.vision import VisionBackbone, load_vision_backbone
@@ -38,9 +37,9 @@ def load_run_model(run: Path, cache_dir: Path, device: str = "auto", data_dir: s
     vision = load_vision_backbone(config["backbones"]["vision"]).to(target)
     language, lm_dir = config["backbones"]["language"], config.get("lm_info", {}).get("cache_dir")
     inside_cache = lm_dir and Path(lm_dir).resolve().is_relative_to(Path(cache_dir).resolve())
-    if language == "caption-gpt2-tiny" and inside_cache and Path(lm_dir).exists():  # a record never picks a path
+    if is_caption_lm(language) and inside_cache and Path(lm_dir).exists():  # a record never picks a path
         lm = load_caption_lm_dir(Path(lm_dir))
-    elif language == "caption-gpt2-tiny":  # rebuilt (or found in cache_dir) from the run's training captions
+    elif is_caption_lm(language):  # rebuilt (or found in cache_dir) from the run's training captions
         data = run_data(config, data_dir)
         lm = load_language_backbone(language, cache_dir=cache_dir, caption_corpus=caption_corpus(data),
                                     caption_lm_config=CaptionLMConfig(**config["caption_lm"]))

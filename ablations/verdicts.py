@@ -25,57 +25,57 @@ RATES = {"swap_rate", "empty_rate", "eos_first_rate"}  # shares of images: CIs c
 COLLAPSED = 0.5  # a run with at least this share of empty captions (or EOS first) has collapsed
 
 
-def summarize(tr: TableRuns) -> pd.DataFrame:
+def summarize(table_runs: TableRuns) -> pd.DataFrame:
     """Mean and std over seeds of every per-run number, one row per variant (table order)."""
-    if tr.runs.empty:
+    if table_runs.runs.empty:
         return pd.DataFrame()
-    cols = [c for c in tr.runs.columns
-            if c not in ("variant", "seed", "epochs") and pd.api.types.is_numeric_dtype(tr.runs[c])]
-    return mean_std(tr.runs, cols).reindex(tr.order)
+    cols = [c for c in table_runs.runs.columns
+            if c not in ("variant", "seed", "epochs") and pd.api.types.is_numeric_dtype(table_runs.runs[c])]
+    return mean_std(table_runs.runs, cols).reindex(table_runs.order)
 
 
-def comparisons(tr: TableRuns, metric: str) -> dict[str, Comparison]:
+def comparisons(table_runs: TableRuns, metric: str) -> dict[str, Comparison]:
     """Every row of the table against the reference on one per-image quantity, computed once per table;
-    budget rows (tr.sweep_order) are compared at their own budget in budgets.py."""
-    if metric in tr.comparisons:
-        return tr.comparisons[metric]
-    ref, out = tr.table.reference, {}
-    for v in tr.order if ref in tr.order else []:
-        if v != ref and not tr.matrix(v, metric).empty and not tr.matrix(ref, metric).empty:
-            out[v] = compare(tr.matrix(v, metric), tr.matrix(ref, metric), (v, ref), metric)
-    tr.comparisons[metric] = out
+    budget rows (table_runs.sweep_order) are compared at their own budget in budgets.py."""
+    if metric in table_runs.comparisons:
+        return table_runs.comparisons[metric]
+    ref, out = table_runs.table.reference, {}
+    for v in table_runs.order if ref in table_runs.order else []:
+        if v != ref and not table_runs.matrix(v, metric).empty and not table_runs.matrix(ref, metric).empty:
+            out[v] = compare(table_runs.matrix(v, metric), table_runs.matrix(ref, metric), (v, ref), metric)
+    table_runs.comparisons[metric] = out
     return out
 
 
 # ---- guards
-def seeds_disagree(tr: TableRuns, v: str) -> bool:
+def seeds_disagree(table_runs: TableRuns, v: str) -> bool:
     """Some of the variant's runs collapsed (>= 50 % empty captions or EOS first) and some did not."""
-    if tr.runs.empty or "empty_rate" not in tr.runs:
+    if table_runs.runs.empty or "empty_rate" not in table_runs.runs:
         return False
-    rows = tr.runs[tr.runs["variant"] == v]
+    rows = table_runs.runs[table_runs.runs["variant"] == v]
     kind = (rows["empty_rate"] >= COLLAPSED) | (rows.get("eos_first_rate", rows["empty_rate"]) >= COLLAPSED)
     return bool(kind.any() and not kind.all())
 
 
-def confound(tr: TableRuns, *variants: str) -> str | None:
+def confound(table_runs: TableRuns, *variants: str) -> str | None:
     """'confounded (...)' when the variants' runs come from more than one code fingerprint and no stored
     `ablate verify` check reproduced a run exactly across a code change; else None."""
-    if "fingerprint" not in tr.runs:
+    if "fingerprint" not in table_runs.runs:
         return None
-    prints = set(tr.runs[tr.runs["variant"].isin(variants)]["fingerprint"])
+    prints = set(table_runs.runs[table_runs.runs["variant"].isin(variants)]["fingerprint"])
     if len(prints) <= 1:
         return None
-    shown_equal = {fp for c in tr.verification if c.get("exact") for fp in c.get("fingerprints", [])}
+    shown_equal = {fp for c in table_runs.verification if c.get("exact") for fp in c.get("fingerprints", [])}
     if prints <= shown_equal:  # a verify check reproduced runs exactly across each of these code versions
         return None
     return f"confounded: these runs come from {len(prints)} code versions"
 
 
-def guard(tr: TableRuns, *variants: str) -> str | None:
+def guard(table_runs: TableRuns, *variants: str) -> str | None:
     for v in variants:
-        if seeds_disagree(tr, v):
+        if seeds_disagree(table_runs, v):
             return f"seeds disagree: some {v} runs collapsed and some did not"
-    return confound(tr, *variants)
+    return confound(table_runs, *variants)
 
 
 # ---- tests and their families
@@ -123,20 +123,20 @@ def combine(decisions: list[str]) -> str:
     return "inconclusive"
 
 
-def rate_test(tr: TableRuns, v: str, column: str, bound: float, side: str, label: str) -> Test:
+def rate_test(table_runs: TableRuns, v: str, column: str, bound: float, side: str, label: str) -> Test:
     """A run-level share (swap, empty, EOS-first rate) against a bound, floored by its binomial SE."""
-    rows = tr.runs[tr.runs["variant"] == v]
+    rows = table_runs.runs[table_runs.runs["variant"] == v]
     values = rows[column].to_numpy(dtype=float) if column in rows else np.array([])
     floor = rate_floor(values, rows["images"].to_numpy(dtype=float)) if column in RATES and len(values) else 0.0
     i = one_sample(values, bound, limits=(0.0, 1.0) if column in RATES else None, floor=floor)
-    return Test(label, i, bound, side, guard(tr, v))
+    return Test(label, i, bound, side, guard(table_runs, v))
 
 
-def mean_test(tr: TableRuns, v: str, column: str, bound: float, side: str, label: str) -> Test:
+def mean_test(table_runs: TableRuns, v: str, column: str, bound: float, side: str, label: str) -> Test:
     """A per-image quantity's run means against a bound, floored by the image-level SE of a run's mean."""
-    m = tr.matrix(v, column)
+    m = table_runs.matrix(v, column)
     i = one_sample(m.mean(axis=0).to_numpy(), bound, floor=image_floor(m) if not m.empty else 0.0)
-    return Test(label, i, bound, side, guard(tr, v))
+    return Test(label, i, bound, side, guard(table_runs, v))
 
 
 def undecided_note(c: Comparison) -> str:
@@ -152,48 +152,48 @@ def undecided_note(c: Comparison) -> str:
     return "; " + "; ".join(parts) if parts else ""
 
 
-def comparison_test(tr: TableRuns, v: str, metric: str, side: str = "below", other: str | None = None) -> Test | None:
+def comparison_test(table_runs: TableRuns, v: str, metric: str, side: str = "below", other: str | None = None) -> Test | None:
     """v − reference (or v − other) at seed level on a per-image quantity."""
     if other is None:
-        c = comparisons(tr, metric).get(v)
-        ref = tr.table.reference
+        c = comparisons(table_runs, metric).get(v)
+        ref = table_runs.table.reference
     else:
         ref = other
-        c = compare(tr.matrix(v, metric), tr.matrix(other, metric), (v, other), metric)
+        c = compare(table_runs.matrix(v, metric), table_runs.matrix(other, metric), (v, other), metric)
     if c is None or math.isnan(c.seed_level.estimate):
         return None
-    return Test(f"Δ{COMPARED.get(metric, metric)} {v} − {ref}", c.seed_level, 0.0, side, guard(tr, v, ref),
+    return Test(f"Δ{COMPARED.get(metric, metric)} {v} − {ref}", c.seed_level, 0.0, side, guard(table_runs, v, ref),
                 planning=undecided_note(c))
 
 
 # ---- one rule per expectation: its tests
-def rule_image_dependent(tr: TableRuns, v: str) -> list[Test]:
-    return [rate_test(tr, v, "swap_rate", 0.9, "above", "swap rate"),
-            mean_test(tr, v, "nll_gap", 0.0, "above", "NLL gap")]
+def rule_image_dependent(table_runs: TableRuns, v: str) -> list[Test]:
+    return [rate_test(table_runs, v, "swap_rate", 0.9, "above", "swap rate"),
+            mean_test(table_runs, v, "nll_gap", 0.0, "above", "NLL gap")]
 
 
-def rule_worse_than_reference(tr: TableRuns, v: str) -> list[Test]:
-    return [t for t in [comparison_test(tr, v, "CIDEr")] if t]
+def rule_worse_than_reference(table_runs: TableRuns, v: str) -> list[Test]:
+    return [t for t in [comparison_test(table_runs, v, "CIDEr")] if t]
 
 
-def rule_loses_relations(tr: TableRuns, v: str) -> list[Test]:
-    return [t for t in [comparison_test(tr, v, "slot_relation")] if t]
+def rule_loses_relations(table_runs: TableRuns, v: str) -> list[Test]:
+    return [t for t in [comparison_test(table_runs, v, "slot_relation")] if t]
 
 
-def rule_uses_image_less(tr: TableRuns, v: str) -> list[Test]:
-    return [t for t in [comparison_test(tr, v, "nll_gap")] if t]
+def rule_uses_image_less(table_runs: TableRuns, v: str) -> list[Test]:
+    return [t for t in [comparison_test(table_runs, v, "nll_gap")] if t]
 
 
-def rule_floor(tr: TableRuns, v: str) -> list[Test]:
-    summary = summarize(tr)
-    others = [o for o in tr.order if o != v and summary.loc[o, "empty_rate"] < COLLAPSED]
-    tests = [rate_test(tr, v, "swap_rate", 0.05, "below", "swap rate")]
-    return tests + [t for t in (comparison_test(tr, v, "CIDEr", other=o) for o in others) if t]
+def rule_floor(table_runs: TableRuns, v: str) -> list[Test]:
+    summary = summarize(table_runs)
+    others = [o for o in table_runs.order if o != v and summary.loc[o, "empty_rate"] < COLLAPSED]
+    tests = [rate_test(table_runs, v, "swap_rate", 0.05, "below", "swap rate")]
+    return tests + [t for t in (comparison_test(table_runs, v, "CIDEr", other=o) for o in others) if t]
 
 
-def rule_collapsed(tr: TableRuns, v: str) -> list[Test]:
-    t = rate_test(tr, v, "empty_rate", 0.9, "above", "empty-caption rate")
-    t.note = f"; EOS first {fmt(float(tr.seed_values(v, 'eos_first_rate').mean()))}"
+def rule_collapsed(table_runs: TableRuns, v: str) -> list[Test]:
+    t = rate_test(table_runs, v, "empty_rate", 0.9, "above", "empty-caption rate")
+    t.note = f"; EOS first {fmt(float(table_runs.seed_values(v, 'eos_first_rate').mean()))}"
     return [t]
 
 
@@ -219,14 +219,14 @@ def _verdict(variant: str, expectation: str, expected: str, tests: list[Test]) -
                    "; ".join(t.text() for t in tests), tests)
 
 
-def expectations(tr: TableRuns) -> list[Verdict]:
+def expectations(table_runs: TableRuns) -> list[Verdict]:
     """Every expectation of the table's rows; all their tests form one family."""
     planned, family = [], []
-    for name, v in tr.table.variants.items():
+    for name, v in table_runs.table.variants.items():
         if v.is_budget_row:  # compared at their own budget in the budget section
             continue
         for e in v.expect or ["none"]:
-            tests = RULES[e](tr, name) if e != "none" and name in tr.order else []
+            tests = RULES[e](table_runs, name) if e != "none" and name in table_runs.order else []
             planned.append((name, e, v.expected, tests))
             family += tests
     decide_family(family)
@@ -234,7 +234,7 @@ def expectations(tr: TableRuns) -> list[Verdict]:
     for name, e, expected, tests in planned:
         if e == "none":
             out.append(Verdict(name, e, expected, "n/a", "no expectation checked"))
-        elif name not in tr.order:
+        elif name not in table_runs.order:
             out.append(Verdict(name, e, expected, "n/a", "no finished run"))
         else:
             out.append(_verdict(name, e, expected, tests))
@@ -246,13 +246,13 @@ def family_size(verdicts: list[Verdict]) -> int:
 
 
 # ---- the comparison tables: one family per compared quantity
-def comparison_rows(tr: TableRuns) -> dict[str, list[dict]]:
+def comparison_rows(table_runs: TableRuns) -> dict[str, list[dict]]:
     out = {}
     for metric in COMPARED:
-        comps = comparisons(tr, metric)
+        comps = comparisons(table_runs, metric)
         if not comps:
             continue
-        triples = [(v, c, comparison_test(tr, v, metric)) for v, c in comps.items()]
+        triples = [(v, c, comparison_test(table_runs, v, metric)) for v, c in comps.items()]
         triples = [x for x in triples if x[2] is not None]  # no estimate (e.g. no two-object image): no row
         decide_family([t for _, _, t in triples])
         rows = []
@@ -267,9 +267,9 @@ def comparison_rows(tr: TableRuns) -> dict[str, list[dict]]:
 
 
 # ---- inside the model: claims about the reference, one family per section
-def _more_than(tr: TableRuns, column: str, other: str, label: str) -> Verdict:
-    ref = tr.table.reference
-    t = comparison_test(tr, ref, column, "above", other=other)
+def _more_than(table_runs: TableRuns, column: str, other: str, label: str) -> Verdict:
+    ref = table_runs.table.reference
+    t = comparison_test(table_runs, ref, column, "above", other=other)
     return Verdict(ref, column, f"{label} than {other}", "n/a", "", [t] if t else [])
 
 
@@ -278,41 +278,41 @@ def _decided(verdicts: list[Verdict]) -> list[Verdict]:
     return [_verdict(v.variant, v.expectation, v.expected, v.tests) for v in verdicts]
 
 
-def variants_where(tr: TableRuns, section: str, key: str, value) -> list[str]:
+def variants_where(table_runs: TableRuns, section: str, key: str, value) -> list[str]:
     """Variants whose stored config has ``section.key == value`` (not their names: rows may be renamed)."""
-    return [v for v in tr.order if v != tr.table.reference and tr.configs[v].get(section, {}).get(key) == value]
+    return [v for v in table_runs.order if v != table_runs.table.reference and table_runs.configs[v].get(section, {}).get(key) == value]
 
 
-def grounding_verdicts(tr: TableRuns) -> list[Verdict]:
-    ref = tr.table.reference
-    trained = tr.configs.get(ref, {}).get("model", {}).get("train_qformer", False)
-    if ref not in tr.order or tr.matrix(ref, "grounding_excess").empty or not trained:
+def grounding_verdicts(table_runs: TableRuns) -> list[Verdict]:
+    ref = table_runs.table.reference
+    trained = table_runs.configs.get(ref, {}).get("model", {}).get("train_qformer", False)
+    if ref not in table_runs.order or table_runs.matrix(ref, "grounding_excess").empty or not trained:
         return []
     out = [Verdict(ref, "grounding_excess", "its queries put more attention on object pixels than chance", "n/a", "",
-                   [mean_test(tr, ref, "grounding_excess", 0.0, "above", "attention mass on objects − chance")])]
-    for v in variants_where(tr, "model", "train_qformer", False):
-        if not tr.matrix(v, "grounding_excess").empty:
-            out.append(_more_than(tr, "grounding_excess", v, "its queries are more on the objects"))
+                   [mean_test(table_runs, ref, "grounding_excess", 0.0, "above", "attention mass on objects − chance")])]
+    for v in variants_where(table_runs, "model", "train_qformer", False):
+        if not table_runs.matrix(v, "grounding_excess").empty:
+            out.append(_more_than(table_runs, "grounding_excess", v, "its queries are more on the objects"))
     return _decided(out)
 
 
-def reliance_verdicts(tr: TableRuns) -> list[Verdict]:
-    ref = tr.table.reference
-    if ref not in tr.order or tr.matrix(ref, "visual_reliance").empty or not tr.configs[ref]["model"]["lora_rank"]:
+def reliance_verdicts(table_runs: TableRuns) -> list[Verdict]:
+    ref = table_runs.table.reference
+    if ref not in table_runs.order or table_runs.matrix(ref, "visual_reliance").empty or not table_runs.configs[ref]["model"]["lora_rank"]:
         return []
-    return _decided([_more_than(tr, "visual_reliance", v, "the LM reads the visual tokens more (LoRA raises it)")
-                     for v in variants_where(tr, "model", "lora_rank", 0) if not tr.matrix(v, "visual_reliance").empty])
+    return _decided([_more_than(table_runs, "visual_reliance", v, "the LM reads the visual tokens more (LoRA raises it)")
+                     for v in variants_where(table_runs, "model", "lora_rank", 0) if not table_runs.matrix(v, "visual_reliance").empty])
 
 
-def plan_swap(tr: TableRuns) -> Test:
+def plan_swap(table_runs: TableRuns) -> Test:
     """The original plan's check that changing the image changes the caption (a family of one)."""
-    return decide_family([rate_test(tr, tr.table.reference, "swap_rate", 0.9, "above", "swap rate")])[0]
+    return decide_family([rate_test(table_runs, table_runs.table.reference, "swap_rate", 0.9, "above", "swap rate")])[0]
 
 
-def target_test(tr: TableRuns, key: str, goal: float) -> Test:
+def target_test(table_runs: TableRuns, key: str, goal: float) -> Test:
     """The reference's mean over seeds against a target: met only when its seed-level 95% CI lies above it,
     not met when it lies below, else undecided (a target is about these runs, so no guard applies)."""
-    t = rate_test(tr, tr.table.reference, key, goal, "above", f"{tr.table.reference} {key}")
+    t = rate_test(table_runs, table_runs.table.reference, key, goal, "above", f"{table_runs.table.reference} {key}")
     t.guard, t.decision = None, decide(t.interval, goal, "above")
     return t
 

@@ -28,7 +28,7 @@ def chosen_cells(table: Table, evidence: Path, n: int) -> list[tuple[str, int]]:
     """One finished cell per variant (its lowest seed), in table order, until ``n``."""
     cells = []
     for v in table.variants.values():
-        seed = next((s for s in table.seeds if RunRecord(cell_path(evidence, v.name, s)).state() == "done"), None)
+        seed = next((s for s in v.seeds if RunRecord(cell_path(evidence, v.name, s)).state() == "done"), None)
         if seed is not None:
             cells.append((v.name, seed))
     if not cells:
@@ -85,7 +85,7 @@ def verify_cells(table_name: str, n: int, reports_dir: Path, cache_dir: Path, da
     for name in {v for v, _ in cells}:
         apply_settings(table, table.variants[name], settings)
     stored = collect(table, evidence)
-    ws = prepare(table, Path(cache_dir), data_dir, log=log)
+    workspace = prepare(table, Path(cache_dir), data_dir, log=log)
     checks = []
     with tempfile.TemporaryDirectory(prefix="ablate-verify-") as tmp:
         for variant, seed in cells:
@@ -94,7 +94,7 @@ def verify_cells(table_name: str, n: int, reports_dir: Path, cache_dir: Path, da
             torch.set_num_threads(int(threads))  # the thread count changes float order: match the run's
             log(f"verify {variant} seed {seed}: retraining with {threads} thread(s) ...")
             new = RunRecord(Path(tmp) / variant / f"seed-{seed}")
-            if execute_run(ws, table.variants[variant], seed, new.path, log=log) != "done":
+            if execute_run(workspace, table.variants[variant], seed, new.path, log=log) != "done":
                 raise UserError(f"verify {variant} seed {seed}: the rerun failed ({new.failure()['reason']})")
             rows = stored.runs[stored.runs["variant"] == variant]
             seed_sd = {c: float(rows[c].std(ddof=1)) for c in rows.columns if c not in ("variant", "seed", "fingerprint")

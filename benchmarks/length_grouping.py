@@ -39,17 +39,17 @@ def main() -> None:
     args = ap.parse_args()
     table = load_table(args.table)
     variant = table.variants[args.variant]
-    ws = prepare(table, Path(args.cache_dir), splits=("train",), log=lambda *_: None)
-    feats = ws.features["train"]
+    workspace = prepare(table, Path(args.cache_dir), splits=("train",), log=lambda *_: None)
+    feats = workspace.features["train"]
     cfg = variant.train
-    model = build_model(ws, variant.model, args.seed)
-    orders = {grouped: list(_image_batches(ws.data, feats.ids, cfg.captions_per_image, cfg.batch_size,
+    model = build_model(workspace, variant.model, args.seed)
+    orders = {grouped: list(_image_batches(workspace.data, feats.ids, cfg.captions_per_image, cfg.batch_size,
                                             random.Random(args.seed), grouped, token_length(model)))
               for grouped in (False, True)}  # the epoch train_model would see with this seed
     print(f"{table.name} {args.variant}: {len(orders[False])} batches of {cfg.batch_size} x {cfg.captions_per_image} "
           f"captions per epoch, {torch.get_num_threads()} threads")
     with torch.no_grad():
-        visual = model.connector(feats.batch([0]).to(ws.device)).shape[1]  # visual tokens per caption
+        visual = model.connector(feats.batch([0]).to(workspace.device)).shape[1]  # visual tokens per caption
     counted = {g: positions(model, b, visual) for g, b in orders.items()}
     for grouped, (padded, real) in counted.items():
         print(f"  {'length-grouped' if grouped else 'plain shuffled':15s}: {padded:9,d} LM positions per epoch, "

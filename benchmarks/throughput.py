@@ -17,9 +17,9 @@ from ablations.tables import load_table
 from vlm_core.errors import UserError
 
 
-def samples_per_second(ws, variant, steps: int, reencode: bool) -> float:
-    model = build_model(ws, variant.model, 0)
-    feats = ws.features["train"]
+def samples_per_second(workspace, variant, steps: int, reencode: bool) -> float:
+    model = build_model(workspace, variant.model, 0)
+    feats = workspace.features["train"]
     model.connector.fit_feature_stats(feats.batch(list(range(min(256, len(feats.ids))))))
     model.train_trainable_parts()
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
@@ -29,10 +29,10 @@ def samples_per_second(ws, variant, steps: int, reencode: bool) -> float:
     for step in range(steps):
         rows = [(step * bs + i) % len(ids) for i in range(bs)]
         if reencode:  # what a loop without the cache does: decode + encode every image, every step
-            x = ws.vision.encode_images([ws.data.load_image(ids[r]) for r in rows])
+            x = workspace.vision.encode_images([workspace.data.load_image(ids[r]) for r in rows])
         else:
             x = feats.batch(rows)
-        caps = [ws.data.captions[ids[r]][j % 5] for r in rows for j in range(per)]
+        caps = [workspace.data.captions[ids[r]][j % 5] for r in rows for j in range(per)]
         loss = model(x, caps, repeats=per)
         opt.zero_grad()
         loss.backward()
@@ -49,10 +49,10 @@ def main() -> None:
     ap.add_argument("--cache-dir", default=".cache")
     args = ap.parse_args()
     table = load_table(args.table)
-    ws = prepare(table, Path(args.cache_dir), splits=("train",), log=lambda *_: None)
+    workspace = prepare(table, Path(args.cache_dir), splits=("train",), log=lambda *_: None)
     variant = table.variants["full"]
-    cached = samples_per_second(ws, variant, args.steps, reencode=False)
-    encoded = samples_per_second(ws, variant, max(3, args.steps // 4), reencode=True)
+    cached = samples_per_second(workspace, variant, args.steps, reencode=False)
+    encoded = samples_per_second(workspace, variant, max(3, args.steps // 4), reencode=True)
     print(f"training images/s, {table.name} full, batch {variant.train.batch_size} x "
           f"{variant.train.captions_per_image} captions, {torch.get_num_threads()} threads:")
     print(f"  cached features : {cached:8.1f}")

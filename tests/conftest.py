@@ -10,7 +10,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from vlm_core.caption_lm import CaptionCorpus, CaptionLMConfig  # noqa: E402
 from vlm_core.shapes import ShapesConfig, load_shapes  # noqa: E402
-from vlm_core.language import load_language_backbone, tiny_random_gpt2  # noqa: E402
+from vlm_core.caption_lm import load_language_backbone  # noqa: E402
+from vlm_core.language import tiny_random_gpt2  # noqa: E402
 
 TINY_LM = CaptionLMConfig(vocab_size=400, n_layer=2, n_embd=64, n_head=2, epochs=40, batch_size=32, lr=3e-3)
 

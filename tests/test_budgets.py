@@ -61,32 +61,32 @@ def _synthetic(tmp_path, cider_shift: dict[int, float], gap_shift: dict[int, flo
             frame = pd.DataFrame({"CIDEr": values + shift[0], "nll_gap": values + shift[1]})
             per_image[name][s] = frame
             rows.append({"variant": name, "seed": s, **frame.mean().to_dict()})
-    tr = TableRuns(table, tmp_path, pd.DataFrame(rows), ["full", "meanpool"])
-    tr.sweep_order = [n for n in table.variants if table.variants[n].sweep_of]
-    tr.per_image = per_image
-    return tr
+    table_runs = TableRuns(table, tmp_path, pd.DataFrame(rows), ["full", "meanpool"])
+    table_runs.sweep_order = [n for n in table.variants if table.variants[n].sweep_of]
+    table_runs.per_image = per_image
+    return table_runs
 
 
 def test_budget_verdicts_find_a_late_verdict_and_a_flip_from_the_runs(tmp_path):
-    tr = _synthetic(tmp_path, cider_shift={1: 0.0, 2: 0.0, 4: -0.3}, gap_shift={1: -0.3, 2: 0.0, 4: 0.3})
-    assert budgets.series(tr) == {"full": {1: "full-epochs-1", 2: "full", 4: "full-epochs-4"},
+    table_runs = _synthetic(tmp_path, cider_shift={1: 0.0, 2: 0.0, 4: -0.3}, gap_shift={1: -0.3, 2: 0.0, 4: 0.3})
+    assert budgets.series(table_runs) == {"full": {1: "full-epochs-1", 2: "full", 4: "full-epochs-4"},
                                   "meanpool": {1: "meanpool-epochs-1", 2: "meanpool", 4: "meanpool-epochs-4"}}
-    found = {v.quantity: v for v in budgets.verdicts(tr)}
+    found = {v.quantity: v for v in budgets.verdicts(table_runs)}
     cider, gap = found["CIDEr"], found["nll_gap"]
     assert cider.expected and not gap.expected  # meanpool's expectation is worse_than_reference (CIDEr)
     assert cider.directions == ["undecided", "undecided", "lower"]
     assert cider.pattern == "appears only late (lower from the 3rd budget on, undecided before)"
     assert gap.directions == ["lower", "undecided", "higher"] and gap.pattern == "flips"
     # The sentence quotes the measured difference at each budget (Welch over the per-seed means).
-    late = tr.runs.set_index(["variant", "seed"])["CIDEr"]
+    late = table_runs.runs.set_index(["variant", "seed"])["CIDEr"]
     diff = late["meanpool-epochs-4"].mean() - late["full-epochs-4"].mean()
     assert f"4 epochs: lower {diff:.3f} [" in _budget_sentence(cider) and "**appears only late" in _budget_sentence(cider)
 
 
 def test_budget_verdicts_need_the_reference_at_the_same_budget(tmp_path):
-    tr = _synthetic(tmp_path, cider_shift={1: -0.3, 2: -0.3, 4: -0.3}, gap_shift={1: 0.0, 2: 0.0, 4: 0.0})
-    tr.sweep_order.remove("full-epochs-4")  # the reference has no 4-epoch runs: that budget is not compared
-    cider = next(v for v in budgets.verdicts(tr) if v.quantity == "CIDEr")
+    table_runs = _synthetic(tmp_path, cider_shift={1: -0.3, 2: -0.3, 4: -0.3}, gap_shift={1: 0.0, 2: 0.0, 4: 0.0})
+    table_runs.sweep_order.remove("full-epochs-4")  # the reference has no 4-epoch runs: that budget is not compared
+    cider = next(v for v in budgets.verdicts(table_runs) if v.quantity == "CIDEr")
     assert cider.budgets == [1, 2] and cider.pattern == "lower at every budget"
 
 
@@ -127,11 +127,11 @@ def test_run_all_and_report_with_budget_rows(tmp_path):
 
 def test_the_shipped_flickr8k_tiny_table_trains_three_variants_at_four_budgets(tmp_path):
     table = load_table("flickr8k-tiny")
-    tr = TableRuns(table, tmp_path, pd.DataFrame(), list(table.variants))
-    tr.sweep_order = [n for n in table.variants if table.variants[n].sweep_of]
-    assert budgets.series(tr) == {b: {e: b if e == 2 else f"{b}-epochs-{e}" for e in (1, 2, 4, 8)}
+    table_runs = TableRuns(table, tmp_path, pd.DataFrame(), list(table.variants))
+    table_runs.sweep_order = [n for n in table.variants if table.variants[n].sweep_of]
+    assert budgets.series(table_runs) == {b: {e: b if e == 2 else f"{b}-epochs-{e}" for e in (1, 2, 4, 8)}
                                   for b in ("full", "meanpool", "no-lora")}
-    for name in tr.sweep_order:  # a budget row differs from its base only in train.epochs
+    for name in table_runs.sweep_order:  # a budget row differs from its base only in train.epochs
         row, base = table.variants[name], table.variants[table.variants[name].sweep_of]
         assert row.model == base.model and {**vars(row.train), "epochs": base.train.epochs} == vars(base.train)
 
@@ -155,9 +155,9 @@ def test_other_sweeps_stay_rows_of_the_table(tmp_path):
 
 
 def test_one_shared_budget_and_a_budget_without_values(tmp_path):
-    tr = _synthetic(tmp_path, cider_shift={1: -0.3, 2: -0.3, 4: -0.3}, gap_shift={1: 0.0, 2: 0.0, 4: 0.0})
-    tr.per_image["meanpool-epochs-4"] = {s: f.drop(columns="CIDEr") for s, f in tr.per_image["meanpool-epochs-4"].items()}
-    tr.sweep_order.remove("full-epochs-1")
-    cider = next(v for v in budgets.verdicts(tr) if v.quantity == "CIDEr")
+    table_runs = _synthetic(tmp_path, cider_shift={1: -0.3, 2: -0.3, 4: -0.3}, gap_shift={1: 0.0, 2: 0.0, 4: 0.0})
+    table_runs.per_image["meanpool-epochs-4"] = {s: f.drop(columns="CIDEr") for s, f in table_runs.per_image["meanpool-epochs-4"].items()}
+    table_runs.sweep_order.remove("full-epochs-1")
+    cider = next(v for v in budgets.verdicts(table_runs) if v.quantity == "CIDEr")
     assert cider.budgets == [2] and cider.pattern == "lower at the only budget compared"
     assert "not compared at 4 epochs (no CIDEr on one side)" in _budget_sentence(cider)

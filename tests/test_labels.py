@@ -12,7 +12,7 @@ def llama_tiny(gpt2_tiny):
     """A tiny random Llama (SmolLM2's architecture) with the GPT-2 tokenizer: the Llama code path."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from vlm_core.lm import frozen_lm
+    from vlm_core.language import frozen_lm
 
     tok = gpt2_tiny.tokenizer
     torch.manual_seed(0)

@@ -31,14 +31,14 @@ def _runs(tmp_path, spec: dict[str, dict], fingerprints: dict[str, list[str]] | 
             per_image[v][s] = frame
             rows.append({"variant": v, "seed": s, "images": 400, "empty_rate": 0.0, "eos_first_rate": 0.0,
                          "fingerprint": (fingerprints or {}).get(v, ["f"] * len(SEEDS))[k], **value})
-    tr = TableRuns(table, tmp_path, pd.DataFrame(rows), list(spec))
-    tr.per_image = per_image
-    tr.configs = {v: {"model": {"train_qformer": v != "meanpool", "lora_rank": 0 if v == "meanpool" else 8}} for v in spec}
-    return tr
+    table_runs = TableRuns(table, tmp_path, pd.DataFrame(rows), list(spec))
+    table_runs.per_image = per_image
+    table_runs.configs = {v: {"model": {"train_qformer": v != "meanpool", "lora_rank": 0 if v == "meanpool" else 8}} for v in spec}
+    return table_runs
 
 
-def _decide(rule, tr, v):
-    return verdicts.combine([t.decision for t in verdicts.decide_family(rule(tr, v))])
+def _decide(rule, table_runs, v):
+    return verdicts.combine([t.decision for t in verdicts.decide_family(rule(table_runs, v))])
 
 
 SPREAD = [-0.02, -0.01, 0.0, 0.01, 0.02]
@@ -52,8 +52,8 @@ def _around(x):
                                                  (_around(0.85), _around(0.3), "not held"),   # swap bound 0.9
                                                  (_around(0.95), _around(-0.3), "not held")])  # gap bound 0
 def test_image_dependent(tmp_path, swap, gap, expected):
-    tr = _runs(tmp_path, {"full": {"swap_rate": swap, "nll_gap": gap, "CIDEr": 1.0}})
-    assert _decide(verdicts.rule_image_dependent, tr, "full") == expected
+    table_runs = _runs(tmp_path, {"full": {"swap_rate": swap, "nll_gap": gap, "CIDEr": 1.0}})
+    assert _decide(verdicts.rule_image_dependent, table_runs, "full") == expected
 
 
 @pytest.mark.parametrize("metric, rule", [("CIDEr", verdicts.rule_worse_than_reference),
@@ -62,64 +62,64 @@ def test_image_dependent(tmp_path, swap, gap, expected):
 @pytest.mark.parametrize("shift, expected", [(-0.5, "held"), (0.5, "not held"), (0.0, "inconclusive")])
 def test_comparisons_with_the_reference(tmp_path, metric, rule, shift, expected):
     base = {"CIDEr": 1.0, "slot_relation": 0.5, "nll_gap": 1.0}
-    tr = _runs(tmp_path, {"full": {k: _around(x) for k, x in base.items()},
+    table_runs = _runs(tmp_path, {"full": {k: _around(x) for k, x in base.items()},
                           "meanpool": {k: _around(x + (shift if k == metric else 0)) for k, x in base.items()}})
-    assert _decide(rule, tr, "meanpool") == expected
+    assert _decide(rule, table_runs, "meanpool") == expected
 
 
 @pytest.mark.parametrize("swap, cider, expected", [(0.0, 0.2, "held"), (0.2, 0.2, "not held"),  # swap bound 0.05
                                                    (0.0, 1.5, "not held")])  # CIDEr above a working variant
 def test_floor(tmp_path, swap, cider, expected):
-    tr = _runs(tmp_path, {"full": {"CIDEr": _around(1.0), "swap_rate": 0.95},
+    table_runs = _runs(tmp_path, {"full": {"CIDEr": _around(1.0), "swap_rate": 0.95},
                           "blind": {"CIDEr": _around(cider), "swap_rate": swap}})
-    assert _decide(verdicts.rule_floor, tr, "blind") == expected
+    assert _decide(verdicts.rule_floor, table_runs, "blind") == expected
 
 
 @pytest.mark.parametrize("empty, expected", [(_around(0.95), "held"), (_around(0.8), "not held")])  # bound 0.9
 def test_collapsed(tmp_path, empty, expected):
-    tr = _runs(tmp_path, {"seed-recipe": {"CIDEr": 0.1, "empty_rate": empty, "eos_first_rate": empty}})
-    assert _decide(verdicts.rule_collapsed, tr, "seed-recipe") == expected
+    table_runs = _runs(tmp_path, {"seed-recipe": {"CIDEr": 0.1, "empty_rate": empty, "eos_first_rate": empty}})
+    assert _decide(verdicts.rule_collapsed, table_runs, "seed-recipe") == expected
 
 
 def test_a_variant_whose_seeds_disagree_in_kind_is_not_decided(tmp_path):
-    tr = _runs(tmp_path, {"full": {"CIDEr": _around(1.0)},
+    table_runs = _runs(tmp_path, {"full": {"CIDEr": _around(1.0)},
                           "meanpool": {"CIDEr": [0.0, 0.5, 0.5, 0.5, 0.5], "empty_rate": [0.9, 0, 0, 0, 0]}})
-    (test,) = verdicts.decide_family(verdicts.rule_worse_than_reference(tr, "meanpool"))
+    (test,) = verdicts.decide_family(verdicts.rule_worse_than_reference(table_runs, "meanpool"))
     assert test.decision == "seeds disagree" and "some meanpool runs collapsed" in test.text()
-    tr.runs.loc[tr.runs["variant"] == "meanpool", "empty_rate"] = 0.0  # the same numbers without a collapse
-    (test,) = verdicts.decide_family(verdicts.rule_worse_than_reference(tr, "meanpool"))
+    table_runs.runs.loc[table_runs.runs["variant"] == "meanpool", "empty_rate"] = 0.0  # the same numbers without a collapse
+    (test,) = verdicts.decide_family(verdicts.rule_worse_than_reference(table_runs, "meanpool"))
     assert test.decision == "held"
 
 
 def test_runs_from_two_code_versions_are_confounded_unless_verified(tmp_path):
     spec = {"full": {"CIDEr": _around(1.0)}, "meanpool": {"CIDEr": _around(0.5)}}
-    tr = _runs(tmp_path, spec, fingerprints={"full": ["a"] * 5, "meanpool": ["b"] * 5})
-    assert _decide(verdicts.rule_worse_than_reference, tr, "meanpool") == "confounded"
-    tr.verification = [{"exact": True, "differed": ["code fingerprint"], "fingerprints": ["a"]}]
-    assert _decide(verdicts.rule_worse_than_reference, tr, "meanpool") == "confounded"  # b never reproduced
-    tr.verification.append({"exact": True, "differed": ["code fingerprint"], "fingerprints": ["a", "b"]})
-    assert _decide(verdicts.rule_worse_than_reference, tr, "meanpool") == "held"
+    table_runs = _runs(tmp_path, spec, fingerprints={"full": ["a"] * 5, "meanpool": ["b"] * 5})
+    assert _decide(verdicts.rule_worse_than_reference, table_runs, "meanpool") == "confounded"
+    table_runs.verification = [{"exact": True, "differed": ["code fingerprint"], "fingerprints": ["a"]}]
+    assert _decide(verdicts.rule_worse_than_reference, table_runs, "meanpool") == "confounded"  # b never reproduced
+    table_runs.verification.append({"exact": True, "differed": ["code fingerprint"], "fingerprints": ["a", "b"]})
+    assert _decide(verdicts.rule_worse_than_reference, table_runs, "meanpool") == "held"
 
 
 @pytest.mark.parametrize("goal, expected", [(0.9, "met"), (1.1, "not met"), (1.0, "undecided")])
 def test_targets_are_judged_on_the_seed_level_ci(tmp_path, goal, expected):
-    tr = _runs(tmp_path, {"full": {"CIDEr": _around(1.0)}})
-    tr.table.targets = {"CIDEr": goal}
-    (row,) = analysis.target_rows(tr, 0.0)
+    table_runs = _runs(tmp_path, {"full": {"CIDEr": _around(1.0)}})
+    table_runs.table.targets = {"CIDEr": goal}
+    (row,) = analysis.target_rows(table_runs, 0.0)
     assert row["decision"] == expected
 
 
 def test_grounding_and_reliance_claims_have_sides(tmp_path):
-    tr = _runs(tmp_path, {"full": {"CIDEr": 1.0, "grounding_excess": _around(0.1), "visual_reliance": _around(0.6)},
+    table_runs = _runs(tmp_path, {"full": {"CIDEr": 1.0, "grounding_excess": _around(0.1), "visual_reliance": _around(0.6)},
                           "meanpool": {"CIDEr": 1.0, "grounding_excess": _around(0.0), "visual_reliance": _around(0.4)}})
-    tr.configs["meanpool"]["model"]["train_qformer"] = False
+    table_runs.configs["meanpool"]["model"]["train_qformer"] = False
     grounding = {v.expectation if v.variant == "full" and not v.expected.endswith("meanpool") else "vs": v.verdict
-                 for v in verdicts.grounding_verdicts(tr)}
+                 for v in verdicts.grounding_verdicts(table_runs)}
     assert grounding == {"grounding_excess": "held", "vs": "held"}
-    assert [v.verdict for v in verdicts.reliance_verdicts(tr)] == ["held"]
-    tr.per_image["full"] = {s: f.assign(visual_reliance=f["visual_reliance"] - 0.4) for s, f in tr.per_image["full"].items()}
-    tr.comparisons = {}
-    assert [v.verdict for v in verdicts.reliance_verdicts(tr)] == ["not held"]
+    assert [v.verdict for v in verdicts.reliance_verdicts(table_runs)] == ["held"]
+    table_runs.per_image["full"] = {s: f.assign(visual_reliance=f["visual_reliance"] - 0.4) for s, f in table_runs.per_image["full"].items()}
+    table_runs.comparisons = {}
+    assert [v.verdict for v in verdicts.reliance_verdicts(table_runs)] == ["not held"]
 
 
 def test_a_family_is_holm_adjusted(tmp_path):

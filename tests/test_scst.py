@@ -161,11 +161,11 @@ def test_a_table_with_self_critical_epochs_runs_records_them_and_reports_them(tm
     from ablations.runner import prepare
     from ablations.tables import load_table
     from vlm_core.train import _dev_loss_images, dev_loss
-    ws = prepare(load_table(tmp_path / "micro.toml"), tmp_path / "cache", log=lambda *_: None)
+    workspace = prepare(load_table(tmp_path / "micro.toml"), tmp_path / "cache", log=lambda *_: None)
     cfg = TrainConfig(**json.loads((run / "config.json").read_text())["train"])
-    dev_x, dev_ids = _dev_loss_images(ws.features["dev"], cfg)
+    dev_x, dev_ids = _dev_loss_images(workspace.features["dev"], cfg)
     for model, logged in ((xe, history[1]["dev_loss"]), (final, history[3]["dev_loss"])):
-        assert dev_loss(model, dev_x, ws.data, dev_ids, cfg.batch_size) == pytest.approx(logged, abs=1e-4)
+        assert dev_loss(model, dev_x, workspace.data, dev_ids, cfg.batch_size) == pytest.approx(logged, abs=1e-4)
     with pytest.raises(UserError, match="weights must be"):
         load_run_model(run, tmp_path / "cache", weights="best")
     result = runner.invoke(app, ["report", str(tmp_path / "micro.toml"), "--runs-dir", str(runs), "--out", str(tmp_path / "out")])

@@ -92,6 +92,32 @@ def test_bad_tables_name_file_and_key(tmp_path, bad, message):
     assert path in str(err.value)
 
 
+def test_an_included_file_gives_rows_the_table_adds_to(tmp_path):
+    (tmp_path / "common").mkdir()
+    (tmp_path / "common" / "rows.toml").write_text(
+        '[variants.full]\nexpect = "image_dependent"\n[variants.meanpool]\nmodel = { connector = "meanpool" }\n'
+        'expect = "worse_than_reference"\n')
+    own = GOOD.split("[variants.full]")[0]
+    t = load_table(_write(tmp_path, 'include = "common/rows.toml"\n' + own +
+                          '[variants.meanpool]\nmodel = { num_queries = 2 }\nseeds = [0, 1, 2]\n[variants.extra]\n'))
+    assert list(t.variants) == ["full", "meanpool", "extra"]  # the included rows first, in their order
+    assert t.variants["meanpool"].model.connector == "meanpool"  # merged key by key, not replaced
+    assert t.variants["meanpool"].model.num_queries == 2
+    assert t.variants["meanpool"].expect == ["worse_than_reference"]
+    assert t.variants["meanpool"].seeds == [0, 1, 2] and t.variants["full"].seeds == [0, 1] == t.seeds
+    assert t.all_seeds == [0, 1, 2]
+    (tmp_path / "common" / "rows.toml").write_text('include = "other.toml"\n')
+    with pytest.raises(UserError, match=r"rows.toml: include: an included file cannot include"):
+        load_table(str(tmp_path / "t.toml"))
+    (tmp_path / "common" / "rows.toml").write_text('[variants.full]\ncolour = 1\n')
+    with pytest.raises(UserError, match=r"t.toml \(with common/rows.toml\): variants.full: unknown key 'colour'"):
+        load_table(str(tmp_path / "t.toml"))
+    with pytest.raises(UserError, match=r"missing.toml: cannot read"):
+        load_table(_write(tmp_path, 'include = "missing.toml"\n' + GOOD))
+    with pytest.raises(UserError, match=r"variants.meanpool.seeds: expected a non-empty list of distinct"):
+        load_table(_write(tmp_path, GOOD.replace('[variants.meanpool]\n', '[variants.meanpool]\nseeds = [1, 1]\n')))
+
+
 def test_unknown_table_name():
     with pytest.raises(UserError, match="unknown table 'nope'"):
         load_table("nope")

@@ -35,10 +35,10 @@ def _rates(tmp_path, n_seeds, shift, tables=200):
     seed_hits = image_hits = 0
     for _ in range(tables):
         variant, reference = _table(rng, n_seeds, shift)
-        tr = TableRuns(table, tmp_path, pd.DataFrame(), ["full", "meanpool"])
-        tr.per_image = {"full": {s: reference[[s]].set_axis(["CIDEr"], axis=1) for s in reference},
+        table_runs = TableRuns(table, tmp_path, pd.DataFrame(), ["full", "meanpool"])
+        table_runs.per_image = {"full": {s: reference[[s]].set_axis(["CIDEr"], axis=1) for s in reference},
                         "meanpool": {s: variant[[s]].set_axis(["CIDEr"], axis=1) for s in variant}}
-        (test,) = verdicts.decide_family(verdicts.rule_worse_than_reference(tr, "meanpool"))
+        (test,) = verdicts.decide_family(verdicts.rule_worse_than_reference(table_runs, "meanpool"))
         seed_hits += test.decision != "inconclusive"  # a difference either way
         old = paired_difference(variant.mean(axis=1).to_numpy(), reference.mean(axis=1).to_numpy(), n_resamples=200)
         image_hits += not (old["ci_low"] <= 0 <= old["ci_high"])
@@ -90,10 +90,10 @@ def test_one_sample_decide_and_seeds_needed():
 def _runs(tmp_path, captions: dict[int, dict[str, str]], variant="seed-recipe", **means) -> TableRuns:
     table = load_table(str(write_micro(tmp_path / "micro.toml", seeds=tuple(captions))))
     runs = pd.DataFrame([{"variant": variant, "seed": s, **means} for s in captions])
-    tr = TableRuns(table, tmp_path, runs, [variant])
-    tr.captions[variant] = captions
-    tr.configs[variant] = {"model": {"recipe": "seed" if variant == "seed-recipe" else "fixed"}}
-    return tr
+    table_runs = TableRuns(table, tmp_path, runs, [variant])
+    table_runs.captions[variant] = captions
+    table_runs.configs[variant] = {"model": {"recipe": "seed" if variant == "seed-recipe" else "fixed"}}
+    return table_runs
 
 
 def test_most_frequent_caption_is_counted_over_every_caption_of_every_seed(tmp_path):
@@ -102,8 +102,8 @@ def test_most_frequent_caption_is_counted_over_every_caption_of_every_seed(tmp_p
     seed0 = ["a red circle"] * 3 + ["a green triangle"] * 2
     seed1 = ["a blue square"] * 3 + ["a green triangle"] * 2
     caps = {0: {f"i{k}": c for k, c in enumerate(seed0)}, 1: {f"i{k}": c for k, c in enumerate(seed1)}}
-    tr = _runs(tmp_path, caps, variant="blind")
-    assert analysis.pooled_mode(tr, "blind") == ("a green triangle", 0.4, 10)
+    table_runs = _runs(tmp_path, caps, variant="blind")
+    assert analysis.pooled_mode(table_runs, "blind") == ("a green triangle", 0.4, 10)
     caps2 = {0: {f"i{k}": "a green triangle" if k < 3 else f"x{k}" for k in range(5)},
              1: {f"i{k}": "a green triangle" if k < 3 else f"y{k}" for k in range(5)}}
     tr2 = _runs(tmp_path, caps2, variant="blind")
@@ -116,18 +116,18 @@ def test_eos_collapse_diagnosis_quotes_measured_probabilities_and_locates_a_part
     ids = [f"img{i}" for i in range(9)]
     ref_length = pd.Series({i: float(n) for n, i in enumerate(ids)})  # img0 shortest ... img8 longest
     caps = {s: {i: ("" if n < 3 or (n == 3 and s == 0) else "a red circle") for n, i in enumerate(ids)} for s in (0, 1)}
-    tr = _runs(tmp_path, caps)
-    assert analysis.empty_by_length(tr, "seed-recipe", ref_length) == (1.0, 0.0)
-    assert analysis.empty_by_length(tr, "seed-recipe", None) is None
+    table_runs = _runs(tmp_path, caps)
+    assert analysis.empty_by_length(table_runs, "seed-recipe", ref_length) == (1.0, 0.0)
+    assert analysis.empty_by_length(table_runs, "seed-recipe", None) is None
     s = pd.Series({"empty_rate": 0.6, "eos_first_rate": 0.6, "unique_share": 0.2,
                    "p_eos_start": 0.83, "p_eos_bos": 0.12, "p_eos_after_eos": 0.97})
-    text = analysis.diagnose(tr, "seed-recipe", s, (1.0, 0.0))
+    text = analysis.diagnose(table_runs, "seed-recipe", s, (1.0, 0.0))
     assert "P(EOS) at the first position is 0.83 from the prefix this variant generates from ([visual][EOS])" in text
     assert "0.12 from the correct [visual][BOS] prefix, and 0.97 right after the EOS" in text
     assert "EOS follows EOS (P = 0.97)" in text and "from the correct prefix P(EOS) is 0.12" in text
     assert "100% empty on the third of images with the shortest references, 0% on the third with the longest" in text
     # Numbers that do not support a cause do not produce one.
-    calm = analysis.diagnose(tr, "seed-recipe", s.replace({0.97: 0.05, 0.83: 0.9, 0.12: 0.88}), (0.6, 0.55))
+    calm = analysis.diagnose(table_runs, "seed-recipe", s.replace({0.97: 0.05, 0.83: 0.9, 0.12: 0.88}), (0.6, 0.55))
     assert "EOS follows EOS" not in calm and "The start token is not the cause" in calm
     assert "caption length does not explain" in calm
 

@@ -2,6 +2,7 @@
 
 CPU stand-in for a pretrained LM: a byte-level BPE tokenizer and a 4x256 GPT-2, both trained on
 the *training* captions only (text, no images), cached by a hash of (data set, captions, config).
+``load_language_backbone`` is the one place that picks between it and a pretrained LM.
 """
 from __future__ import annotations
 
@@ -18,8 +19,26 @@ import torch
 
 from .atomic import atomic_dir, atomic_write_json, build_lock
 from .errors import UserError
-from .lm import frozen_lm, pad_batch, start_given_labels
+from .language import LanguageBackbone, frozen_lm, load_pretrained_lm, pad_batch, start_given_labels
 from .settings import without_unset
+
+
+CAPTION_LM = "caption-gpt2-tiny"  # its name as backbones.language
+
+
+def is_caption_lm(name: str) -> bool:
+    """Whether backbone ``name`` is built from a data set's training captions (and so needs them)."""
+    return name == CAPTION_LM
+
+
+def load_language_backbone(name: str, *, cache_dir: Path, caption_corpus: "CaptionCorpus | None" = None,
+                           caption_lm_config: "CaptionLMConfig | None" = None) -> LanguageBackbone:
+    """The caption LM built from ``caption_corpus`` (the data set's training captions), or a pretrained LM."""
+    if not is_caption_lm(name):
+        return load_pretrained_lm(name, Path(cache_dir))
+    if caption_corpus is None:
+        raise UserError(f"'{CAPTION_LM}' is pretrained on a data set's training captions; none given")
+    return build_caption_lm(caption_corpus, caption_lm_config or CaptionLMConfig(), Path(cache_dir))
 
 
 @dataclass
@@ -157,7 +176,7 @@ def cache_key(corpus: CaptionCorpus, cfg: CaptionLMConfig) -> str:
 
 def build_caption_lm(corpus: CaptionCorpus, cfg: CaptionLMConfig, cache_dir: Path):
     """Train (or load from cache) the caption LM; returns a LanguageBackbone."""
-    out_dir = cache_dir / f"caption-gpt2-tiny-{corpus.name}-{cache_key(corpus, cfg)}"
+    out_dir = cache_dir / f"{CAPTION_LM}-{corpus.name}-{cache_key(corpus, cfg)}"
     if not (out_dir / "info.json").exists():
         with build_lock(out_dir):  # a second process building the same entry waits, then loads the first one's
             if not (out_dir / "info.json").exists():
@@ -173,7 +192,7 @@ def load_caption_lm_dir(out_dir: Path):
     tok = AutoTokenizer.from_pretrained(out_dir)
     model = GPT2LMHeadModel.from_pretrained(out_dir)
     info["cache_dir"] = str(out_dir)
-    return frozen_lm("caption-gpt2-tiny", model, tok, info)
+    return frozen_lm(CAPTION_LM, model, tok, info)
 
 
 def initial_model(cfg: CaptionLMConfig, tok):

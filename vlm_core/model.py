@@ -25,7 +25,7 @@ from .atomic import atomic_dir, atomic_write, atomic_write_json
 from .connector import MeanPoolConnector, QFormerConnector, eager_attention
 from .device import autocast
 from .errors import UserError
-from .lm import LanguageBackbone, caption_token_ids, pad_batch, start_given_labels
+from .language import LanguageBackbone, caption_token_ids, pad_batch, start_given_labels
 from .seed_recipe import SeedRecipeText
 
 

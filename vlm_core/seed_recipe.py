@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from .lm import LanguageBackbone, caption_token_ids, pad_batch
+from .language import LanguageBackbone, caption_token_ids, pad_batch
 
 
 class SeedRecipeText:

@@ -19,7 +19,7 @@ from .cider import CiderD
 from .data import CaptionData
 from .errors import UserError
 from .features import FeatureSet
-from .lm import caption_token_ids
+from .language import caption_token_ids
 from .model import CaptionModel
 from .rerank import consensus_choice
 from .settings import defaults
