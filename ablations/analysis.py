@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
-from .collect import TableRuns
+from .collect import XE_PREFIX, TableRuns
 from .formatting import fmt
 from .record import STAGES
 from .stats import Interval, one_sample
@@ -95,7 +95,7 @@ def diagnose(table_runs: TableRuns, v: str, s: pd.Series, by_length: tuple[float
 
 
 def falls_every_epoch(history: list[pd.DataFrame], column: str) -> bool:
-    mean = pd.concat(history).groupby("epoch")[column].mean().values
+    mean = mean_per_epoch(history)[column].values
     return bool(len(mean) > 1 and np.all(np.diff(mean) < 0))
 
 
@@ -167,11 +167,13 @@ class Analysis:
     parameters: list[dict]
     loss: list[dict]
     self_critical: list[dict]
+    self_critical_gain: list[dict]  # per variant: each run's metrics before / after the self-critical epochs
     likelihood: list[dict]
     comparisons: dict[str, list[dict]]  # per compared quantity: one row per variant
     expectations: list[Verdict]
     plan_checks: dict | None
     budget_rows: list[dict]
+    budget_points: dict  # quantity -> variant -> {epochs: Interval}: the budget figure's points
     budget_verdicts: list
     grounding: list[dict]
     grounding_verdicts: list[Verdict]
@@ -241,6 +243,26 @@ def loss_rows(table_runs: TableRuns) -> tuple[list[dict], list[dict]]:
     return loss, scst
 
 
+GAIN_METRICS = ("BLEU-4", "CIDEr")
+
+
+def self_critical_gain(table_runs: TableRuns) -> list[dict]:
+    """Per variant with self-critical epochs: each run's metrics from its cross-entropy model and its final one,
+    and the mean gain over seeds with its 95% CI (final − cross-entropy, paired by run)."""
+    out = []
+    for v in table_runs.order:
+        rows = table_runs.runs[table_runs.runs["variant"] == v]
+        columns = [f"{XE_PREFIX}{m}" for m in GAIN_METRICS]
+        if not set(columns) <= set(rows.columns) or rows[columns].isna().all().all():
+            continue
+        rows = rows.dropna(subset=columns)
+        runs = [{"seed": int(r["seed"]), **{m: (float(r[f"{XE_PREFIX}{m}"]), float(r[m])) for m in GAIN_METRICS}}
+                for _, r in rows.iterrows()]
+        gain = {m: one_sample((rows[m] - rows[f"{XE_PREFIX}{m}"]).to_numpy()) for m in GAIN_METRICS}
+        out.append({"variant": v, "runs": runs, "gain": gain})
+    return out
+
+
 def plan_checks(table_runs: TableRuns) -> dict | None:
     """The original plan's two checks on the reference: loss falls every epoch; the caption follows the image."""
     ref = table_runs.table.reference
@@ -261,12 +283,36 @@ def reference_lengths(table_runs: TableRuns) -> pd.Series | None:
     return None
 
 
+GALLERY_RULE = ("one typical image (the reference's per-image CIDEr closest to its median), then the images "
+                "where the per-image CIDEr of the variants expected to work (not the floor or collapsed ones) spreads "
+                "most (max − min): where the ablations change the caption most")
+
+
 def gallery(table_runs: TableRuns) -> dict:
-    """The first seed's captions of the first GALLERY_SIZE evaluation images, per variant."""
+    """The first seed's captions of GALLERY_SIZE evaluation images chosen by GALLERY_RULE, per variant, with
+    each image's reason and its reference captions (when stored with the evidence)."""
     seed = table_runs.table.all_seeds[0]
     caps = {v: table_runs.captions[v][seed] for v in table_runs.order if seed in table_runs.captions.get(v, {})}
-    ids = list(next(iter(caps.values())))[:GALLERY_SIZE] if caps else []
-    return {"seed": seed, "ids": ids, "captions": caps}
+    out = {"seed": seed, "ids": [], "captions": caps, "why": {}, "references": {}, "rule": GALLERY_RULE}
+    common = [i for i in next(iter(caps.values()), {}) if all(i in c for c in caps.values())]
+    cider = pd.DataFrame({v: table_runs.per_image[v][seed]["CIDEr"] for v in caps
+                          if "CIDEr" in table_runs.per_image.get(v, {}).get(seed, {})}).reindex(common)
+    ref = table_runs.table.reference
+    if cider.empty or ref not in cider:
+        out["ids"] = common[:GALLERY_SIZE]
+        out["why"] = {i: "first images of the split (no per-image CIDEr)" for i in out["ids"]}
+    else:
+        typical = (cider[ref] - cider[ref].median()).abs().idxmin()
+        working = [v for v in cider if not {"floor", "collapsed"} & set(table_runs.table.variants[v].expect)] or list(cider)
+        spread = (cider[working].max(axis=1) - cider[working].min(axis=1)).drop(typical)
+        spread = spread.sort_values(ascending=False, kind="stable")
+        out["ids"] = [typical] + list(spread.index[: GALLERY_SIZE - 1])
+        out["why"] = {typical: f"typical: {ref} CIDEr {cider.loc[typical, ref]:.2f} (median {cider[ref].median():.2f})"}
+        out["why"].update({i: f"spread {spread[i]:.2f} (CIDEr {cider.loc[i, working].min():.2f} to "
+                              f"{cider.loc[i, working].max():.2f})"
+                           for i in out["ids"][1:]})
+    out["references"] = {i: table_runs.references[i] for i in out["ids"] if i in table_runs.references}
+    return out
 
 
 def attention_gallery(table_runs: TableRuns) -> dict[str, dict[str, np.ndarray]]:
@@ -294,9 +340,10 @@ def analyse(table_runs: TableRuns) -> Analysis:
     return Analysis(
         runs=table_runs, summary=summary, missing=[v for v in table_runs.table.variants if v not in table_runs.order + table_runs.sweep_order],
         time=spent, targets=target_rows(table_runs, spent["wall_seconds"]),
-        parameters=parameter_rows(table_runs), loss=loss, self_critical=scst, likelihood=likelihood_rows(table_runs),
+        parameters=parameter_rows(table_runs), loss=loss, self_critical=scst,
+        self_critical_gain=self_critical_gain(table_runs), likelihood=likelihood_rows(table_runs),
         comparisons=comparison_rows(table_runs), expectations=expectations(table_runs), plan_checks=plan_checks(table_runs),
-        budget_rows=budgets.budget_rows(table_runs), budget_verdicts=budgets.verdicts(table_runs),
+        budget_rows=budgets.budget_rows(table_runs), budget_points=budgets.plotted_points(table_runs), budget_verdicts=budgets.verdicts(table_runs),
         grounding=grounding_rows(table_runs), grounding_verdicts=grounding_verdicts(table_runs),
         reliance=reliance_rows(table_runs), reliance_verdicts=reliance_verdicts(table_runs), diagnoses=diagnoses,
         gallery=gallery(table_runs), stage_means=stage_means, evidence_sizes=evidence_sizes(table_runs),

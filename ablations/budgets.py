@@ -39,6 +39,13 @@ def seed_mean(table_runs: TableRuns, row: str, quantity: str) -> Interval:
     return one_sample(table_runs.seed_values(row, quantity).to_numpy(dtype=float))
 
 
+def plotted_points(table_runs: TableRuns) -> dict[str, dict[str, dict[int, Interval]]]:
+    """quantity -> variant -> {epochs: mean over seeds with its CI}: what the budget figure draws."""
+    rows = series(table_runs)
+    return {q: {v: {b: seed_mean(table_runs, row, q) for b, row in by_budget.items()} for v, by_budget in rows.items()}
+            for q in QUANTITIES} if rows else {}
+
+
 @dataclass
 class BudgetVerdict:
     """One ablation on one quantity across budgets: per-budget seed-level differences and their pattern."""

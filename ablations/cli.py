@@ -14,19 +14,21 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, 
 from rich.table import Table as RichTable
 
 from vlm_core.data import open_image
+from vlm_core.device import AUTO_DEVICE
 from vlm_core.errors import BackboneUnavailable, UserError
 from vlm_core.flickr8k import load_flickr8k
 from vlm_core.shapes import load_shapes
 from vlm_core.train import decode
 
-from . import executors
+from . import executors, tracking
 from .attention import maps_for_images, render_maps
 from .console import console, err_console, quiet_libraries
 from .evidence import add_runs, table_folder
 from .findings import write_readme_block
 from .planning import expected_hash, plan_runs
 from .preflight import preflight
-from .record import RunRecord, TableTiming, evidence_dir, run_path, table_lock
+from .record import (CACHE_DIR, REPORTS_DIR, RUNS_DIR, RunRecord, TableTiming, child, evidence_dir, run_path,
+                     table_lock)
 from .report import write_report
 from .runner import execute_run, prepare
 from .tables import apply_settings, load_table, shipped_tables
@@ -47,10 +49,13 @@ def _main() -> None:
     quiet_libraries()
 
 
-RUNS = typer.Option(Path("runs"), "--runs-dir", help="Where run folders go (runs/<table>/<variant>/seed-<k>).")
-REPORTS = typer.Option(Path("reports"), "--reports-dir", help="Reports and their evidence "
+RUNS = typer.Option(RUNS_DIR, "--runs-dir", help="Where run folders go (runs/<table>/<variant>/seed-<k>).")
+REPORTS = typer.Option(REPORTS_DIR, "--reports-dir", help="Reports and their evidence "
                        "(reports/<table>/runs/: finished runs without weights, from any machine).")
-CACHE = typer.Option(Path(".cache"), "--cache-dir", envvar="ABLATE_CACHE",
+TRACK = typer.Option(None, "--track", help="'mlflow': log each finished run to MLflow (pip install -e '.[mlflow]'); "
+                     "default: the table's run.track.")
+TRACKING_URI = typer.Option(None, "--tracking-uri", help="Any MLflow tracking URI (default: sqlite:///runs/mlflow.db).")
+CACHE = typer.Option(CACHE_DIR, "--cache-dir", envvar="ABLATE_CACHE",
                      help="Feature and LM caches (Flickr8k EfficientNet features: ~0.95 GiB on disk).")
 DATA_DIR = typer.Option(None, "--data-dir", help="Flickr8k folder (else $ABLATE_FLICKR8K, else the table's data.path).")
 DEVICE = typer.Option(None, "--device", help="auto (CUDA when present, else CPU), cpu, cuda, cuda:N, mps "
@@ -93,6 +98,7 @@ def run_all(
     gpus_per_run: Optional[float] = typer.Option(None, "--gpus-per-run", help="GPUs per Ray task."),
     ray_address: Optional[str] = typer.Option(None, "--ray-address", help="An existing Ray cluster (default: start "
                                               "a local one)."),
+    track: Optional[str] = TRACK, tracking_uri: Optional[str] = TRACKING_URI,
     runs_dir: Path = RUNS, reports_dir: Path = REPORTS, cache_dir: Path = CACHE, data_dir: Optional[str] = DATA_DIR,
 ):
     """Train every variant x seed of TABLE, then caption, score and probe each run.
@@ -106,7 +112,9 @@ def run_all(
     try:
         tbl = load_table(table)
         _run_options(tbl, device=device, precision=precision, executor=executor, cpus_per_run=cpus_per_run,
-                     gpus_per_run=gpus_per_run)
+                     gpus_per_run=gpus_per_run, track=track, tracking_uri=tracking_uri)
+        if tbl.run.track:
+            tracking.client(tbl.run.tracking_uri or None)  # MLflow missing: say so before any training
         seed_list = _chosen_seeds(tbl, seeds, seed)
         preflight(tbl, runs_dir, cache_dir, data_dir, ray_address)  # before anything is created or trained
         with table_lock(runs_dir, tbl.name):
@@ -157,6 +165,8 @@ def _execute(tbl, todo, runs_dir: Path, cache_dir: Path, data_dir: Optional[str]
             for line in lines:
                 progress.console.print(line, highlight=False)
             timing.run_finished()
+            if tbl.run.track and state == "done":  # from the driver, as each record comes back
+                tracking.track_table(tbl, child(runs_dir, tbl.name), tbl.run.tracking_uri or None, log=lambda *_: None)
             if (v.name, s) in tasks:
                 progress.update(tasks[(v.name, s)], description=f"  {v.name} seed {s}: {state}")
             else:
@@ -179,7 +189,7 @@ def _execute(tbl, todo, runs_dir: Path, cache_dir: Path, data_dir: Optional[str]
 def report(
     table: str = typer.Argument("shapes", help="A shipped table name or a .toml path."),
     runs_dir: Path = RUNS,
-    out_dir: Path = typer.Option(Path("reports"), "--out", help="Reports go to <out>/<table>/README.md, their "
+    out_dir: Path = typer.Option(REPORTS_DIR, "--out", help="Reports go to <out>/<table>/README.md, their "
                                  "evidence to <out>/<table>/runs/."),
     data_dir: Optional[str] = DATA_DIR,
     thumbnails: Optional[bool] = typer.Option(
@@ -241,6 +251,8 @@ def readme(
 def verify(
     table: str = typer.Argument(..., help="A shipped table name or a .toml path."),
     cells: int = typer.Option(2, "--cells", help="How many cells to retrain (one per variant, first seed first)."),
+    cell: Optional[list[str]] = typer.Option(None, "--cell", help="Retrain this cell instead, VARIANT:SEED "
+                                             "(repeatable), e.g. one run of each code version in the evidence."),
     reports_dir: Path = REPORTS, cache_dir: Path = CACHE, data_dir: Optional[str] = DATA_DIR,
     set_: Optional[list[str]] = typer.Option(None, "--set", help="Change a setting for the rerun only (to see "
                                              "what a difference looks like), e.g. --set train.lr=3e-3."),
@@ -249,7 +261,26 @@ def verify(
     'exact', or the largest difference in the variant's seed SDs with what differed (threads, CPU,
     libraries, code). Checks are stored with the evidence and listed in the report."""
     try:
-        verify_cells(table, cells, reports_dir, cache_dir, data_dir, set_ or [], log=console.print)
+        verify_cells(table, cells, reports_dir, cache_dir, data_dir, set_ or [], log=console.print, named=cell)
+    except UserError as err:
+        _fail(err)
+
+
+@app.command("track")
+def track_command(
+    table: str = typer.Argument(..., help="A shipped table name or a .toml path."),
+    source: Optional[Path] = typer.Option(None, "--from", help="A table folder of runs (default: the table's "
+                                          "committed evidence, reports/<table>/runs)."),
+    tracking_uri: Optional[str] = TRACKING_URI, reports_dir: Path = REPORTS,
+):
+    """Log a table's finished runs to MLflow (backfill: browse the shipped tables without retraining); each
+    record once, so running it again adds only new runs."""
+    try:
+        tbl = load_table(table)
+        folder = source or evidence_dir(reports_dir, tbl.name)
+        if not folder.is_dir():
+            raise UserError(f"{folder}: no such folder of runs of '{tbl.name}'")
+        tracking.track_table(tbl, folder, tracking_uri, log=console.print)
     except UserError as err:
         _fail(err)
 
@@ -308,7 +339,7 @@ def train(
         tbl.data.eval_split = "dev"
         if dev_images:
             tbl.data.eval_images = dev_images
-        out = out or Path("runs") / "train" / f"{tbl.name}-{variant}-seed{seed}"
+        out = out or RUNS_DIR / "train" / f"{tbl.name}-{variant}-seed{seed}"
         RunRecord(out).check_target()  # before loading anything: a folder of other files is never touched
         start = time.time()
         workspace = prepare(tbl, cache_dir, data_dir, splits=("train", "dev"), log=console.print)
@@ -340,7 +371,7 @@ def caption(
     beams: Optional[int] = typer.Option(None, "--beams", help="Default: the run's own decoding settings."),
     max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", help="Default: the run's."),
     no_repeat_ngram_size: Optional[int] = typer.Option(None, "--no-repeat-ngram-size", help="Default: the run's."),
-    device: str = typer.Option("auto", "--device", help="auto (CUDA when present, else CPU), cpu, cuda, cuda:N, mps."),
+    device: str = typer.Option(AUTO_DEVICE, "--device", help="auto (CUDA when present, else CPU), cpu, cuda, cuda:N, mps."),
     cache_dir: Path = CACHE, data_dir: Optional[str] = DATA_DIR,
 ):
     """Caption any image file with a trained run, decoding as the run was scored (overridable)."""
@@ -366,7 +397,7 @@ def attention_maps(
     run: Path = typer.Option(..., "--run", help="A finished run folder of a Q-Former variant."),
     out: Path = typer.Option(Path("attention"), "--out", help="Folder for the PNGs."),
     per_query: bool = typer.Option(True, "--per-query/--grid-only", help="Also one PNG per query and layer."),
-    device: str = typer.Option("auto", "--device"),
+    device: str = typer.Option(AUTO_DEVICE, "--device", help="auto (CUDA when present, else CPU), cpu, cuda, cuda:N, mps."),
     cache_dir: Path = CACHE, data_dir: Optional[str] = DATA_DIR,
 ):
     """Where each query of the run's Q-Former looks: per image, each query's cross-attention map (per

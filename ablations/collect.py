@@ -9,7 +9,7 @@ import pandas as pd
 
 from vlm_core.errors import UserError
 
-from .record import RunRecord, TableTiming, VerifyLog, cell_path, code_label
+from .record import ReferenceFile, RunRecord, TableTiming, VerifyLog, cell_path, code_label
 from .planning import expected_hash
 from .tables import Table
 
@@ -38,6 +38,7 @@ class TableRuns:
     attention_maps: dict[str, dict[int, dict]] = field(default_factory=dict)  # variant -> seed -> image -> maps
     train_images: int | None = None  # training images of the runs (from their records)
     verification: list[dict] = field(default_factory=list)  # `ablate verify` checks stored with the evidence
+    references: dict[str, list[str]] = field(default_factory=dict)  # eval image -> its reference captions, if stored
 
     def matrix(self, variant: str, column: str) -> pd.DataFrame:
         """Per-image values of ``column`` for a variant: images x seeds."""
@@ -55,12 +56,25 @@ class TableRuns:
         return rows.set_index("seed")[column] if column in rows else pd.Series(dtype=float)
 
 
+XE_PREFIX = "xe "  # a run's metrics from its model before the self-critical epochs (runs.csv columns "xe CIDEr", ...)
+
+
 def _run_row(variant: str, seed: int, m: dict, config: dict) -> dict:
     code = config.get("provenance", {}).get("code", {})
     row = {"variant": variant, "seed": seed, "epochs": config.get("train", {}).get("epochs"),
-           "fingerprint": code.get("fingerprint", "not recorded"), "images": m["images"], **m["metrics"], **m["slots"]}
+           "fingerprint": code.get("fingerprint", "not recorded"), "images": m["images"], **m["metrics"], **m["slots"],
+           **{f"{XE_PREFIX}{k}": v for k, v in m.get("metrics_xe", {}).items()}}
     row.update({k: v for k, v in m["probes"].items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
     return row
+
+
+def _determinism_text(d: dict) -> str:
+    """The settings a rerun must share to repeat a run's numbers (vlm_core.device.configure sets them on CUDA)."""
+    if "deterministic_algorithms" not in d:
+        return "not recorded"
+    text = "deterministic algorithms" if d["deterministic_algorithms"] else "default algorithms"
+    text += f", cuBLAS workspace {d['cublas_workspace_config']}" if d.get("cublas_workspace_config") else ""
+    return text + (", TF32 matmuls" if d.get("tf32_matmul") else "")
 
 
 def _provenance_row(variant: str, seed: int, record: RunRecord, current: bool) -> dict:
@@ -75,6 +89,7 @@ def _provenance_row(variant: str, seed: int, record: RunRecord, current: bool) -
                     else "not recorded"),
             "host": p.get("host", "not recorded"),
             "threads": p.get("determinism", {}).get("torch_threads", "not recorded"),
+            "determinism": _determinism_text(p.get("determinism", {})),
             "current": current}
 
 
@@ -119,4 +134,5 @@ def collect(table: Table, folder: Path) -> TableRuns:
     out.stage_seconds = pd.DataFrame(stages)
     out.timing = TableTiming.at(folder).read()
     out.verification = VerifyLog(folder).read()
+    out.references = ReferenceFile(folder).read()
     return out

@@ -23,7 +23,7 @@ from typing import Callable, Protocol
 import numpy as np
 import torch
 
-from vlm_core.device import describe, resolve_device
+from vlm_core.device import AUTO_DEVICE, describe, resolve_device
 from vlm_core.errors import UserError
 from vlm_core.features import FeatureSet
 
@@ -84,7 +84,7 @@ _WORKSPACE: Workspace | None = None
 
 def on_gpu(device: str, gpus: float) -> bool:
     """Runs go to a GPU: asked for by name, or 'auto' where GPUs are."""
-    return device.startswith("cuda") or (device == "auto" and gpus > 0)
+    return device.startswith("cuda") or (device == AUTO_DEVICE and gpus > 0)
 
 
 def local_workers(table: Table, runs: int, cpus: int, gpus: int) -> list[str | None]:

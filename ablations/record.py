@@ -38,6 +38,7 @@ import numpy as np
 import pandas as pd
 
 from vlm_core.atomic import atomic_dir, atomic_write, atomic_write_json, remove_leftovers, replace_dir
+from vlm_core.device import DEFAULT_PRECISION
 from vlm_core.errors import UserError
 from vlm_core.settings import without_unset
 from vlm_core.train import SCST_SETTINGS, TrainConfig
@@ -77,6 +78,13 @@ def run_path(runs_dir: Path, table: str, variant: str, seed: int) -> Path:
 def cell_path(table_dir: Path, variant: str, seed: int) -> Path:
     """One (variant, seed) inside a table's folder: runs/<table>/ locally, reports/<table>/runs/ as evidence."""
     return child(table_dir, variant) / f"seed-{int(seed)}"
+
+
+# Where things go unless told otherwise (each also a CLI option): local runs, the features and caption-LM
+# cache, and the reports with their committed evidence.
+RUNS_DIR = Path("runs")
+CACHE_DIR = Path(".cache")
+REPORTS_DIR = Path("reports")
 
 
 def evidence_dir(reports_dir: Path, table: str) -> Path:
@@ -391,6 +399,34 @@ class VerifyLog:
         atomic_write_json(self.path, self.read() + checks)
 
 
+class ReferenceFile:
+    """references.json.gz in a table's evidence folder: the reference captions of the eval split, written once
+    from the data set, so that a report shows them beside the gallery without the data on disk."""
+
+    def __init__(self, table_dir: Path):
+        self.path = Path(table_dir) / "references.json.gz"
+
+    def read(self) -> dict[str, list[str]]:
+        if not self.path.exists():
+            return {}
+        with gzip.open(self.path) as fh:
+            data = fh.read(MAX_FILE_BYTES + 1)
+        if len(data) > MAX_FILE_BYTES:
+            raise UserError(f"{self.path}: expands beyond {MAX_FILE_BYTES:,} bytes (refused)")
+        try:
+            refs = json.loads(data)
+        except ValueError as err:
+            raise UserError(f"{self.path}: not valid JSON ({err})") from err
+        if not isinstance(refs, dict) or not all(isinstance(v, list) and all(isinstance(c, str) for c in v)
+                                                 for v in refs.values()):
+            raise UserError(f"{self.path}: expected {{image id: [reference captions]}}")
+        return refs
+
+    def write(self, refs: dict[str, list[str]]) -> None:
+        data = gzip.compress(json.dumps(refs, sort_keys=True).encode(), 9, mtime=0)
+        atomic_write(self.path, lambda p: Path(p).write_bytes(data))
+
+
 @contextlib.contextmanager
 def table_lock(runs_dir: Path, table: str):
     """One run-all per output folder: a second one is refused (the OS drops the lock on any exit)."""
@@ -508,10 +544,11 @@ def determinism() -> dict:
 
     return {"torch_threads": torch.get_num_threads(),
             "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
-            "cublas_workspace_config": os.environ.get("CUBLAS_WORKSPACE_CONFIG")}
+            "cublas_workspace_config": os.environ.get("CUBLAS_WORKSPACE_CONFIG"),
+            "tf32_matmul": torch.backends.cuda.matmul.allow_tf32, "cudnn_benchmark": torch.backends.cudnn.benchmark}
 
 
-def provenance(device: str, precision: str = "fp32") -> dict:
+def provenance(device: str, precision: str = DEFAULT_PRECISION) -> dict:
     import torch
 
     versions = {}

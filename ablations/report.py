@@ -18,7 +18,7 @@ from .analysis import Analysis, analyse, attention_gallery, run_rows
 from .collect import collect
 from .evidence import add_runs
 from .formatting import fmt, fmt_ci, md_table
-from .record import child, code_label, code_version, evidence_dir
+from .record import ReferenceFile, child, code_label, code_version, evidence_dir
 from .table_data import load_data
 from .report_sections import (section_attention, section_budgets, section_comparisons, section_diagnosis,
                               section_expectations, section_gallery, section_likelihood, section_loss, section_main,
@@ -106,17 +106,17 @@ def section_provenance(r: ReportInput) -> list[str]:
     p = r.a.runs.provenance
     if p.empty:
         return []
-    keys = ["fingerprint", "code", "libraries", "device", "cpu", "threads"]
-    rows = [[f"`{fp}`", f"`{code}`", libs, device, cpu, threads, len(g), ", ".join(dict.fromkeys(g["variant"]))]
-            for (fp, code, libs, device, cpu, threads), g in p.groupby(keys, sort=False)]
+    keys = ["fingerprint", "code", "libraries", "device", "cpu", "threads", "determinism"]
+    rows = [[f"`{fp}`", f"`{code}`", libs, device, cpu, threads, det, len(g), ", ".join(dict.fromkeys(g["variant"]))]
+            for (fp, code, libs, device, cpu, threads, det), g in p.groupby(keys, sort=False)]
     lines = ["## Provenance", "", "What made the runs behind this report (from each run's config.json): the "
              "fingerprint of the code a result depends on (syntax trees of the model, data, training and run "
              "stages; comments, docs, tests and the report writer left out), the commit, and what changes the "
              f"numerics. The runs were made on {p.groupby(['host', 'cpu']).ngroups} machine(s), by "
              f"{p['fingerprint'].nunique()} code version(s) (fingerprints) from {p['code'].nunique()} commit(s).", "",
              f"{WRITER_LINE} `{code_label(code_version())}`.", "",
-             md_table(["fingerprint", "commit", "libraries", "device", "CPU (ISA)", "torch threads", "runs",
-                       "variants"], rows), ""]
+             md_table(["fingerprint", "commit", "libraries", "device", "CPU (ISA)", "torch threads", "determinism",
+                       "runs", "variants"], rows), ""]
     if p["fingerprint"].nunique() > 1:
         lines += [f"**Warning: the runs come from {p['fingerprint'].nunique()} code versions**; differences between "
                   "variants may partly be differences between code versions.", ""]
@@ -183,6 +183,7 @@ def write_report(table: Table, runs_dir: Path | None, out_root: Path, data_dir: 
         if merge.added or merge.kept:
             log(f"evidence: added {len(merge.added)} run(s) from {local} to {evidence}"
                 + "".join(f"\n  {line}" for line in merge.kept))
+    store_references(table, evidence, data_dir)
     a = analyse(collect(table, evidence))
     out_dir = child(out_root, table.name)
     r = ReportInput(table, a, draw_figures(table, a, out_dir, data_dir, thumbnails))
@@ -204,9 +205,12 @@ def draw_figures(table: Table, a: Analysis, out_dir: Path, data_dir: str | None,
     """Every picture the sections show; images (thumbnails, attention) only where the data may be shown."""
     pictures = {}
     if a.loss:
-        pictures["loss"] = figures.loss_plot({n: a.runs.histories[n] for n in a.runs.order}, out_dir / "loss.png")
+        pictures["loss"] = figures.loss_plot(a.loss, a.self_critical, out_dir / "loss.png")
+    forest = figures.forest_plot(a.comparisons, out_dir / "comparisons.png")
+    if forest:
+        pictures["comparisons"] = forest
     if a.budget_rows:
-        pictures["budgets"] = figures.budget_plot(a.runs, out_dir / "budgets.png")
+        pictures["budgets"] = figures.budget_plot(a.budget_points, table.data.eval_split, out_dir / "budgets.png")
     if table.show_images if thumbnails is None else thumbnails:
         data = _readable_data(table, data_dir)
         ids = [i for i in a.gallery["ids"] if data and i in data.captions]  # only images of the data set
@@ -216,6 +220,17 @@ def draw_figures(table: Table, a: Analysis, out_dir: Path, data_dir: str | None,
                                                                    data.load_image, out_dir / "attention", v)
                                      for v, maps in attention_gallery(a.runs).items()}
     return pictures
+
+
+def store_references(table: Table, evidence: Path, data_dir: str | None) -> None:
+    """Keep the eval split's reference captions with the evidence (once, when the data set is readable), so that
+    the gallery shows them wherever the report is regenerated."""
+    references = ReferenceFile(evidence)
+    if references.path.exists() or not evidence.is_dir():
+        return
+    data = _readable_data(table, data_dir)
+    if data is not None:
+        references.write({i: list(data.captions[i]) for i in data.splits[table.data.eval_split]})
 
 
 def _readable_data(table: Table, data_dir: str | None):

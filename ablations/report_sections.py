@@ -38,7 +38,11 @@ def section_parameters(r: ReportInput) -> list[str]:
 def section_loss(r: ReportInput) -> list[str]:
     rows = [[x["variant"], " → ".join(fmt(v) for v in x["train"]), " → ".join(fmt(v) for v in x["dev"]),
              "yes" if x["train_falls"] else "no", "yes" if x["dev_falls"] else "no"] for x in r.a.loss]
-    lines = ["## Loss per epoch", "", f"Mean over seeds (nats/token). ![loss]({r.pictures['loss']})", "",
+    lines = ["## Loss per epoch", "", f"![loss per epoch, one panel per variant]({r.pictures['loss']})", "",
+             "*Mean over seeds (nats/token), one panel per variant on its own scale: look for both lines falling "
+             "and for the gap between them (overfitting when dev rises while train falls)"
+             + ("; after the dashed line the self-critical epochs, with the mean candidate CIDEr-D on the right axis"
+                if r.a.self_critical else "") + ".*", "",
              md_table(["variant", "train loss", "dev loss", "train falls every epoch", "dev falls every epoch"], rows), ""]
     if r.a.self_critical:
         candidates = sorted({f"the {x['samples']} beams of a beam search of each training image" if x["candidates"] == "beam"
@@ -49,6 +53,15 @@ def section_loss(r: ReportInput) -> list[str]:
                   md_table(["variant", "mean candidate CIDEr-D", "dev loss"],
                            [[x["variant"], " → ".join(f"{v:.3f}" for v in x["reward"]),
                              " → ".join(fmt(v) for v in x["dev"])] for x in r.a.self_critical]), ""]
+    if r.a.self_critical_gain:
+        lines += ["Each run's model before its self-critical epochs (kept as `weights-xe/`) is captioned and scored "
+                  f"on the {r.table.data.eval_split} split the same way as its final model: cross-entropy → final, and the "
+                  "mean gain over seeds with its 95% CI (final − cross-entropy, run by run).", "",
+                  md_table(["variant", "seed", "BLEU-4", "CIDEr"],
+                           [[x["variant"], str(run["seed"]), *[f"{run[m][0]:.3f} → {run[m][1]:.3f}" for m in ("BLEU-4", "CIDEr")]]
+                            for x in r.a.self_critical_gain for run in x["runs"]]
+                           + [[x["variant"], "gain", *[fmt_ci(x["gain"][m]) for m in ("BLEU-4", "CIDEr")]]
+                              for x in r.a.self_critical_gain]), ""]
     return lines
 
 
@@ -93,6 +106,11 @@ def section_comparisons(r: ReportInput) -> list[str]:
              "Holm-adjusted p. **Image level** (these trained models only): per-image values averaged over seeds, "
              "bootstrap 95% CI over images and Wilcoxon p; it says whether these particular models differ, not "
              "whether the architectures do. Planning numbers are estimates from 2-4 degrees of freedom.", ""]
+    if "comparisons" in r.pictures:
+        lines += [f"![every comparison with {r.ref}]({r.pictures['comparisons']})", "",
+                  f"*Each variant − `{r.ref}`, seed-level 95% CI, one panel per quantity: red / blue = decided below / "
+                  "above 0 within its family (Holm), grey = inconclusive, hollow orange = not decided (seeds disagree "
+                  "in kind, or runs from different code). A CI that crosses 0 and is grey says the seeds cannot tell.*", ""]
     notes = []
     for metric, rows in r.a.comparisons.items():
         cells = []
@@ -126,7 +144,7 @@ def section_expectations(r: ReportInput) -> list[str]:
              "means the seeds cannot decide it; **seeds disagree** that some runs of the variant collapsed and some "
              "did not (a mean over them describes no run), **confounded** that the runs compared come from different "
              "code versions. Every verdict here assumes roughly normal seed-to-seed variation; under strong skew "
-             "the error rate is higher (see the README, \"How the reports decide\").", "",
+             "the error rate is higher (docs/how-reports-decide.md in the repository).", "",
              md_table(["variant", "expected", "rule", "verdict", "numbers"], rows), ""]
     checks = r.a.plan_checks
     if checks:
@@ -155,6 +173,9 @@ def section_budgets(r: ReportInput) -> list[str]:
              "sequence of per-budget outcomes, budgets ascending (lower / higher: decided below / above 0 on the "
              "Holm-adjusted p of the section's family).", "",
              f"![CIDEr and likelihood-swap gap against training budget]({r.pictures['budgets']})", "",
+             "*Each variant's mean over seeds at each training budget, with its seed-level 95% CI (points dodged "
+             "sideways so that the bars do not hide each other): look for whether an ablation's gap to "
+             f"`{r.ref}` keeps its sign as training grows; the table below tests it at each budget.*", "",
              md_table(["variant", "epochs", "row", "seeds", "CIDEr [95% CI]", "NLL gap [95% CI]", "train s (mean)"],
                       rows), ""]
     verdicts = r.a.budget_verdicts
@@ -221,10 +242,16 @@ def section_gallery(r: ReportInput) -> list[str]:
                 "into the reports (`ablate report --thumbnails` writes them locally)._\n\n")
     elif not thumbs:
         note = "_(thumbnails unavailable: the data set could not be read)_\n\n"
-    rows = [[f"![{i}](gallery/{thumbs[i]})" if thumbs and i in thumbs else f"`{i}`"]
-            + [caps.get(i, "–") or "_(empty)_" for caps in g["captions"].values()] for i in g["ids"]]
-    return ["## Gallery", "", note + f"Seed {g['seed']}, first {len(g['ids'])} images of the "
-            f"{r.table.data.eval_split} split.", "", md_table(["image"] + list(g["captions"]), rows), ""]
+    lines = ["## Gallery", "", note + f"Seed {g['seed']}, {len(g['ids'])} images of the {r.table.data.eval_split} "
+             f"split, chosen by a fixed rule: {g['rule']}.", ""]
+    for i in g["ids"]:
+        picture = f"![{i}](gallery/{thumbs[i]}) " if thumbs and i in thumbs else ""
+        refs = g["references"].get(i)
+        lines += [f"### {picture}`{i}`", "", f"*{g['why'][i]}*", ""]
+        lines += (["References: " + " · ".join(f"“{c}”" for c in refs), ""] if refs else
+                  ["_(reference captions not stored with this evidence)_", ""])
+        lines += [md_table(["variant", "caption"], [[v, caps.get(i, "–") or "_(empty)_"] for v, caps in g["captions"].items()]), ""]
+    return lines
 
 
 def section_timing(r: ReportInput) -> list[str]:

@@ -14,7 +14,7 @@ import pandas as pd
 import torch
 
 from vlm_core.data import CaptionData
-from vlm_core.device import describe, resolve_device
+from vlm_core.device import check_supported, configure, describe, resolve_device
 from vlm_core.features import FeatureSet, cached_features
 from vlm_core.caption_lm import load_language_backbone
 from vlm_core.language import LanguageBackbone
@@ -53,6 +53,8 @@ def prepare(table: Table, cache_dir: Path, data_dir: str | None = None, splits: 
     """Data, frozen backbones (on the table's run.device) and cached features for every run of a table."""
     t0 = time.time()
     device = resolve_device(table.run.device)
+    check_supported(device, table.run.precision)
+    configure(device, table.run.precision)
     data = load_data(table.data, data_dir)
     if data.problems:
         log(f"note: {data.problems[0]}" + (f" (and {len(data.problems) - 1} more like it)" if len(data.problems) > 1 else ""))
@@ -71,6 +73,7 @@ def prepare(table: Table, cache_dir: Path, data_dir: str | None = None, splits: 
 
 
 def build_model(workspace: Workspace, cfg: CaptionModelConfig, seed: int) -> CaptionModel:
+    configure(workspace.device, workspace.table.run.precision)  # again: a pool or Ray worker is a new process
     torch.manual_seed(seed)
     model = CaptionModel(cfg, workspace.lm, workspace.vision.feature_dim, workspace.vision.grid).to(workspace.device)
     model.precision = workspace.table.run.precision
@@ -78,7 +81,7 @@ def build_model(workspace: Workspace, cfg: CaptionModelConfig, seed: int) -> Cap
 
 
 class Stopwatch:
-    """Seconds per named stage: ``with watch(TRAIN): ...``."""
+    """Seconds per named stage, summed: ``with watch(TRAIN): ...``."""
 
     def __init__(self):
         self.seconds: dict[str, float] = {}
@@ -89,7 +92,7 @@ class Stopwatch:
         try:
             yield
         finally:
-            self.seconds[stage] = time.time() - start
+            self.seconds[stage] = self.seconds.get(stage, 0.0) + time.time() - start  # a stage may come twice
 
 
 def execute_run(workspace: Workspace, variant: Variant, seed: int, out: Path, eval_split: str | None = None,
@@ -124,10 +127,22 @@ def execute_run(workspace: Workspace, variant: Variant, seed: int, out: Path, ev
         record.write_attention_maps({feats.ids[k]: maps[:, k] for k in shown})
     # facts of the data set the report needs, kept so that it can be written without the data on disk
     per_image["ref_words"] = [float(np.mean([len(c.split()) for c in workspace.data.captions[i]])) for i in feats.ids]
-    record.finish(per_image, {"variant": variant.name, "seed": seed, "split": eval_split, "images": len(feats.ids),
-                              "train_images": len(workspace.data.splits["train"]), "metrics": corpus, "slots": slots,
-                              "probes": probe, "timings": watch.seconds})
+    summary = {"variant": variant.name, "seed": seed, "split": eval_split, "images": len(feats.ids),
+               "train_images": len(workspace.data.splits["train"]), "metrics": corpus, "slots": slots, "probes": probe}
+    if variant.train.scst_epochs:
+        with watch(GENERATE):
+            summary["metrics_xe"] = cross_entropy_stage(workspace, model, variant, record, feats)
+    record.finish(per_image, {**summary, "timings": watch.seconds})
     return "done"
+
+
+def cross_entropy_stage(workspace: Workspace, model: CaptionModel, variant: Variant, record: RunRecord,
+                        feats: FeatureSet) -> dict:
+    """The run's model from before its self-critical epochs, captioned and scored like the final one, so the
+    report shows per run what those epochs added. Last, because it loads those weights into ``model``."""
+    model.load_trainable(record.xe_weights_dir)
+    captions = generate_captions(model, feats, variant.train.decoding())
+    return score_stage(workspace.data, feats.ids, captions, spice=False)[0]
 
 
 def train_stage(workspace: Workspace, variant: Variant, seed: int, record: RunRecord,

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from vlm_core.caption_lm import CAPTION_LM, CaptionLMConfig
-from vlm_core.device import check_precision
+from vlm_core.device import AUTO_DEVICE, DEFAULT_PRECISION, check_precision
 from vlm_core.errors import UserError
 from vlm_core.model import CaptionModelConfig
 from vlm_core.shapes import ShapesConfig
@@ -40,6 +40,7 @@ BUDGET_KEY = "train.epochs"
 # ``[targets]``: thresholds for the reference variant on the eval split (metric names), and ``minutes`` for the table.
 TARGET_KEYS = ["BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr", "SPICE", "minutes"]
 DATA_NAMES = ("shapes", "flickr8k")
+DEFAULT_REFERENCE = "full"  # table.reference unless set: the variant every other one is compared with
 DATA_WITH_SLOT_LABELS = ("shapes",)  # captions that parse into slots (colour, shape, relation); see slots.py
 
 
@@ -68,16 +69,20 @@ class RunSpec:
     part of the config hash; the device and threads per run are recorded in each run's provenance
     (they can move numbers by floating-point rounding: kernels differ across devices and thread counts)."""
 
-    device: str = "auto"  # auto (CUDA when present, else CPU) | cpu | cuda | cuda:N | mps
-    precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast; fp32 measured fastest on these CPUs)
+    device: str = AUTO_DEVICE  # auto (CUDA when present, else CPU) | cpu | cuda | cuda:N | mps
+    precision: str = DEFAULT_PRECISION  # fp32 | bf16 | fp16 (autocast; fp32 measured fastest on these CPUs)
     executor: str = "serial"  # serial | local (a process pool on this machine) | ray
     cpus_per_run: int = 0  # torch threads per run; 0 = all cores (serial) or 1 (local, ray)
     gpus_per_run: float = 0.0  # ray only
+    track: str = ""  # "mlflow": log each finished run to MLflow (ablations/tracking.py); "" = no tracker
+    tracking_uri: str = ""  # "" = sqlite:///runs/mlflow.db
 
     def __post_init__(self):
         check_precision(self.precision)
         if self.executor not in EXECUTORS:
             raise UserError(f"run.executor: one of {', '.join(EXECUTORS)}, not {self.executor!r}")
+        if self.track not in ("", "mlflow"):
+            raise UserError(f"run.track: 'mlflow' or '' (no tracker), not {self.track!r}")
         if self.cpus_per_run < 0 or self.gpus_per_run < 0:
             raise UserError("run.cpus_per_run and run.gpus_per_run must be >= 0")
 
@@ -126,7 +131,7 @@ class Table:
     probes: ProbeSpec
     variants: dict[str, Variant]
     run: RunSpec = field(default_factory=RunSpec)
-    reference: str = "full"  # the variant every other one is compared with
+    reference: str = DEFAULT_REFERENCE  # the variant every other one is compared with
     notes: str = ""
     requires: str = ""  # e.g. "hub+gpu": printed when a run cannot start
     targets: dict[str, float] = field(default_factory=dict)  # see TARGET_KEYS; the report says met or not
@@ -310,7 +315,7 @@ def load_table(name_or_path: str) -> Table:
     for vname, row in rows.items():
         check_name(vname, f"{where}: variants")
         variants[vname] = _variant(vname, row, model_base, train_base, seeds, f"{where}: variants.{vname}")
-    reference = head.get("reference", "full")
+    reference = head.get("reference", DEFAULT_REFERENCE)
     if reference not in variants:
         raise UserError(f"{where}: table.reference: no variant {reference!r} (variants: {', '.join(variants)}); "
                         "name the variant every other one is compared with")

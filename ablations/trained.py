@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from vlm_core.caption_lm import CaptionLMConfig, is_caption_lm, load_caption_lm_dir, load_language_backbone
-from vlm_core.device import resolve_device
+from vlm_core.device import AUTO_DEVICE, DEFAULT_PRECISION, resolve_device
 from vlm_core.errors import UserError
 from vlm_core.model import CaptionModel, CaptionModelConfig
 from vlm_core.train import Decoding, TrainConfig
@@ -15,7 +15,7 @@ from .record import RunRecord
 from .table_data import caption_corpus, run_data
 
 
-def load_run_model(run: Path, cache_dir: Path, device: str = "auto", data_dir: str | None = None,
+def load_run_model(run: Path, cache_dir: Path, device: str = AUTO_DEVICE, data_dir: str | None = None,
                    weights: str = "final") -> tuple[CaptionModel, VisionBackbone]:
     """Rebuild a finished run's trained model (for `ablate caption`, `ablate attention`), on ``device``;
     ``weights = "xe"``: its cross-entropy model from before the self-critical epochs."""
@@ -46,7 +46,7 @@ def load_run_model(run: Path, cache_dir: Path, device: str = "auto", data_dir: s
     else:
         lm = load_language_backbone(language, cache_dir=cache_dir)
     model = CaptionModel(CaptionModelConfig(**config["model"]), lm, vision.feature_dim, vision.grid).to(target)
-    model.precision = config.get("precision", "fp32")
+    model.precision = config.get("precision", DEFAULT_PRECISION)
     model.load_trainable(weights_dir)
     model.eval()
     return model, vision

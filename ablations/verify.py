@@ -75,13 +75,26 @@ def compare_runs(old: RunRecord, new: RunRecord, seed_sd: dict[str, float]) -> d
     return {"exact": exact, "largest": largest}
 
 
+def named_cells(table: Table, evidence: Path, names: list[str]) -> list[tuple[str, int]]:
+    """``variant:seed`` cells (e.g. one made by each code version, to lift a confound), each finished in the evidence."""
+    cells = []
+    for name in names:
+        variant, sep, seed = name.rpartition(":")
+        if not sep or variant not in table.variants or not seed.isdigit():
+            raise UserError(f"--cell {name!r}: expected VARIANT:SEED with a variant of '{table.name}'")
+        if RunRecord(cell_path(evidence, variant, int(seed))).state() != "done":
+            raise UserError(f"--cell {name}: no finished run of it in {evidence}")
+        cells.append((variant, int(seed)))
+    return cells
+
+
 def verify_cells(table_name: str, n: int, reports_dir: Path, cache_dir: Path, data_dir: str | None,
-                 settings: list[str], log: Callable[[str], None] = print) -> list[dict]:
+                 settings: list[str], log: Callable[[str], None] = print, named: list[str] | None = None) -> list[dict]:
     """Retrain ``n`` chosen cells into a scratch folder and compare; checks made with the table's own
     settings are stored in the evidence's verify.json (with ``settings`` changed, they are only printed)."""
     table = load_table(table_name)
     evidence = evidence_dir(reports_dir, table.name)
-    cells = chosen_cells(table, evidence, n)
+    cells = named_cells(table, evidence, named) if named else chosen_cells(table, evidence, n)
     for name in {v for v, _ in cells}:
         apply_settings(table, table.variants[name], settings)
     stored = collect(table, evidence)

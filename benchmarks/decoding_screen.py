@@ -18,7 +18,7 @@ from pathlib import Path
 
 import typer
 
-from ablations.record import RunRecord
+from ablations.record import CACHE_DIR, RunRecord
 from ablations.table_data import run_data
 from ablations.trained import load_run_model, run_decoding
 from ablations.scoring import score_captions
@@ -42,7 +42,7 @@ def parse(setting: str) -> dict:
     return out
 
 
-def main(run: Path, setting: list[str] = typer.Option([], "--setting"), cache_dir: Path = typer.Option(Path(".cache")),
+def main(run: Path, setting: list[str] = typer.Option([], "--setting"), cache_dir: Path = typer.Option(CACHE_DIR),
          split: str = typer.Option("", "--split", help="dev or test; default: the split the run was scored on"),
          images: int = typer.Option(0, "--images", help="score only the first N images of the split (0: as the run)"),
          weights: str = typer.Option("final", "--weights", help="final | xe (before the self-critical epochs)"),

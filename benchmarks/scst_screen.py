@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 import typer
 
-from ablations.record import RunRecord
+from ablations.record import CACHE_DIR, RunRecord
 from ablations.table_data import run_data
 from ablations.trained import load_run_model, run_decoding
 from ablations.scoring import score_captions
@@ -34,7 +34,7 @@ def main(run: Path, epochs: int = typer.Option(2), lr: float = typer.Option(1e-4
          baseline: str = typer.Option("others", help="others | greedy"),
          candidates: str = typer.Option("sample", help="sample | beam"),
          images: int = typer.Option(0, help="score only the first N dev images (0: as the run, all of dev for a test run)"),
-         cache_dir: Path = typer.Option(Path(".cache"))):
+         cache_dir: Path = typer.Option(CACHE_DIR)):
     config = RunRecord(run).config()
     # a run with self-critical epochs starts the screen from the cross-entropy model it kept
     weights = "xe" if config["train"].get("scst_epochs", 0) else "final"

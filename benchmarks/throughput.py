@@ -14,10 +14,13 @@ import torch
 from ablations.collect import collect
 from ablations.runner import build_model, prepare
 from ablations.tables import load_table
+from vlm_core.device import synchronize
 from vlm_core.errors import UserError
 
 
-def samples_per_second(workspace, variant, steps: int, reencode: bool) -> float:
+def samples_per_second(workspace, variant, steps: int, reencode: bool, warmup: int = 2) -> float:
+    """Images per second over ``steps`` training steps after ``warmup`` untimed ones (allocator, kernels and,
+    on a GPU, the CUDA context), the device synchronised at both ends of the timed part."""
     model = build_model(workspace, variant.model, 0)
     feats = workspace.features["train"]
     model.connector.fit_feature_stats(feats.batch(list(range(min(256, len(feats.ids))))))
@@ -26,7 +29,10 @@ def samples_per_second(workspace, variant, steps: int, reencode: bool) -> float:
     bs, per = variant.train.batch_size, variant.train.captions_per_image
     ids = feats.ids
     start, seen = time.time(), 0
-    for step in range(steps):
+    for step in range(-warmup, steps):
+        if step == 0:
+            synchronize(model.device)
+            start, seen = time.time(), 0
         rows = [(step * bs + i) % len(ids) for i in range(bs)]
         if reencode:  # what a loop without the cache does: decode + encode every image, every step
             x = workspace.vision.encode_images([workspace.data.load_image(ids[r]) for r in rows])
@@ -38,6 +44,7 @@ def samples_per_second(workspace, variant, steps: int, reencode: bool) -> float:
         loss.backward()
         opt.step()
         seen += len(rows)
+    synchronize(model.device)
     return seen / (time.time() - start)
 
 

@@ -30,10 +30,17 @@ def pairing(evidence: Path) -> None:
     wide = table.pivot_table(index="seed", columns="variant", values="CIDEr")
     ref = wide.columns[0] if "full" not in wide else "full"
     print(f"\nper-seed CIDEr correlation with {ref} ({len(wide)} seeds, {runs}):")
+    zs = []
     for v in wide.columns:
         if v != ref and wide[v].notna().sum() >= 3:
             r, p = stats.pearsonr(wide[ref], wide[v])
+            zs.append(np.arctanh(np.clip(r, -0.999, 0.999)))
             print(f"  {v:>16}: r = {r:+.2f} (p = {p:.2f})")
+    if zs and len(wide) > 3:  # variants share the reference, so this CI is too narrow if anything
+        half = 1.96 / np.sqrt((len(wide) - 3) * len(zs))
+        mean = float(np.mean(zs))
+        print(f"  mean over variants (Fisher z): r = {np.tanh(mean):+.2f} [{np.tanh(mean - half):+.2f}, "
+              f"{np.tanh(mean + half):+.2f}]")
 
 
 def main() -> None:
@@ -59,6 +66,11 @@ def main() -> None:
     for family in (1, 10, 25):
         print(show(f"power at a 2-SD shift, 5 seeds, Holm in a family of {family}",
                    rule_rates.power_in_family(rng, n, family, shift=2.0)))
+    for rho in (0.0, 0.4, 0.8):
+        for shift, label in ((0.0, "null"), (1.5, "1.5-SD shift")):
+            out = rule_rates.pairing_rates(rng, n, 5, rho, shift)
+            print(f"paired t vs Welch, 5 seeds, seed correlation {rho}, {label}: "
+                  + "; ".join(show(k, v) for k, v in out.items()))
     pairing(args.evidence)
 
 

@@ -133,3 +133,68 @@ def test_bf16_autocast_runs_the_loss_in_bf16(model):
     loss = model(_feats(), CAPTIONS)
     handle.remove()
     assert seen == [torch.bfloat16] and loss.dtype == torch.float32 and torch.isfinite(loss)
+
+
+def test_bf16_autocast_keeps_the_lm_head_in_fp32(model):
+    """The logits the losses, NLL gaps and P(EOS) come from: under bf16 autocast the head still runs in fp32
+    on its input (bf16 logits of 32-128 come in steps of 0.25-0.5)."""
+    model.precision = "bf16"
+    head, seen = model.lm.get_output_embeddings(), []
+    handle = head.register_forward_hook(lambda mod, inp, out: seen.append((inp[0], out)))
+    with torch.no_grad():
+        model.caption_nll(_feats(), CAPTIONS)
+    handle.remove()
+    hidden, logits = seen[-1]  # the LM's own forward also calls it, for one unused position (logits_to_keep=1)
+    weight = head.weight if hasattr(head, "weight") else head.base_layer.weight
+    expected = hidden.float() @ weight.float().T
+    assert logits.dtype == torch.float32
+    assert torch.allclose(logits, expected, rtol=1e-5, atol=1e-5), (logits - expected).abs().max()
+
+
+def test_bf16_autocast_standardises_the_patch_features_in_fp32(gpt2_tiny):
+    """Features far from zero (mean 50, SD 1): folded into the weights, b − (W/σ)μ cancels in bf16."""
+    m = CaptionModel(CaptionModelConfig(**CFG), gpt2_tiny, 32, (2, 2))
+    x = 50 + torch.randn(64, 4, 32)
+    m.connector.fit_feature_stats(x)
+    with torch.no_grad():
+        exact = m.connector._patch_tokens(x)
+        with autocast(torch.device("cpu"), "bf16"):
+            low = m.connector._patch_tokens(x).float()
+    scale = exact.abs().mean()
+    assert (low - exact).abs().mean() < 0.02 * scale, ((low - exact).abs().mean(), scale)
+
+
+def test_the_fixed_order_row_sums_equal_index_add_and_carry_gradients():
+    """What CUDA uses instead of index_add (atomics: a different sum each run): the same sums, differentiable."""
+    from vlm_core.model import per_row_sums
+
+    keep = torch.tensor([[True, True, False], [False, False, False], [True, True, True]])
+    values = torch.randn(int(keep.sum()), dtype=torch.float64, requires_grad=True)
+    fixed, atomic = per_row_sums(values, keep, True), per_row_sums(values, keep, False)
+    assert torch.allclose(fixed, atomic) and fixed[1] == 0
+    assert torch.allclose(fixed, torch.stack([values[:2].sum(), values.new_zeros(()), values[2:].sum()]))
+    fixed.sum().backward()
+    assert torch.equal(values.grad, torch.ones_like(values))
+
+
+def test_a_cuda_run_is_configured_for_repeatable_numbers(monkeypatch):
+    """Set for CUDA only (the CPU needs nothing): deterministic algorithms, the cuBLAS workspace, no cuDNN
+    autotuning, TF32 only for low-precision runs; the run's provenance records them."""
+    from ablations.record import determinism
+    from vlm_core.device import configure
+
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    before = (torch.are_deterministic_algorithms_enabled(), torch.backends.cuda.matmul.allow_tf32)
+    configure(torch.device("cpu"), "fp32")
+    assert (torch.are_deterministic_algorithms_enabled(), torch.backends.cuda.matmul.allow_tf32) == before
+    try:
+        configure(torch.device("cuda"), "bf16")
+        assert torch.backends.cuda.matmul.allow_tf32 and determinism()["tf32_matmul"] is True
+        configure(torch.device("cuda"), "fp32")
+        recorded = determinism()
+        assert recorded["deterministic_algorithms"] and recorded["cublas_workspace_config"] == ":4096:8"
+        assert recorded["tf32_matmul"] is False and recorded["cudnn_benchmark"] is False
+    finally:
+        torch.use_deterministic_algorithms(before[0])
+        torch.backends.cuda.matmul.allow_tf32 = before[1]
+        torch.backends.cudnn.allow_tf32 = True  # torch default

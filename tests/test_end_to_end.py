@@ -71,6 +71,7 @@ def test_report_sections_and_numbers_match_runs(micro_runs):
     for section in SECTIONS:
         assert section.format(ref="full") in text, section
     assert (out / "loss.png").stat().st_size > 1000
+    assert (out / "comparisons.png").stat().st_size > 1000 and "](comparisons.png)" in text
     n_train = len(load_data(load_table(str(micro_runs["table"])).data).splits["train"])
     assert f"| training data | every image of the train split ({n_train:,}) |" in text
     assert list((out / "gallery").glob("*.png"))

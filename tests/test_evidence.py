@@ -176,6 +176,11 @@ def test_verify_is_exact_on_the_evidence_and_sees_a_changed_setting(two_machines
     assert result.exit_code == 2 and "differs: largest" in result.output and "seed SDs" in result.output
     assert "settings (train.lr=0.01)" in result.output
     assert len(json.loads((ev / "micro" / "runs" / "verify.json").read_text())) == 2  # a perturbed check is not stored
+    out = _ok("verify", table, "--cell", "meanpool:1", "--reports-dir", ev, "--cache-dir", cache)  # a named cell
+    assert "verify meanpool seed 1" in out and out.count(": exact") == 1, out
+    assert json.loads((ev / "micro" / "runs" / "verify.json").read_text())[-1]["seed"] == 1
+    result = _cli("verify", table, "--cell", "meanpool:7", "--reports-dir", ev, "--cache-dir", cache)
+    assert result.exit_code == 2 and "--cell meanpool:7: no finished run" in result.output
 
 
 def test_caption_on_evidence_says_how_to_retrain_the_cell(two_machines, tmp_path):

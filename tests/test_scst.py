@@ -139,7 +139,7 @@ def test_a_table_with_self_critical_epochs_runs_records_them_and_reports_them(tm
     from .micro import write_micro
 
     table = write_micro(tmp_path / "micro.toml", seeds=(0,), variants=("full", "meanpool"),
-                        extra="").read_text().replace("max_new_tokens = 8\n", "max_new_tokens = 8\nscst_epochs = 2\nscst_samples = 3\n")
+                        extra="").read_text().replace("max_new_tokens = 8\n", "max_new_tokens = 8\nscst_epochs = 2\nscst_samples = 3\nscst_lr = 0.05\n")  # a large rate: captions change
     (tmp_path / "micro.toml").write_text(table)
     runner, runs = CliRunner(), tmp_path / "runs"
     result = runner.invoke(app, ["run-all", str(tmp_path / "micro.toml"), "--runs-dir", str(runs),
@@ -166,6 +166,14 @@ def test_a_table_with_self_critical_epochs_runs_records_them_and_reports_them(tm
     dev_x, dev_ids = _dev_loss_images(workspace.features["dev"], cfg)
     for model, logged in ((xe, history[1]["dev_loss"]), (final, history[3]["dev_loss"])):
         assert dev_loss(model, dev_x, workspace.data, dev_ids, cfg.batch_size) == pytest.approx(logged, abs=1e-4)
+    # the cross-entropy model is also scored on the eval split, like the final one
+    from ablations.runner import score_stage
+    from vlm_core.train import generate_captions
+    metrics = json.loads((run / "metrics.json").read_text())
+    feats = workspace.features[workspace.table.data.eval_split]
+    xe_scores = score_stage(workspace.data, feats.ids, generate_captions(xe, feats, cfg.decoding()), False)[0]
+    assert metrics["metrics_xe"] == pytest.approx(xe_scores)
+    assert metrics["metrics_xe"] != pytest.approx(metrics["metrics"])  # so the check can tell the two models apart
     with pytest.raises(UserError, match="weights must be"):
         load_run_model(run, tmp_path / "cache", weights="best")
     result = runner.invoke(app, ["report", str(tmp_path / "micro.toml"), "--runs-dir", str(runs), "--out", str(tmp_path / "out")])
@@ -176,6 +184,9 @@ def test_a_table_with_self_critical_epochs_runs_records_them_and_reports_them(tm
     section = report[report.index("## Loss per epoch"):]
     loss_row = next(line for line in section.splitlines() if line.startswith("| full |"))  # the cross-entropy table
     assert loss_row.count("→") == 2 and "nan" not in loss_row, loss_row  # its 2 epochs, train and dev
+    m = metrics
+    assert (f"| full | 0 | {m['metrics_xe']['BLEU-4']:.3f} → {m['metrics']['BLEU-4']:.3f} | "
+            f"{m['metrics_xe']['CIDEr']:.3f} → {m['metrics']['CIDEr']:.3f} |") in report, report
 
 
 def test_a_greedy_baseline_needs_only_one_sample():

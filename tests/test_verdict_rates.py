@@ -52,3 +52,17 @@ def test_holm_matches_the_vectorised_step_down_and_keeps_order():
     assert (rule_rates.holm_reject(p) == expected).all()
     assert holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
     assert np.isnan(holm([0.01, float("nan")])[1])
+
+
+@pytest.mark.parametrize("rho", [0.0, 0.8])
+def test_pairing_welch_holds_its_rate_whether_or_not_seeds_pair(rho):
+    """Why the reports stay unpaired: Welch keeps its rate (conservative when seeds pair); a paired t keeps it too
+    but loses power when they do not pair, and shapes' 5 seeds cannot show that they do (benchmark)."""
+    rng = np.random.default_rng(int(rho * 10) + 7)
+    null = rule_rates.pairing_rates(rng, TABLES // 4, 5, rho, 0.0)
+    assert null["welch"][0] <= 0.06 and null["paired"][0] <= 0.06, null
+    shifted = rule_rates.pairing_rates(rng, TABLES // 4, 5, rho, 1.5)
+    if rho == 0.0:
+        assert shifted["paired"][0] < shifted["welch"][0], shifted  # the price of pairing what does not pair
+    else:
+        assert shifted["paired"][0] > shifted["welch"][0], shifted

@@ -11,6 +11,8 @@ import math
 import torch
 from torch import nn
 
+from .device import full_precision
+
 
 @contextlib.contextmanager
 def eager_attention(model: nn.Module):
@@ -95,9 +97,15 @@ class QFormerConnector(nn.Module):
     def _patch_tokens(self, features: torch.Tensor) -> torch.Tensor:
         # vision_proj(vision_norm(x)) with the standardisation folded into the weights: the same
         # function without two passes over the [B, N, 1280] patch tokens (7 % of a CPU training step).
-        weight = self.vision_proj.weight / self.vision_norm.std
-        bias = self.vision_proj.bias - weight @ self.vision_norm.mean
-        vision = nn.functional.linear(features, weight, bias)
+        if torch.is_autocast_enabled(features.device.type):
+            # In low precision (W/σ)x + b − (W/σ)μ cancels: standardise in fp32 first, then project.
+            with full_precision(features.device):
+                standardised = self.vision_norm(features.float())
+            vision = self.vision_proj(standardised)
+        else:
+            weight = self.vision_proj.weight / self.vision_norm.std
+            bias = self.vision_proj.bias - weight @ self.vision_norm.mean
+            vision = nn.functional.linear(features, weight, bias)
         if self.vision_pos is not None:
             vision = vision + self.vision_pos.to(vision.dtype)
         return vision

@@ -6,17 +6,20 @@ fp32 stays the default; autocast is for devices with fast low-precision units (C
 from __future__ import annotations
 
 import contextlib
+import os
 
 import torch
 
 from .errors import UserError
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+DEFAULT_PRECISION = "fp32"  # measured fastest on these CPUs
+AUTO_DEVICE = "auto"  # CUDA when present, else CPU
 
 
-def resolve_device(name: str = "auto") -> torch.device:
+def resolve_device(name: str = AUTO_DEVICE) -> torch.device:
     """``auto`` = CUDA when present, else CPU; an explicit device that is not there is a UserError."""
-    if name == "auto":
+    if name == AUTO_DEVICE:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         device = torch.device(name)
@@ -45,6 +48,41 @@ def autocast(device: torch.device, precision: str):
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=dtype)
+
+
+def check_supported(device: torch.device, precision: str) -> None:
+    """Before any cache is built: a precision the device cannot run is a UserError now, not a crash later."""
+    if device.type == "cuda" and precision == "bf16" and not torch.cuda.is_bf16_supported():
+        raise UserError(f"run.precision bf16: {torch.cuda.get_device_name(device)} has no bf16 support; use fp16 or fp32")
+
+
+def configure(device: torch.device, precision: str) -> None:
+    """What makes a rerun on ``device`` repeat its numbers, set before its first kernel.
+
+    CPU: nothing to set (bit-identical reruns at a fixed thread count). CUDA: deterministic algorithms
+    (warn, not fail, where an op has none), the cuBLAS workspace setting that deterministic matmuls need, no
+    cuDNN autotuning; TF32 matmuls only for bf16 / fp16 runs (fp32 runs stay comparable with the CPU's).
+    Recorded in every run's provenance (ablations/record.determinism)."""
+    if device.type != "cuda":
+        return
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cuda.matmul.allow_tf32 = precision != "fp32"
+    torch.backends.cudnn.allow_tf32 = precision != "fp32"
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work: a timer read without it measures the launch, not the work."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
+def full_precision(device: torch.device):
+    """fp32 inside an autocast region: for what low precision would round into the numbers the verdicts use."""
+    return torch.autocast(device.type, enabled=False)
 
 
 def describe(device: torch.device) -> str:

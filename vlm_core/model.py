@@ -23,7 +23,7 @@ from torch import nn
 
 from .atomic import atomic_dir, atomic_write, atomic_write_json
 from .connector import MeanPoolConnector, QFormerConnector, eager_attention
-from .device import autocast
+from .device import DEFAULT_PRECISION, autocast, full_precision
 from .errors import UserError
 from .language import LanguageBackbone, caption_token_ids, pad_batch, start_given_labels
 from .seed_recipe import SeedRecipeText
@@ -86,7 +86,7 @@ class CaptionModel(nn.Module):
                      else CaptionText(lm, cfg.max_caption_tokens))
         self.bos_id, self.eos_id, self.pad_id = self.text.bos_id, self.text.eos_id, self.text.pad_id
         self.lm_bos_id = lm.bos_id  # the LM's own start token (what the correct recipe starts from)
-        self.precision = "fp32"  # "bf16" / "fp16": autocast around every forward (see device.py)
+        self.precision = DEFAULT_PRECISION  # "bf16" / "fp16": autocast around every forward (see device.py)
 
         if cfg.connector == "qformer":
             self.connector = QFormerConnector(
@@ -178,7 +178,9 @@ class CaptionModel(nn.Module):
         out = self.lm(inputs_embeds=embeds, attention_mask=attn, output_hidden_states=True, logits_to_keep=1)
         hidden = out.hidden_states[-1][:, n_visual - 1 : n_visual - 1 + ids.shape[1]]  # position t predicts token t
         keep = labels != -100
-        return self.lm.get_output_embeddings()(hidden[keep]), labels[keep], keep
+        with full_precision(self.device):  # bf16 logits of 32-128 come in steps of 0.25-0.5: losses and NLL gaps move
+            logits = self.lm.get_output_embeddings()(hidden[keep].float())
+        return logits, labels[keep], keep
 
     # ---- loss ----------------------------------------------------------------------------
     def forward(self, features: torch.Tensor, captions: list[str], repeats: int = 1,
@@ -194,8 +196,7 @@ class CaptionModel(nn.Module):
         with self._autocast():
             logits, targets, keep = self._target_logits(features, ids, mask, labels, repeats)
         nll = F.cross_entropy(logits.float(), targets, reduction="none")
-        rows = keep.nonzero()[:, 0]
-        return torch.zeros(ids.shape[0], device=self.device).index_add(0, rows, nll), keep.sum(1)
+        return per_row_sums(nll, keep, fixed_order=nll.device.type == "cuda"), keep.sum(1)
 
     @torch.no_grad()
     def caption_nll(self, features: torch.Tensor, captions: list[str], repeats: int = 1) -> torch.Tensor:
@@ -350,6 +351,14 @@ class CaptionModel(nn.Module):
 
             set_peft_model_state_dict(self.lm, load_file(str(out_dir / "lora" / "adapter_model.safetensors"),
                                                          device=str(self.device)))
+
+
+def per_row_sums(values: torch.Tensor, keep: torch.Tensor, fixed_order: bool) -> torch.Tensor:
+    """Sum per row of ``values`` (one per True of ``keep`` [B, T], row-major). ``fixed_order`` (CUDA, where
+    index_add accumulates with atomics: a different float sum each run) sums a zero-padded [B, T] instead."""
+    if fixed_order:
+        return torch.zeros(keep.shape, device=values.device, dtype=values.dtype).masked_scatter(keep, values).sum(1)
+    return torch.zeros(keep.shape[0], device=values.device, dtype=values.dtype).index_add(0, keep.nonzero()[:, 0], values)
 
 
 def _cut_at_eos(ids: torch.Tensor, eos: int, keep_eos: bool = False) -> list[list[int]]:

@@ -329,7 +329,7 @@ def self_critical(model: CaptionModel, data: CaptionData, train_feats: FeatureSe
     params, groups = _trainable_groups(model, cfg.scst_lr, cfg.scst_lr * (cfg.connector_lr or cfg.lr) / cfg.lr)
     opt = _adamw(groups, cfg)
     scaler = torch.amp.GradScaler(model.device.type, enabled=model.precision == "fp16")
-    k, per_epoch = cfg.scst_samples, math.ceil(len(ids) / cfg.batch_size)
+    per_epoch = math.ceil(len(ids) / cfg.batch_size)
     total, step, first = per_epoch * cfg.scst_epochs, 0, len(history)
     for epoch in range(1, cfg.scst_epochs + 1):
         start = time.time()
@@ -338,22 +338,7 @@ def self_critical(model: CaptionModel, data: CaptionData, train_feats: FeatureSe
         losses, rewards = [], []
         for i in range(0, len(order), cfg.batch_size):
             rows = order[i : i + cfg.batch_size]
-            x = train_x[torch.as_tensor(rows)]
-            if cfg.scst_candidates == "beam":
-                samples, generated = model.beams_with_ids(x, max_new_tokens=cfg.max_new_tokens, num_beams=k,
-                                                          no_repeat_ngram_size=cfg.no_repeat_ngram_size,
-                                                          length_penalty=cfg.length_penalty)
-            else:
-                samples, generated = model.sample_with_ids(x, max_new_tokens=cfg.max_new_tokens, num_samples=k)
-            r = np.array([reward.score(ids[rows[j // k]], c) for j, c in enumerate(samples)]).reshape(len(rows), k)
-            if cfg.scst_baseline == "greedy":
-                greedy = model.generate(x, max_new_tokens=cfg.max_new_tokens)
-                baseline = np.array([[reward.score(ids[row], c)] for row, c in zip(rows, greedy)])
-            else:
-                baseline = (r.sum(1, keepdims=True) - r) / (k - 1)
-            advantage = torch.from_numpy((r - baseline).ravel()).float()
-            nll = model.generated_nll_sums(x, generated, repeats=k)  # the ids as sampled, by the policy that sampled
-            loss = (advantage.to(model.device) * nll).mean()
+            loss, r = _self_critical_loss(model, train_x[torch.as_tensor(rows)], [ids[row] for row in rows], reward, cfg)
             step += 1
             value = float(loss.detach())
             if not math.isfinite(value):
@@ -372,6 +357,28 @@ def self_critical(model: CaptionModel, data: CaptionData, train_feats: FeatureSe
             after_epoch(epoch)
     model.eval()
     return history[first:]
+
+
+def _self_critical_loss(model: CaptionModel, x: torch.Tensor, image_ids: list[str], reward: CiderD,
+                        cfg: TrainConfig) -> tuple[torch.Tensor, np.ndarray]:
+    """One batch's policy-gradient loss: candidates, their CIDEr-D rewards [B, k], advantage over the baseline
+    times each candidate's summed NLL (the ids as sampled, by the policy that sampled). Returns (loss, rewards)."""
+    k = cfg.scst_samples
+    if cfg.scst_candidates == "beam":
+        samples, generated = model.beams_with_ids(x, max_new_tokens=cfg.max_new_tokens, num_beams=k,
+                                                  no_repeat_ngram_size=cfg.no_repeat_ngram_size,
+                                                  length_penalty=cfg.length_penalty)
+    else:
+        samples, generated = model.sample_with_ids(x, max_new_tokens=cfg.max_new_tokens, num_samples=k)
+    r = np.array([reward.score(image_ids[j // k], c) for j, c in enumerate(samples)]).reshape(len(image_ids), k)
+    if cfg.scst_baseline == "greedy":
+        greedy = model.generate(x, max_new_tokens=cfg.max_new_tokens)
+        baseline = np.array([[reward.score(i, c)] for i, c in zip(image_ids, greedy)])
+    else:
+        baseline = (r.sum(1, keepdims=True) - r) / (k - 1)
+    advantage = torch.from_numpy((r - baseline).ravel()).float()
+    nll = model.generated_nll_sums(x, generated, repeats=k)
+    return (advantage.to(model.device) * nll).mean(), r
 
 
 @torch.no_grad()
