@@ -141,14 +141,30 @@ def run_rows(table_runs: TableRuns) -> pd.DataFrame:
     return runs.sort_values(["variant", "seed"], key=lambda c: c.map(order) if c.name == "variant" else c)
 
 
-def evidence_sizes(table_runs: TableRuns) -> pd.Series:
-    """Bytes on disk of each run record in the evidence (index: variant/seed-k)."""
-    sizes = {}
+PROVENANCE_KEYS = ["fingerprint", "code", "libraries", "device", "cpu", "threads", "determinism"]
+
+
+def provenance_summary(table_runs: TableRuns) -> dict:
+    """What made the runs, grouped by everything that can move their numbers; empty without provenance."""
+    p = table_runs.provenance
+    if p.empty:
+        return {}
+    groups = [{**dict(zip(PROVENANCE_KEYS, key)), "runs": len(g), "variants": list(dict.fromkeys(g["variant"]))}
+              for key, g in p.groupby(PROVENANCE_KEYS, sort=False)]
+    return {"groups": groups, "machines": p.groupby(["host", "cpu"]).ngroups, "fingerprints": p["fingerprint"].nunique(),
+            "commits": p["code"].nunique(), "stale": [(x.variant, x.seed) for x in p[~p["current"]].itertuples()]}
+
+
+def evidence_sizes(table_runs: TableRuns) -> dict:
+    """Size of the run records in the evidence: how many, KiB in all, per run (median) and the largest."""
+    sizes = []
     for variant, seeds in table_runs.per_image.items():
         for seed in seeds:
             folder = table_runs.folder / variant / f"seed-{seed}"
-            sizes[f"{variant}/seed-{seed}"] = sum(p.stat().st_size for p in folder.iterdir() if p.is_file())
-    return pd.Series(sizes, dtype=float)
+            sizes.append(sum(p.stat().st_size for p in folder.iterdir() if p.is_file()) / 1024)
+    s = pd.Series(sizes, dtype=float)
+    return {"runs": len(s), "total_kib": float(s.sum()), "median_kib": float(s.median()) if len(s) else 0.0,
+            "largest_kib": float(s.max()) if len(s) else 0.0}
 
 
 # ---- everything the report says, computed once
@@ -182,7 +198,8 @@ class Analysis:
     diagnoses: dict[str, str]
     gallery: dict  # seed, image ids, captions per variant
     stage_means: pd.DataFrame
-    evidence_sizes: pd.Series
+    evidence_sizes: dict  # runs, total / median / largest KiB of the committed records
+    provenance: dict  # grouped provenance rows, machines, code versions, commits, stale runs
     verification: list[dict]  # `ablate verify` checks stored with the evidence
 
 
@@ -291,7 +308,7 @@ GALLERY_RULE = ("one typical image (the reference's per-image CIDEr closest to i
 def gallery(table_runs: TableRuns) -> dict:
     """The first seed's captions of GALLERY_SIZE evaluation images chosen by GALLERY_RULE, per variant, with
     each image's reason and its reference captions (when stored with the evidence)."""
-    seed = table_runs.table.all_seeds[0]
+    seed = table_runs.table.variants[table_runs.table.reference].seeds[0]
     caps = {v: table_runs.captions[v][seed] for v in table_runs.order if seed in table_runs.captions.get(v, {})}
     out = {"seed": seed, "ids": [], "captions": caps, "why": {}, "references": {}, "rule": GALLERY_RULE}
     common = [i for i in next(iter(caps.values()), {}) if all(i in c for c in caps.values())]
@@ -317,7 +334,7 @@ def gallery(table_runs: TableRuns) -> dict:
 
 def attention_gallery(table_runs: TableRuns) -> dict[str, dict[str, np.ndarray]]:
     """Stored Q-Former maps of the reference and of frozen-Q-Former variants, first seed: variant -> image -> maps."""
-    seed = table_runs.table.all_seeds[0]
+    seed = table_runs.table.variants[table_runs.table.reference].seeds[0]
     names = [table_runs.table.reference] + variants_where(table_runs, "model", "train_qformer", False)
     return {n: table_runs.attention_maps[n][seed] for n in names
             if n in table_runs.order and table_runs.attention_maps.get(n, {}).get(seed)}
@@ -347,4 +364,5 @@ def analyse(table_runs: TableRuns) -> Analysis:
         grounding=grounding_rows(table_runs), grounding_verdicts=grounding_verdicts(table_runs),
         reliance=reliance_rows(table_runs), reliance_verdicts=reliance_verdicts(table_runs), diagnoses=diagnoses,
         gallery=gallery(table_runs), stage_means=stage_means, evidence_sizes=evidence_sizes(table_runs),
+        provenance=provenance_summary(table_runs),
         verification=table_runs.verification)

@@ -166,7 +166,11 @@ def _execute(tbl, todo, runs_dir: Path, cache_dir: Path, data_dir: Optional[str]
                 progress.console.print(line, highlight=False)
             timing.run_finished()
             if tbl.run.track and state == "done":  # from the driver, as each record comes back
-                tracking.track_table(tbl, child(runs_dir, tbl.name), tbl.run.tracking_uri or None, log=lambda *_: None)
+                try:
+                    tracking.track_table(tbl, child(runs_dir, tbl.name), tbl.run.tracking_uri or None, log=lambda *_: None)
+                except Exception as err:  # noqa: BLE001: a tracker's trouble must not stop the table
+                    progress.console.print(f"[yellow]MLflow: not logged ({type(err).__name__}: {err}); "
+                                           f"`ablate track {tbl.name} --from {runs_dir}` adds it later[/yellow]")
             if (v.name, s) in tasks:
                 progress.update(tasks[(v.name, s)], description=f"  {v.name} seed {s}: {state}")
             else:
@@ -277,7 +281,7 @@ def track_command(
     record once, so running it again adds only new runs."""
     try:
         tbl = load_table(table)
-        folder = source or evidence_dir(reports_dir, tbl.name)
+        folder = table_folder(source, tbl.name) if source else evidence_dir(reports_dir, tbl.name)
         if not folder.is_dir():
             raise UserError(f"{folder}: no such folder of runs of '{tbl.name}'")
         tracking.track_table(tbl, folder, tracking_uri, log=console.print)

@@ -103,27 +103,25 @@ def section_targets(r: ReportInput) -> list[str]:
 
 
 def section_provenance(r: ReportInput) -> list[str]:
-    p = r.a.runs.provenance
-    if p.empty:
+    p = r.a.provenance
+    if not p:
         return []
-    keys = ["fingerprint", "code", "libraries", "device", "cpu", "threads", "determinism"]
-    rows = [[f"`{fp}`", f"`{code}`", libs, device, cpu, threads, det, len(g), ", ".join(dict.fromkeys(g["variant"]))]
-            for (fp, code, libs, device, cpu, threads, det), g in p.groupby(keys, sort=False)]
+    rows = [[f"`{x['fingerprint']}`", f"`{x['code']}`", x["libraries"], x["device"], x["cpu"], x["threads"],
+             x["determinism"], x["runs"], ", ".join(x["variants"])] for x in p["groups"]]
     lines = ["## Provenance", "", "What made the runs behind this report (from each run's config.json): the "
              "fingerprint of the code a result depends on (syntax trees of the model, data, training and run "
              "stages; comments, docs, tests and the report writer left out), the commit, and what changes the "
-             f"numerics. The runs were made on {p.groupby(['host', 'cpu']).ngroups} machine(s), by "
-             f"{p['fingerprint'].nunique()} code version(s) (fingerprints) from {p['code'].nunique()} commit(s).", "",
+             f"numerics. The runs were made on {p['machines']} machine(s), by "
+             f"{p['fingerprints']} code version(s) (fingerprints) from {p['commits']} commit(s).", "",
              f"{WRITER_LINE} `{code_label(code_version())}`.", "",
              md_table(["fingerprint", "commit", "libraries", "device", "CPU (ISA)", "torch threads", "determinism",
                        "runs", "variants"], rows), ""]
-    if p["fingerprint"].nunique() > 1:
-        lines += [f"**Warning: the runs come from {p['fingerprint'].nunique()} code versions**; differences between "
+    if p["fingerprints"] > 1:
+        lines += [f"**Warning: the runs come from {p['fingerprints']} code versions**; differences between "
                   "variants may partly be differences between code versions.", ""]
-    stale = p[~p["current"]]
-    if len(stale):
-        lines += [f"**Warning: {len(stale)} stale run(s)**, made with settings that differ from the table's now: "
-                  + ", ".join(f"{x.variant} seed {x.seed}" for x in stale.itertuples())
+    if p["stale"]:
+        lines += [f"**Warning: {len(p['stale'])} stale run(s)**, made with settings that differ from the table's now: "
+                  + ", ".join(f"{v} seed {s}" for v, s in p["stale"])
                   + " (`ablate run-all` redoes them unless told `--keep-stale`).", ""]
     else:
         lines += ["Every run's stored config hash matches the table's current settings.", ""]
@@ -144,8 +142,8 @@ def section_evidence(r: ReportInput) -> list[str]:
     lines = ["## Evidence", "",
              "Every run above is committed beside this report as its run record without weights "
              "(`runs/<variant>/seed-<k>/`: settings with hash and provenance, parameters, loss history, metrics, "
-             f"per-image values, captions; the large files gzipped): {len(sizes)} runs, {sizes.sum() / 1024:,.0f} KiB "
-             f"in all, {sizes.median() / 1024:,.0f} KiB per run (median; largest {sizes.max() / 1024:,.0f} KiB). "
+             f"per-image values, captions; the large files gzipped): {sizes['runs']} runs, {sizes['total_kib']:,.0f} KiB "
+             f"in all, {sizes['median_kib']:,.0f} KiB per run (median; largest {sizes['largest_kib']:,.0f} KiB). "
              "`runs.csv` has one row per run (every metric and probe, the per-image means the seed-level tests "
              "use, the code fingerprint).", ""]
     if other:
@@ -183,8 +181,8 @@ def write_report(table: Table, runs_dir: Path | None, out_root: Path, data_dir: 
         if merge.added or merge.kept:
             log(f"evidence: added {len(merge.added)} run(s) from {local} to {evidence}"
                 + "".join(f"\n  {line}" for line in merge.kept))
-    store_references(table, evidence, data_dir)
     a = analyse(collect(table, evidence))
+    store_references(table, a, evidence, data_dir)
     out_dir = child(out_root, table.name)
     r = ReportInput(table, a, draw_figures(table, a, out_dir, data_dir, thumbnails))
     lines = [f"# Ablation report: `{table.name}`", "", table.description, "",
@@ -222,15 +220,20 @@ def draw_figures(table: Table, a: Analysis, out_dir: Path, data_dir: str | None,
     return pictures
 
 
-def store_references(table: Table, evidence: Path, data_dir: str | None) -> None:
-    """Keep the eval split's reference captions with the evidence (once, when the data set is readable), so that
-    the gallery shows them wherever the report is regenerated."""
-    references = ReferenceFile(evidence)
-    if references.path.exists() or not evidence.is_dir():
+def store_references(table: Table, a: Analysis, evidence: Path, data_dir: str | None) -> None:
+    """Keep the reference captions of the gallery's images with the evidence (when the data set is readable and
+    they are not there yet), so that the gallery shows them wherever the report is regenerated; only those
+    few: the data set's text is not republished."""
+    missing = [i for i in a.gallery["ids"] if i not in a.gallery["references"]]
+    if not missing or not evidence.is_dir():
         return
     data = _readable_data(table, data_dir)
-    if data is not None:
-        references.write({i: list(data.captions[i]) for i in data.splits[table.data.eval_split]})
+    if data is None:
+        return
+    references = ReferenceFile(evidence)
+    stored = {**references.read(), **{i: list(data.captions[i]) for i in missing if i in data.captions}}
+    references.write(stored)
+    a.gallery["references"] = {i: stored[i] for i in a.gallery["ids"] if i in stored}
 
 
 def _readable_data(table: Table, data_dir: str | None):

@@ -42,6 +42,7 @@ TARGET_KEYS = ["BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "CID
 DATA_NAMES = ("shapes", "flickr8k")
 DEFAULT_REFERENCE = "full"  # table.reference unless set: the variant every other one is compared with
 DATA_WITH_SLOT_LABELS = ("shapes",)  # captions that parse into slots (colour, shape, relation); see slots.py
+DATA_GENERATED = ("shapes",)  # images the project makes itself: a report may show them (table.show_images default)
 
 
 @dataclass
@@ -135,8 +136,8 @@ class Table:
     notes: str = ""
     requires: str = ""  # e.g. "hub+gpu": printed when a run cannot start
     targets: dict[str, float] = field(default_factory=dict)  # see TARGET_KEYS; the report says met or not
-    # Whether the report may show the data's images (gallery thumbnails, attention maps): the synthetic
-    # shapes may be shown; photos (Flickr8k) are not ours to republish, so the default is no.
+    # Whether the report may show the data's images (gallery thumbnails, attention maps): by default only
+    # images the project generates (DATA_GENERATED); photos (Flickr8k) are not ours to republish.
     show_images: bool = False
 
     @property
@@ -330,7 +331,7 @@ def load_table(name_or_path: str) -> Table:
         seeds=list(seeds), data=data, backbones=backbones, caption_lm=caption_lm, probes=probes,
         variants=variants, run=run, reference=reference, notes=str(head.get("notes", "")),
         requires=str(head.get("requires", "")), targets={k: float(v) for k, v in targets.items()},
-        show_images=_check_type(head.get("show_images", False), False, f"{where}: table.show_images"),
+        show_images=_check_type(head.get("show_images", data.name in DATA_GENERATED), False, f"{where}: table.show_images"),
     )
 
 

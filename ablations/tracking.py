@@ -19,6 +19,7 @@ from pathlib import Path
 
 from vlm_core.errors import UserError
 
+from .planning import expected_hash
 from .record import RUNS_DIR, RunRecord, cell_path, settings_of
 from .tables import Table
 
@@ -54,7 +55,16 @@ def _experiment(mlflow_client, table: Table) -> str:
     found = mlflow_client.get_experiment_by_name(name)
     if found is not None:
         return found.experiment_id
-    return mlflow_client.create_experiment(name, tags={"table": table.name, "description": table.description[:5000]})
+    artifacts = _artifact_root(mlflow_client.tracking_uri)
+    return mlflow_client.create_experiment(name, artifact_location=artifacts,
+                                           tags={"table": table.name, "description": table.description[:5000]})
+
+
+def _artifact_root(uri: str) -> str | None:
+    """Beside a sqlite store (else MLflow writes ./mlruns wherever it runs); a server's own default otherwise."""
+    if uri.startswith("sqlite:///"):
+        return (Path(uri[len("sqlite:///"):]).resolve().parent / "mlartifacts").as_uri()
+    return None
 
 
 def _logged(mlflow_client, experiment: str) -> set[tuple[str, str]]:
@@ -77,8 +87,8 @@ def track_table(table: Table, folder: Path, uri: str | None = None, log=print) -
     for v in table.variants.values():
         for seed in v.seeds:
             record = RunRecord(cell_path(folder, v.name, seed))
-            if record.state() != "done":
-                continue
+            if record.state() != "done" or not record.is_current(expected_hash(table, v, seed)):
+                continue  # unfinished, or stale (made with other settings than the table's now)
             key = (f"{v.name}/seed-{seed}", record.result_digest())
             if key not in logged:
                 log_run(mlflow_client, experiment, table, v.name, seed, record)

@@ -20,6 +20,7 @@ import sys
 import tempfile
 import time
 import traceback
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -28,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).parent))  # its sibling benchmark, run as 
 from throughput import samples_per_second  # noqa: E402
 
 from ablations import executors
+from ablations.console import quiet_libraries
 from ablations.record import CACHE_DIR, RunRecord, run_path
 from ablations.runner import prepare
 from ablations.tables import apply_settings, load_table
@@ -88,93 +90,117 @@ def compare(run: dict, reference: dict, want_device: str) -> tuple[bool, str, di
                 f"{run['nll_gap']:.3f} vs {reference['nll_gap']:.3f} (Δ {d_gap:+.3f}, tol {GAP_TOL}); device {run['device']}"), run
 
 
+@dataclass
+class Setup:
+    """What every check shares: the device standing for the GPU, extra settings, a scratch folder, the cache."""
+
+    dry_run: bool
+    gpu: str
+    extra: list[str]
+    scratch: Path
+    cache_dir: Path
+
+    def cells(self, device: str, precision: str, kind: str = "serial", name: str | None = None, **kw) -> dict:
+        return run_cells(device, precision, kind, self.scratch / (name or f"{device}-{precision}-{kind}"),
+                         self.cache_dir, self.extra, **kw)
+
+
+def availability(setup: Setup):
+    if setup.dry_run:
+        return None, f"dry run: CUDA {torch.cuda.is_available()}, the CPU stands in", None
+    return torch.cuda.is_bf16_supported(), (f"{torch.cuda.get_device_name(0)}, {torch.cuda.device_count()} GPU(s), "
+                                            f"bf16 {torch.cuda.is_bf16_supported()}, torch {torch.__version__}"), None
+
+
+def device_tests(setup: Setup):
+    out = subprocess.run([sys.executable, "-m", "pytest", "-q", "tests/test_devices.py"], capture_output=True, text=True)
+    return out.returncode == 0, (out.stdout.strip().splitlines() or ["no output"])[-1], None
+
+
+def cpu_reference(setup: Setup):
+    r = numbers(setup.cells("cpu", "fp32")[0])
+    return True, f"CIDEr {r['CIDEr']:.3f}, NLL gap {r['nll_gap']:.3f}", r
+
+
+def rerun(setup: Setup, first: dict):
+    again = numbers(setup.cells(setup.gpu, "fp32", name="rerun")[0])
+    diffs = {k: abs(v - first["all"][k]) for k, v in again["all"].items() if isinstance(v, (int, float)) and k in first["all"]}
+    worst = max(diffs, key=diffs.get)
+    return diffs[worst] == 0, f"largest difference {diffs[worst]:.3g} ({worst}); expected exact", None
+
+
+def beam_and_scst(setup: Setup):
+    settings = ["train.num_beams=3", "train.scst_epochs=1", "train.scst_samples=3", "train.scst_candidates='beam'",
+                "train.scst_baseline='others'"] + (["data.train_images=200"] if setup.dry_run else [])
+    record = run_cells(setup.gpu, "fp32", "serial", setup.scratch / "scst", setup.cache_dir, setup.extra + settings)[0]
+    history = record.history()
+    m, phases = record.metrics(), set(history["phase"].fillna("xe")) if "phase" in history else {"xe"}
+    ok = "scst" in phases and "metrics_xe" in m
+    return ok, f"CIDEr cross-entropy {m.get('metrics_xe', {}).get('CIDEr', float('nan')):.3f} → final {m['metrics']['CIDEr']:.3f}", None
+
+
+def local_pool(setup: Setup):
+    table = load_table("shapes")
+    apply_settings(table, None, [f"run.device='{setup.gpu}'", "run.executor='local'"])
+    gpus = torch.cuda.device_count()
+    workers = executors.local_workers(table, runs=4, cpus=16, gpus=gpus)
+    devices = sorted({numbers(r)["device"] for r in setup.cells(setup.gpu, "fp32", "local", seeds=(0, 1)).values()})
+    ok = all(d.startswith(setup.gpu) for d in devices) and (setup.dry_run or len(workers) == gpus)
+    return ok, f"{len(workers)} worker(s) for {gpus} GPU(s): {workers}; runs on {devices}", None
+
+
+def ray_half_gpu(setup: Setup):
+    try:
+        import ray  # noqa: F401
+    except ImportError:
+        return None, "ray not installed (pip install -e '.[ray]')", None
+    records = setup.cells(setup.gpu, "fp32", "ray", seeds=(0, 1), gpus_per_run=0.0 if setup.dry_run else 0.5)
+    devices = sorted({numbers(r)["device"] for r in records.values()})
+    return (all(d.startswith(setup.gpu) for d in devices),
+            f"2 tasks{'' if setup.dry_run else ' at 0.5 GPU each'}: runs on {devices}", None)
+
+
+def speed(setup: Setup):
+    rates = {}
+    for device in dict.fromkeys((setup.gpu, "cpu")):
+        table = load_table("shapes")
+        apply_settings(table, table.variants["full"], setup.extra + [f"run.device='{device}'"])
+        workspace = prepare(table, setup.cache_dir, splits=("train",), log=lambda *_: None)
+        rates[device] = samples_per_second(workspace, table.variants["full"], steps=5 if setup.dry_run else 30,
+                                           reencode=False)
+    return True, (", ".join(f"{d} {r:.0f} images/s" for d, r in rates.items())
+                  + f"; ratio {rates[setup.gpu] / rates['cpu']:.1f}x"), None
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dry-run", action="store_true")
     ap.add_argument("--cache-dir", type=Path, default=CACHE_DIR)
     ap.add_argument("--log", type=Path, default=Path("gpu_check.log"))
     args = ap.parse_args()
+    quiet_libraries()
     if not args.dry_run and not torch.cuda.is_available():
         print(f"no CUDA device here (torch {torch.__version__}); `--dry-run` checks this script on the CPU")
         return 2
     gpu, extra = ("cpu", DRY_RUN_SETTINGS) if args.dry_run else ("cuda", [])
-    checks, tmp = Checks(args.log), Path(tempfile.mkdtemp(prefix="gpu-check-"))
+    setup = Setup(args.dry_run, gpu, extra, Path(tempfile.mkdtemp(prefix="gpu-check-")), args.cache_dir)
+    checks = Checks(args.log)
     args.log.write_text("")
-
-    def availability():
-        if args.dry_run:
-            return None, f"dry run: CUDA {torch.cuda.is_available()}, the CPU stands in", None
-        return torch.cuda.is_bf16_supported(), (f"{torch.cuda.get_device_name(0)}, {torch.cuda.device_count()} GPU(s), "
-                                                f"bf16 {torch.cuda.is_bf16_supported()}, torch {torch.__version__}"), None
-
-    def device_tests():
-        out = subprocess.run([sys.executable, "-m", "pytest", "-q", "tests/test_devices.py"], capture_output=True, text=True)
-        return out.returncode == 0, (out.stdout.strip().splitlines() or ["no output"])[-1], None
-
-    checks.run("CUDA and bf16", availability)
-    checks.run("tests/test_devices.py", device_tests)
-    cells = lambda device, precision, kind="serial", name=None, **kw: run_cells(  # noqa: E731
-        device, precision, kind, tmp / (name or f"{device}-{precision}-{kind}"), args.cache_dir, extra, **kw)
-    reference = checks.run("shapes full seed 0, CPU fp32 (the reference)",
-                           lambda: (True, "CIDEr {CIDEr:.3f}, NLL gap {nll_gap:.3f}".format(**(r := numbers(cells("cpu", "fp32")[0]))), r))
+    checks.run("CUDA and bf16", lambda: availability(setup))
+    checks.run("tests/test_devices.py", lambda: device_tests(setup))
+    reference = checks.run("shapes full seed 0, CPU fp32 (the reference)", lambda: cpu_reference(setup))
     first = None
     for precision in ("fp32", "bf16", "fp16"):
         run = checks.run(f"shapes full seed 0, GPU {precision} vs CPU fp32",
-                         lambda p=precision: compare(numbers(cells(gpu, p)[0]), reference, gpu) if reference else (False, "no reference", None))
-        first = first or run
-
-    def rerun():
-        again = numbers(cells(gpu, "fp32", name="rerun")[0])
-        diffs = {k: abs(v - first["all"][k]) for k, v in again["all"].items() if isinstance(v, (int, float)) and k in first["all"]}
-        worst = max(diffs, key=diffs.get)
-        return diffs[worst] == 0, f"largest difference {diffs[worst]:.3g} ({worst}); expected exact", None
-
-    checks.run("fp32 rerun on the GPU vs the first (determinism)", rerun if first else lambda: (False, "no first run", None))
-
-    def beam_and_scst():
-        settings = ["train.num_beams=3", "train.scst_epochs=1", "train.scst_samples=3", "train.scst_candidates='beam'",
-                    "train.scst_baseline='others'"] + (["data.train_images=200"] if args.dry_run else [])
-        record = run_cells(gpu, "fp32", "serial", tmp / "scst", args.cache_dir, extra + settings)[0]
-        history = record.history()
-        m, phases = record.metrics(), set(history["phase"].fillna("xe")) if "phase" in history else {"xe"}
-        ok = "scst" in phases and "metrics_xe" in m
-        return ok, f"CIDEr cross-entropy {m.get('metrics_xe', {}).get('CIDEr', float('nan')):.3f} → final {m['metrics']['CIDEr']:.3f}", None
-
-    checks.run("beam search + self-critical run", beam_and_scst)
-
-    def local_pool():
-        table = load_table("shapes")
-        apply_settings(table, None, [f"run.device='{gpu}'", "run.executor='local'"])
-        gpus = torch.cuda.device_count()
-        workers = executors.local_workers(table, runs=4, cpus=16, gpus=gpus)
-        records = cells(gpu, "fp32", "local", seeds=(0, 1))
-        devices = sorted({numbers(r)["device"] for r in records.values()})
-        ok = all(d.startswith(gpu) for d in devices) and (args.dry_run or len(workers) == gpus)
-        return ok, f"{len(workers)} worker(s) for {gpus} GPU(s): {workers}; runs on {devices}", None
-
-    checks.run("local executor, one worker per GPU", local_pool)
-
-    def ray_half_gpu():
-        try:
-            import ray  # noqa: F401
-        except ImportError:
-            return None, "ray not installed (pip install -e '.[ray]')", None
-        records = cells(gpu, "fp32", "ray", seeds=(0, 1), gpus_per_run=0.0 if args.dry_run else 0.5)
-        devices = sorted({numbers(r)["device"] for r in records.values()})
-        return all(d.startswith(gpu) for d in devices), f"2 tasks{'' if args.dry_run else ' at 0.5 GPU each'}: runs on {devices}", None
-
-    checks.run("Ray executor, a fraction of a GPU per task", ray_half_gpu)
-
-    def speed():
-        rates = {}
-        for device in dict.fromkeys((gpu, "cpu")):
-            table = load_table("shapes")
-            apply_settings(table, table.variants["full"], extra + [f"run.device='{device}'"])
-            workspace = prepare(table, args.cache_dir, splits=("train",), log=lambda *_: None)
-            rates[device] = samples_per_second(workspace, table.variants["full"], steps=5 if args.dry_run else 30, reencode=False)
-        return True, ", ".join(f"{d} {r:.0f} images/s" for d, r in rates.items()) + f"; ratio {rates[gpu] / rates['cpu']:.1f}x", None
-
-    checks.run("training step speed, GPU vs CPU (warm-up, synchronised)", speed)
+                         lambda p=precision: compare(numbers(setup.cells(gpu, p)[0]), reference, gpu) if reference
+                         else (False, "no reference", None))
+        first = run if precision == "fp32" else first
+    checks.run("fp32 rerun on the GPU vs the first (determinism)",
+               lambda: rerun(setup, first) if first else (False, "no first run", None))
+    checks.run("beam search + self-critical run", lambda: beam_and_scst(setup))
+    checks.run("local executor, one worker per GPU", lambda: local_pool(setup))
+    checks.run("Ray executor, a fraction of a GPU per task", lambda: ray_half_gpu(setup))
+    checks.run("training step speed, GPU vs CPU (warm-up, synchronised)", lambda: speed(setup))
     print("\n" + checks.table())
     return 1 if any(s == "FAIL" for _, s, _ in checks.rows) else 0
 

@@ -9,7 +9,6 @@ MICRO = """
 name = "{name}"
 description = "micro table for tests"
 seeds = {seeds}
-show_images = true  # generated shapes: thumbnails and attention pictures in the report
 
 [data]
 name = "shapes"

@@ -52,8 +52,9 @@ def autocast(device: torch.device, precision: str):
 
 def check_supported(device: torch.device, precision: str) -> None:
     """Before any cache is built: a precision the device cannot run is a UserError now, not a crash later."""
-    if device.type == "cuda" and precision == "bf16" and not torch.cuda.is_bf16_supported():
-        raise UserError(f"run.precision bf16: {torch.cuda.get_device_name(device)} has no bf16 support; use fp16 or fp32")
+    if device.type == "cuda" and precision == "bf16" and torch.cuda.get_device_capability(device)[0] < 8:
+        raise UserError(f"run.precision bf16: {torch.cuda.get_device_name(device)} has no native bf16 (compute "
+                        "capability 8.0 or later); use fp16 or fp32")
 
 
 def configure(device: torch.device, precision: str) -> None:
@@ -80,9 +81,18 @@ def synchronize(device: torch.device) -> None:
         torch.mps.synchronize()
 
 
+@contextlib.contextmanager
 def full_precision(device: torch.device):
-    """fp32 inside an autocast region: for what low precision would round into the numbers the verdicts use."""
-    return torch.autocast(device.type, enabled=False)
+    """fp32 inside an autocast region (and no TF32 matmuls on CUDA): for what low precision would round into
+    the numbers the verdicts use."""
+    tf32 = torch.backends.cuda.matmul.allow_tf32
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        with torch.autocast(device.type, enabled=False):
+            yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = tf32
 
 
 def describe(device: torch.device) -> str:

@@ -279,7 +279,8 @@ class CaptionModel(nn.Module):
             hidden = self.lm(inputs_embeds=embeds, attention_mask=attn, output_hidden_states=True,
                              logits_to_keep=1).hidden_states[-1]
             last = n_visual + mask.sum(1) - 1  # right padding: the last real position of each row
-            logits = self.lm.get_output_embeddings()(hidden[torch.arange(len(rows), device=self.device), last])
+            with full_precision(self.device):  # P(EOS) is a number the diagnoses quote: no bf16 rounding
+                logits = self.lm.get_output_embeddings()(hidden[torch.arange(len(rows), device=self.device), last].float())
         return logits.float().softmax(-1).cpu()
 
     # ---- looking inside ------------------------------------------------------------------
