@@ -141,11 +141,15 @@ def attention_pictures(maps_by_image: dict[str, np.ndarray], load_image, out_dir
 
 
 def thumbnails(ids: list[str], load_image, out_dir: Path) -> dict[str, str]:
-    """96-pixel PNGs of the gallery images; image id -> file name."""
+    """96-pixel PNGs of the gallery images; image id -> file name. Thumbnails of images no longer in the
+    gallery are removed (the folder holds what the report shows, nothing else)."""
     out = {}
     for image_id in ids:
         img = load_image(image_id).resize((96, 96))
         path = out_dir / (Path(image_id).stem + ".png")
         atomic_write(path, lambda p: img.save(p, format="PNG"))
         out[image_id] = path.name
+    for old in out_dir.glob("*.png") if out_dir.is_dir() else []:
+        if old.name not in out.values():
+            old.unlink()
     return out
