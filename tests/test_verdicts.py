@@ -174,3 +174,12 @@ def test_derangement_has_no_fixed_point(n):
 def test_derangement_refuses_fewer_than_two():
     with pytest.raises(ValueError):
         probes.derangement(1, 0)
+
+
+def test_welch_never_takes_a_seed_sd_below_the_image_level_floor():
+    """Three nearly identical seeds on each side and a difference smaller than a run's image-level SE: without
+    the floors the spread (1e-6) makes it 'decided'; with them it is not."""
+    x, y = np.array([0.5, 0.500001, 0.499999]), np.array([0.501, 0.501001, 0.500999])
+    assert welch(x, y).p < 0.05  # what the floor is for
+    floored = welch(x, y, 0.01, 0.01)
+    assert floored.p > 0.05 and floored.low < 0 < floored.high
