@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from .collect import TableRuns
 from .stats import Interval, decide, holm, image_floor, one_sample, welch
+from .verdicts import guard
 
 # The quantities plotted and tested at every budget, and the direction each ablation is expected to
 # move them in (from the variant's expectations; other pairs are shown without an expected direction).
@@ -69,7 +70,7 @@ def direction(i: Interval, p_adjusted: float) -> str:
 def pattern(directions: list[str], wanted: str | None) -> str:
     """Name the sequence of per-budget outcomes (budgets ascending). ``wanted`` is the expected direction
     ('lower') or None when the pair carries no expectation (then the first decided direction is followed)."""
-    decided = [d for d in directions if d != "undecided"]
+    decided = [d for d in directions if d in ("lower", "higher")]
     if not decided:
         return "undecided at every budget"
     if len(set(decided)) > 1:
@@ -104,26 +105,34 @@ def verdicts(table_runs: TableRuns) -> list[BudgetVerdict]:
             continue
         shared = [b for b in by_budget if b in rows[ref]]
         for quantity, expectation in QUANTITIES.items():
-            diffs = {}
+            diffs, guards = {}, {}
             for b in shared:
                 mx, my = table_runs.matrix(by_budget[b], quantity), table_runs.matrix(rows[ref][b], quantity)
                 if not (mx.empty or my.empty):
                     diffs[b] = welch(mx.mean(axis=0).to_numpy(), my.mean(axis=0).to_numpy(), image_floor(mx),
                                      image_floor(my))
+                    guards[b] = guard(table_runs, by_budget[b], rows[ref][b])  # seeds disagree / confounded
             if diffs:
                 planned.append((variant, quantity, expectation in table_runs.table.variants[variant].expect, diffs,
-                                [b for b in shared if b not in diffs]))
-    adjusted = iter(holm([d.p for _, _, _, diffs, _ in planned for d in diffs.values()]))
+                                [b for b in shared if b not in diffs], guards))
+    # guarded cells decide nothing and stay out of the family, as in verdicts.decide_family
+    adjusted = iter(holm([d.p for _, _, _, diffs, _, guards in planned for b, d in diffs.items() if not guards[b]]))
     out = []
-    for variant, quantity, expected, diffs, missing in planned:
-        dirs = [direction(d, next(adjusted)) for d in diffs.values()]
-        name = pattern(dirs, "lower" if expected else None) if len(diffs) > 1 else f"{dirs[0]} at the only budget compared"
+    for variant, quantity, expected, diffs, missing, guards in planned:
+        dirs = [f"not decided ({guards[b].split(':')[0]})" if guards[b] else direction(d, next(adjusted))
+                for b, d in diffs.items()]
+        live = [d for d in dirs if not d.startswith("not decided")]  # the pattern of the budgets that could decide
+        name = (pattern(live, "lower" if expected else None) if len(live) > 1
+                else f"{live[0]} at the only budget compared" if live else "not decided at any budget")
+        if len(live) < len(dirs):
+            name = name.replace("every budget", "every budget that could decide")
+            name += f"; {len(dirs) - len(live)} budget(s) {', '.join(sorted(set(dirs) - set(live)))}"
         out.append(BudgetVerdict(variant, ref, quantity, expected, list(diffs), list(diffs.values()), dirs, name, missing))
     return out
 
 
 def family_size(verdicts: list[BudgetVerdict]) -> int:
-    return sum(len(v.budgets) for v in verdicts)
+    return sum(d in ("lower", "higher", "undecided") for v in verdicts for d in v.directions)
 
 
 def budget_rows(table_runs: TableRuns) -> list[dict]:

@@ -161,3 +161,17 @@ def test_one_shared_budget_and_a_budget_without_values(tmp_path):
     cider = next(v for v in budgets.verdicts(table_runs) if v.quantity == "CIDEr")
     assert cider.budgets == [2] and cider.pattern == "lower at the only budget compared"
     assert "not compared at 4 epochs (no CIDEr on one side)" in _budget_sentence(cider)
+
+
+def test_a_budget_cell_from_two_code_versions_decides_nothing_until_verified(tmp_path):
+    """The guards of the other verdicts hold here too: a cell whose runs come from two code fingerprints is
+    'not decided (confounded)' and leaves the family, until a verify check reproduced both versions."""
+    table_runs = _synthetic(tmp_path, cider_shift={1: -0.3, 2: -0.3, 4: -0.3}, gap_shift={1: 0.0, 2: 0.0, 4: 0.0})
+    table_runs.runs["fingerprint"] = np.where(table_runs.runs["variant"] == "meanpool-epochs-4", "new", "old")
+    cider = next(v for v in budgets.verdicts(table_runs) if v.quantity == "CIDEr")
+    assert cider.directions == ["lower", "lower", "not decided (confounded)"]
+    assert cider.pattern == "lower at every budget that could decide; 1 budget(s) not decided (confounded)"
+    assert budgets.family_size(budgets.verdicts(table_runs)) == 4  # CIDEr and NLL gap at 4 epochs left out
+    table_runs.verification = [{"exact": True, "fingerprints": ["new", "old"]}]
+    cider = next(v for v in budgets.verdicts(table_runs) if v.quantity == "CIDEr")
+    assert cider.directions == ["lower", "lower", "lower"] and cider.pattern == "lower at every budget"
