@@ -152,7 +152,9 @@ def provenance_summary(table_runs: TableRuns) -> dict:
     groups = [{**dict(zip(PROVENANCE_KEYS, key)), "runs": len(g), "variants": list(dict.fromkeys(g["variant"]))}
               for key, g in p.groupby(PROVENANCE_KEYS, sort=False)]
     return {"groups": groups, "machines": p.groupby(["host", "cpu"]).ngroups, "fingerprints": p["fingerprint"].nunique(),
-            "commits": p["code"].nunique(), "stale": [(x.variant, x.seed) for x in p[~p["current"]].itertuples()]}
+            "commits": p["code"].nunique(), "stale": [(x.variant, x.seed) for x in p[~p["current"]].itertuples()],
+            "verified": set(p["fingerprint"]) <= {fp for c in table_runs.verification if c.get("exact")
+                                                  for fp in c.get("fingerprints", [])}}
 
 
 def evidence_sizes(table_runs: TableRuns) -> dict:

@@ -116,7 +116,10 @@ def section_provenance(r: ReportInput) -> list[str]:
              f"{WRITER_LINE} `{code_label(code_version())}`.", "",
              md_table(["fingerprint", "commit", "libraries", "device", "CPU (ISA)", "torch threads", "determinism",
                        "runs", "variants"], rows), ""]
-    if p["fingerprints"] > 1:
+    if p["fingerprints"] > 1 and p["verified"]:
+        lines += [f"The runs come from {p['fingerprints']} code versions; `ablate verify` reproduced a run of each "
+                  "exactly with the code of another (see \"Evidence\"), so the verdicts compare them.", ""]
+    elif p["fingerprints"] > 1:
         lines += [f"**Warning: the runs come from {p['fingerprints']} code versions**; differences between "
                   "variants may partly be differences between code versions.", ""]
     if p["stale"]:
