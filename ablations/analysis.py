@@ -14,7 +14,7 @@ from .formatting import fmt
 from .record import STAGES
 from .stats import Interval, one_sample
 from .verdicts import (COMPARED, Verdict, comparison_rows, expectations, grounding_verdicts, plan_swap,
-                       reliance_verdicts, summarize, target_test, variants_where)
+                       reliance_verdicts, summarize, target_test, variants_where, verified_fingerprints)
 
 
 # ---- measured descriptions of what variants produce
@@ -153,8 +153,7 @@ def provenance_summary(table_runs: TableRuns) -> dict:
               for key, g in p.groupby(PROVENANCE_KEYS, sort=False)]
     return {"groups": groups, "machines": p.groupby(["host", "cpu"]).ngroups, "fingerprints": p["fingerprint"].nunique(),
             "commits": p["code"].nunique(), "stale": [(x.variant, x.seed) for x in p[~p["current"]].itertuples()],
-            "verified": set(p["fingerprint"]) <= {fp for c in table_runs.verification if c.get("exact")
-                                                  for fp in c.get("fingerprints", [])}}
+            "verified": set(p["fingerprint"]) <= verified_fingerprints(table_runs)}
 
 
 def evidence_sizes(table_runs: TableRuns) -> dict:
@@ -348,6 +347,7 @@ def analyse(table_runs: TableRuns) -> Analysis:
     summary = summarize(table_runs)
     spent = time_spent(table_runs)
     loss, scst = loss_rows(table_runs) if table_runs.order else ([], [])
+    budget_rows = budgets.budget_rows(table_runs)
     ref_length = reference_lengths(table_runs)
     diagnoses = {}
     for v in table_runs.order:
@@ -362,7 +362,7 @@ def analyse(table_runs: TableRuns) -> Analysis:
         parameters=parameter_rows(table_runs), loss=loss, self_critical=scst,
         self_critical_gain=self_critical_gain(table_runs), likelihood=likelihood_rows(table_runs),
         comparisons=comparison_rows(table_runs), expectations=expectations(table_runs), plan_checks=plan_checks(table_runs),
-        budget_rows=budgets.budget_rows(table_runs), budget_points=budgets.plotted_points(table_runs), budget_verdicts=budgets.verdicts(table_runs),
+        budget_rows=budget_rows, budget_points=budgets.plotted_points(budget_rows), budget_verdicts=budgets.verdicts(table_runs),
         grounding=grounding_rows(table_runs), grounding_verdicts=grounding_verdicts(table_runs),
         reliance=reliance_rows(table_runs), reliance_verdicts=reliance_verdicts(table_runs), diagnoses=diagnoses,
         gallery=gallery(table_runs), stage_means=stage_means, evidence_sizes=evidence_sizes(table_runs),

@@ -40,11 +40,13 @@ def seed_mean(table_runs: TableRuns, row: str, quantity: str) -> Interval:
     return one_sample(table_runs.seed_values(row, quantity).to_numpy(dtype=float))
 
 
-def plotted_points(table_runs: TableRuns) -> dict[str, dict[str, dict[int, Interval]]]:
-    """quantity -> variant -> {epochs: mean over seeds with its CI}: what the budget figure draws."""
-    rows = series(table_runs)
-    return {q: {v: {b: seed_mean(table_runs, row, q) for b, row in by_budget.items()} for v, by_budget in rows.items()}
-            for q in QUANTITIES} if rows else {}
+def plotted_points(rows: list[dict]) -> dict[str, dict[str, dict[int, Interval]]]:
+    """quantity -> variant -> {epochs: mean over seeds with its CI}: what the budget figure draws (from budget_rows)."""
+    out: dict = {q: {} for q in QUANTITIES} if rows else {}
+    for r in rows:
+        for q in QUANTITIES:
+            out[q].setdefault(r["variant"], {})[r["epochs"]] = r[q]
+    return out
 
 
 @dataclass

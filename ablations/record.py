@@ -48,6 +48,15 @@ DONE, FAILED = "DONE", "FAILED"
 LIBRARIES = ("torch", "transformers", "peft", "pycocoevalcap", "numpy", "scipy")
 
 
+def read_gzip(path: Path) -> bytes:
+    """A gzipped record file, bounded: a small .gz must not expand without limit."""
+    with gzip.open(path) as fh:
+        data = fh.read(MAX_FILE_BYTES + 1)
+    if len(data) > MAX_FILE_BYTES:
+        raise UserError(f"{path}: expands beyond {MAX_FILE_BYTES:,} bytes (refused)")
+    return data
+
+
 def read_folder(path: Path) -> dict[str, bytes]:
     return {str(p.relative_to(path)): p.read_bytes() for p in sorted(Path(path).rglob("*")) if p.is_file()}
 
@@ -262,11 +271,7 @@ class RunRecord:
         plain = self.path / name
         if plain.exists():
             return plain.read_bytes()
-        with gzip.open(self.path / (name + ".gz")) as fh:
-            data = fh.read(MAX_FILE_BYTES + 1)  # bounded: a small .gz must not expand without limit
-        if len(data) > MAX_FILE_BYTES:
-            raise UserError(f"{self.path / (name + '.gz')}: expands beyond {MAX_FILE_BYTES:,} bytes (refused)")
-        return data
+        return read_gzip(self.path / (name + ".gz"))
 
     def has(self, name: str) -> bool:
         return (self.path / name).exists() or (self.path / (name + ".gz")).exists()
@@ -410,12 +415,8 @@ class ReferenceFile:
     def read(self) -> dict[str, list[str]]:
         if not self.path.exists():
             return {}
-        with gzip.open(self.path) as fh:
-            data = fh.read(MAX_FILE_BYTES + 1)
-        if len(data) > MAX_FILE_BYTES:
-            raise UserError(f"{self.path}: expands beyond {MAX_FILE_BYTES:,} bytes (refused)")
         try:
-            refs = json.loads(data)
+            refs = json.loads(read_gzip(self.path))
         except ValueError as err:
             raise UserError(f"{self.path}: not valid JSON ({err})") from err
         if not isinstance(refs, dict) or not all(isinstance(v, list) and all(isinstance(c, str) for c in v)

@@ -57,6 +57,11 @@ def seeds_disagree(table_runs: TableRuns, v: str) -> bool:
     return bool(kind.any() and not kind.all())
 
 
+def verified_fingerprints(table_runs: TableRuns) -> set[str]:
+    """Code versions that a stored `ablate verify` check reproduced a run exactly across."""
+    return {fp for c in table_runs.verification if c.get("exact") for fp in c.get("fingerprints", [])}
+
+
 def confound(table_runs: TableRuns, *variants: str) -> str | None:
     """'confounded (...)' when the variants' runs come from more than one code fingerprint and no stored
     `ablate verify` check reproduced a run exactly across a code change; else None."""
@@ -65,8 +70,7 @@ def confound(table_runs: TableRuns, *variants: str) -> str | None:
     prints = set(table_runs.runs[table_runs.runs["variant"].isin(variants)]["fingerprint"])
     if len(prints) <= 1:
         return None
-    shown_equal = {fp for c in table_runs.verification if c.get("exact") for fp in c.get("fingerprints", [])}
-    if prints <= shown_equal:  # a verify check reproduced runs exactly across each of these code versions
+    if prints <= verified_fingerprints(table_runs):  # a verify check reproduced runs exactly across each of these code versions
         return None
     return f"confounded: these runs come from {len(prints)} code versions"
 
