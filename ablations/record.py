@@ -297,6 +297,15 @@ class RunRecord:
     def params(self) -> dict:
         return self._json("params.json")
 
+    def finished(self) -> tuple[float, float] | None:
+        """When the run finished (seconds since the epoch, the writing machine's clock) and how long it took;
+        None for a run that never finished."""
+        if not self.has(DONE):
+            return None
+        done = self._json(DONE)
+        when = time.mktime(time.strptime(done["finished"], "%Y-%m-%d %H:%M:%S"))
+        return when, float(done["seconds"])
+
     def history(self) -> pd.DataFrame:
         return pd.DataFrame(self._json("history.json"))
 

@@ -105,14 +105,17 @@ def log_run(mlflow_client, experiment: str, table: Table, variant: str, seed: in
     fingerprint = config.get("provenance", {}).get("code", {}).get("fingerprint", "not recorded")
     tags = {"table": table.name, "variant": variant, "seed": str(seed), "ablate.cell": f"{variant}/seed-{seed}",
             "ablate.result": record.result_digest(), "mlflow.runName": f"{variant} seed {seed}"}
-    run = mlflow_client.create_run(experiment, tags=tags)
+    finished = record.finished()  # the run's own times, so the UI's Created and Duration are the training's
+    end_ms = int((finished[0] if finished else time.time()) * 1000)
+    start_ms = end_ms - int((finished[1] if finished else 0) * 1000)
+    run = mlflow_client.create_run(experiment, start_time=start_ms, tags=tags)
     run_id = run.info.run_id
     params = flat_params(settings_of(config))
     params.update({"config_hash": str(config.get("config_hash")), "code_fingerprint": fingerprint})
     items = [Param(k[:250], v[:6000]) for k, v in params.items()]
     for i in range(0, len(items), 100):  # MLflow takes at most 100 params a batch
         mlflow_client.log_batch(run_id, params=items[i : i + 100])
-    now, points = int(time.time() * 1000), []
+    now, points = end_ms, []
     for row in record.history().to_dict("records"):
         points += [Metric(k, float(row[k]), now, int(row["epoch"])) for k in HISTORY_METRICS
                    if k in row and row[k] is not None and math.isfinite(float(row[k]))]
@@ -126,5 +129,5 @@ def log_run(mlflow_client, experiment: str, table: Table, variant: str, seed: in
         (Path(tmp) / "captions.json").write_text(json.dumps(record.captions(), indent=0))
         record.per_image().to_csv(Path(tmp) / "per_image.csv")
         mlflow_client.log_artifacts(run_id, tmp)
-    mlflow_client.set_terminated(run_id, "FINISHED")
+    mlflow_client.set_terminated(run_id, "FINISHED", end_time=end_ms)
     return run_id

@@ -37,6 +37,9 @@ def test_run_all_tracks_every_cell_once_with_the_records_numbers(tmp_path):
         record = RunRecord(run_path(runs, "micro", r.data.tags["variant"], int(r.data.tags["seed"])))
         metrics, config = record.metrics(), record.config()
         assert r.data.params["config_hash"] == config["config_hash"]
+        finished, seconds = record.finished()  # the UI's Created and Duration are the run's own
+        assert r.info.end_time == int(finished * 1000)
+        assert r.info.end_time - r.info.start_time == int(seconds * 1000)
         assert r.data.params["train.lr"] == str(config["train"]["lr"])
         for name, value in metrics["metrics"].items():
             assert r.data.metrics[name] == pytest.approx(value), name
