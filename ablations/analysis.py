@@ -95,6 +95,7 @@ def diagnose(table_runs: TableRuns, v: str, s: pd.Series, by_length: tuple[float
 
 
 def falls_every_epoch(history: list[pd.DataFrame], column: str) -> bool:
+    """The mean over seeds falls from each history row to the next (epochs, and dev checks inside them)."""
     mean = mean_per_epoch(history)[column].values
     return bool(len(mean) > 1 and np.all(np.diff(mean) < 0))
 
@@ -251,12 +252,16 @@ def loss_rows(table_runs: TableRuns) -> tuple[list[dict], list[dict]]:
     for v in table_runs.order:
         h = table_runs.histories[v]
         mean = mean_per_epoch(h)
-        loss.append({"variant": v, "train": list(mean["train_loss"]), "dev": list(mean["dev_loss"]),
-                     "train_falls": falls_every_epoch(h, "train_loss"), "dev_falls": falls_every_epoch(h, "dev_loss")})
+        dev = list(mean["dev_loss"])
+        loss.append({"variant": v, "epochs": [float(e) for e in mean.index], "train": list(mean["train_loss"]),
+                     "dev": dev, "train_falls": falls_every_epoch(h, "train_loss"),
+                     "dev_falls": falls_every_epoch(h, "dev_loss"),
+                     "dev_last_change": dev[-1] - dev[-2] if len(dev) > 1 else None})
         if v in table_runs.scst_histories:
             mean = mean_per_epoch(table_runs.scst_histories[v])
             t = table_runs.table.variants[v].train
-            scst.append({"variant": v, "reward": list(mean["reward"]), "dev": list(mean["dev_loss"]),
+            scst.append({"variant": v, "epochs": [float(e) for e in mean.index], "reward": list(mean["reward"]),
+                         "dev": list(mean["dev_loss"]),
                          "samples": t.scst_samples, "candidates": t.scst_candidates})
     return loss, scst
 

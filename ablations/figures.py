@@ -32,7 +32,7 @@ def _save(fig, out: Path) -> str:
 
 def loss_plot(loss: list[dict], self_critical: list[dict], out: Path) -> str:
     """One panel per variant (each on its own scale, so that a collapsed variant's loss flattens no other):
-    train and dev loss per epoch, means over seeds from the analysis; self-critical epochs continue the dev
+    train and dev loss per epoch (and at dev checks inside epochs), means over seeds from the analysis; self-critical epochs continue the dev
     loss after a dashed line, with the mean candidate reward on the panel's right axis."""
     from matplotlib.ticker import MaxNLocator
 
@@ -41,16 +41,14 @@ def loss_plot(loss: list[dict], self_critical: list[dict], out: Path) -> str:
     rows = -(-len(loss) // cols)
     fig, axes = _pyplot().subplots(rows, cols, figsize=(4.2 * cols, 2.9 * rows), squeeze=False)
     for ax, x in zip(axes.flat, loss):
-        ce = len(x["train"])
-        ax.plot(range(1, ce + 1), x["train"], marker="o", color="tab:blue", label="train loss")
-        dev = x["dev"] + scst.get(x["variant"], {}).get("dev", [])
-        ax.plot(range(1, len(dev) + 1), dev, marker="s", color="tab:orange", label="dev loss")
+        ce = x["epochs"][-1]
+        ax.plot(x["epochs"], x["train"], marker="o", color="tab:blue", label="train loss")
+        after = scst.get(x["variant"], {"epochs": [], "dev": []})
+        ax.plot(x["epochs"] + after["epochs"], x["dev"] + after["dev"], marker="s", color="tab:orange", label="dev loss")
         if x["variant"] in scst:
             ax.axvline(ce + 0.5, color="grey", linestyle="--", linewidth=0.8)
             right = ax.twinx()
-            reward = scst[x["variant"]]["reward"]
-            right.plot(range(ce + 1, ce + len(reward) + 1), reward, marker="^", color="tab:green",
-                       label="candidate CIDEr-D")
+            right.plot(after["epochs"], after["reward"], marker="^", color="tab:green", label="candidate CIDEr-D")
             right.set_ylabel("CIDEr-D (self-critical)", fontsize=7, color="tab:green")
             right.tick_params(labelsize=7)
         ax.set_title(x["variant"], fontsize=9)

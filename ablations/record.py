@@ -115,7 +115,7 @@ def check_record_name(name: str, weights: bool = True) -> None:
 # when set, and the runs made before them stay current (the caption LM's cache key does the same).
 TRAIN_KEYS_ADDED_LATER = ("length_penalty", "rerank", "rerank_samples", "rerank_temperature", "label_smoothing",
                           "scst_epochs", "scst_samples", "scst_lr", "scst_baseline", "scst_candidates",
-                          "length_grouped")
+                          "length_grouped", "dev_checks")
 
 
 # What execute_run stores in config.json beside the settings (RunRecord.begin's ``extra`` and the hash).

@@ -36,14 +36,20 @@ def section_parameters(r: ReportInput) -> list[str]:
 
 
 def section_loss(r: ReportInput) -> list[str]:
+    checks = any(e != int(e) for x in r.a.loss for e in x["epochs"])  # dev checks inside epochs (train.dev_checks)
+    every = "at every check" if checks else "every epoch"
     rows = [[x["variant"], " → ".join(fmt(v) for v in x["train"]), " → ".join(fmt(v) for v in x["dev"]),
-             "yes" if x["train_falls"] else "no", "yes" if x["dev_falls"] else "no"] for x in r.a.loss]
+             "yes" if x["train_falls"] else "no", "yes" if x["dev_falls"] else "no",
+             "–" if x["dev_last_change"] is None else f"{x['dev_last_change']:+.4f}"] for x in r.a.loss]
     lines = ["## Loss per epoch", "", f"![loss per epoch, one panel per variant]({r.pictures['loss']})", "",
              "*Mean over seeds (nats/token), one panel per variant on its own scale: look for both lines falling "
              "and for the gap between them (overfitting when dev rises while train falls)"
              + ("; after the dashed line the self-critical epochs, with the mean candidate CIDEr-D on the right axis"
                 if r.a.self_critical else "") + ".*", "",
-             md_table(["variant", "train loss", "dev loss", "train falls every epoch", "dev falls every epoch"], rows), ""]
+             *([f"Dev loss is also measured inside each epoch ({', '.join(f'{e:g}' for e in r.a.loss[0]['epochs'])} "
+                "epochs): train loss is then the mean since the check before.", ""] if checks else []),
+             md_table(["variant", "train loss", "dev loss", f"train falls {every}", f"dev falls {every}",
+                       "dev loss, last change (still falling if < 0)"], rows), ""]
     if r.a.self_critical:
         candidates = sorted({f"the {x['samples']} beams of a beam search of each training image" if x["candidates"] == "beam"
                              else f"the {x['samples']} captions sampled from each training image" for x in r.a.self_critical})

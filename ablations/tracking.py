@@ -116,8 +116,9 @@ def log_run(mlflow_client, experiment: str, table: Table, variant: str, seed: in
     for i in range(0, len(items), 100):  # MLflow takes at most 100 params a batch
         mlflow_client.log_batch(run_id, params=items[i : i + 100])
     now, points = end_ms, []
-    for row in record.history().to_dict("records"):
-        points += [Metric(k, float(row[k]), now, int(row["epoch"])) for k in HISTORY_METRICS
+    # step = the history row's place: the epoch, where a table has no dev checks inside epochs (MLflow steps are whole)
+    for step, row in enumerate(record.history().to_dict("records"), 1):
+        points += [Metric(k, float(row[k]), now, step) for k in HISTORY_METRICS
                    if k in row and row[k] is not None and math.isfinite(float(row[k]))]
     final = {**metrics["metrics"], **metrics.get("slots", {}),
              **{f"xe {k}": v for k, v in metrics.get("metrics_xe", {}).items()},

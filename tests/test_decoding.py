@@ -132,7 +132,7 @@ def test_decoding_keys_at_their_defaults_keep_earlier_runs_current():
     assert config_hash({"train": train, "seed": 0}) == config_hash({"train": before, "seed": 0})
     for key, value in (("rerank", "consensus"), ("label_smoothing", 0.1), ("length_penalty", 1.5),
                        ("rerank_samples", 8), ("rerank_temperature", 0.7), ("scst_epochs", 2),
-                       ("length_grouped", True)):
+                       ("length_grouped", True), ("dev_checks", 4)):
         assert config_hash({"train": {**train, key: value}, "seed": 0}) != config_hash({"train": before, "seed": 0})
     scst = {**train, "scst_epochs": 2}  # its samples / rate act only with scst_epochs, and enter the hash then
     for key, value in (("scst_samples", 8), ("scst_lr", 3e-4), ("scst_baseline", "greedy")):

@@ -185,3 +185,22 @@ def test_train_model_uses_length_grouped_batches_when_set(monkeypatch, shapes_sm
     caps = ["a red square", "two xylophones, quizzically zigzagging!"]  # the second: more tokens than words
     _, mask, _ = model.text.encode(caps)
     assert [length(c) for c in caps] == (mask.sum(1) - 2).tolist() and length(caps[1]) > len(caps[1].split())
+
+
+def test_dev_checks_add_history_rows_inside_the_epoch_without_changing_the_training(shapes_small, feats, caption_lm):
+    """Dev checks only measure: the weights after the epoch are those of a run without them, and the rows at
+    1/3 and 2/3 of the epoch split its steps (their train losses average to the plain epoch's)."""
+    data, sub = _one_caption(shapes_small, 12), _subset(feats, 12)
+    runs = {}
+    for checks in (0, 2):
+        torch.manual_seed(0)
+        model = CaptionModel(CaptionModelConfig(**SMALL_MODEL), caption_lm, 1280, (7, 7))
+        history = train_model(model, data, sub, sub, TrainConfig(epochs=1, batch_size=2, dev_images=4, dev_checks=checks),
+                              seed=0, log=lambda *_: None)
+        runs[checks] = (history, [p.detach().clone() for p in model.parameters() if p.requires_grad])
+    plain, checked = runs[0][0], runs[2][0]
+    assert [row["epoch"] for row in plain] == [1] and [row["epoch"] for row in checked] == [0.3333, 0.6667, 1]
+    assert checked[-1]["dev_loss"] == pytest.approx(plain[-1]["dev_loss"], abs=1e-6)
+    assert np.mean([row["train_loss"] for row in checked]) == pytest.approx(plain[0]["train_loss"], abs=1e-6)  # 2 steps each
+    for a, b in zip(runs[0][1], runs[2][1]):
+        torch.testing.assert_close(a, b)

@@ -47,6 +47,9 @@ class TrainConfig:
     length_grouped: bool = False
     grad_clip: float = 1.0
     dev_images: int = 500  # dev-loss images (all references of each)
+    # Dev-loss checks inside each cross-entropy epoch, evenly spaced (0: at the epoch's end only), each a history
+    # row at its fraction of an epoch: with a one-epoch budget they show whether the dev loss was still falling.
+    dev_checks: int = 0
     explode_factor: float = 5.0  # loss above this x the first logged loss = divergence
     max_new_tokens: int = 24
     num_beams: int = 1
@@ -75,6 +78,8 @@ class TrainConfig:
         for key in ("epochs", "batch_size", "captions_per_image", "max_new_tokens", "num_beams", "generate_batch_size"):
             if getattr(self, key) < 1:
                 raise UserError(f"train.{key} must be >= 1, not {getattr(self, key)}")
+        if self.dev_checks < 0:
+            raise UserError(f"train.dev_checks must be >= 0, not {self.dev_checks}")
         if self.lr <= 0 or self.connector_lr < 0:
             raise UserError("train.lr must be > 0 and train.connector_lr >= 0")
         if self.rerank not in RERANKS:
@@ -201,6 +206,13 @@ def dev_loss(model: CaptionModel, feats: torch.Tensor, data: CaptionData, ids: l
     return float(reference_nll(model, feats, [data.captions[i] for i in ids], batch_size).mean())
 
 
+def _checkpoint_row(model: CaptionModel, dev_x: torch.Tensor, data: CaptionData, dev_ids: list[str], cfg: TrainConfig,
+                    epoch: float, losses: list[float], start: float) -> dict:
+    """A history row: the mean train loss of the steps since the row before, the dev loss now."""
+    d_loss = dev_loss(model, dev_x, data, dev_ids, cfg.batch_size)
+    return {"epoch": epoch, "train_loss": float(np.mean(losses)), "dev_loss": d_loss, "seconds": round(time.time() - start, 2)}
+
+
 def _dev_loss_images(dev_feats: FeatureSet, cfg: TrainConfig) -> tuple[torch.Tensor, list[str]]:
     """The first ``cfg.dev_images`` dev images (features in RAM, ids): what every epoch's dev loss is of."""
     n_dev = min(cfg.dev_images, len(dev_feats.ids))
@@ -252,8 +264,9 @@ def train_model(model: CaptionModel, data: CaptionData, train_feats: FeatureSet,
                 cfg: TrainConfig, seed: int, on_step: Callable[[int, int, float], None] | None = None,
                 log: Callable[[str], None] = print, history: list[dict] | None = None,
                 before_self_critical: Callable[[CaptionModel], None] | None = None) -> list[dict]:
-    """Train in place; returns the per-epoch history [{epoch, train_loss, dev_loss, seconds}], then the
-    self-critical epochs' rows if any (see self_critical).
+    """Train in place; returns the per-epoch history [{epoch, train_loss, dev_loss, seconds}] (with
+    ``cfg.dev_checks``, rows at fractions of an epoch too, each train loss the mean since the row before), then
+    the self-critical epochs' rows if any (see self_critical).
 
     Pass ``history`` to see the epochs finished so far even when TrainingDiverged is raised;
     ``before_self_critical(model)`` sees the cross-entropy model (e.g. to save it) before self-critical epochs."""
@@ -268,12 +281,15 @@ def train_model(model: CaptionModel, data: CaptionData, train_feats: FeatureSet,
     history = [] if history is None else history
     step, first_loss = 0, None
     tokens = token_length(model)
+    steps_per_epoch = math.ceil(len(train_feats.ids) / cfg.batch_size)
+    checks = {round(k * steps_per_epoch / (cfg.dev_checks + 1)): k for k in range(1, cfg.dev_checks + 1)}
     for epoch in range(1, cfg.epochs + 1):
         start = time.time()
         model.train_trainable_parts()
         losses = []
-        for rows, caps in _image_batches(data, train_feats.ids, cfg.captions_per_image, cfg.batch_size, rng,
-                                         cfg.length_grouped, tokens):
+        batches = _image_batches(data, train_feats.ids, cfg.captions_per_image, cfg.batch_size, rng,
+                                 cfg.length_grouped, tokens)
+        for in_epoch, (rows, caps) in enumerate(batches, 1):
             loss = model(train_x[torch.as_tensor(rows, device="cpu")], caps, repeats=cfg.captions_per_image,
                          label_smoothing=cfg.label_smoothing)
             step += 1
@@ -290,10 +306,14 @@ def train_model(model: CaptionModel, data: CaptionData, train_feats: FeatureSet,
             losses.append(value)
             if on_step:
                 on_step(step, total + scst_steps, value)
-        d_loss = dev_loss(model, dev_x, data, dev_ids, cfg.batch_size)
-        history.append({"epoch": epoch, "train_loss": float(np.mean(losses)), "dev_loss": d_loss,
-                        "seconds": round(time.time() - start, 2)})
-        log(f"epoch {epoch}/{cfg.epochs}: train loss {history[-1]['train_loss']:.4f}  dev loss {d_loss:.4f}")
+            if in_epoch in checks and in_epoch < steps_per_epoch:
+                at = round(epoch - 1 + checks[in_epoch] / (cfg.dev_checks + 1), 4)
+                history.append(_checkpoint_row(model, dev_x, data, dev_ids, cfg, at, losses, start))
+                log(f"epoch {at:g}: train loss {history[-1]['train_loss']:.4f}  dev loss {history[-1]['dev_loss']:.4f}")
+                model.train_trainable_parts()
+                losses, start = [], time.time()
+        history.append(_checkpoint_row(model, dev_x, data, dev_ids, cfg, epoch, losses, start))
+        log(f"epoch {epoch}/{cfg.epochs}: train loss {history[-1]['train_loss']:.4f}  dev loss {history[-1]['dev_loss']:.4f}")
     if cfg.scst_epochs:
         if before_self_critical:
             before_self_critical(model)
