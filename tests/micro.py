@@ -55,6 +55,7 @@ VARIANTS = {
     "seed-recipe": '[variants.seed-recipe]\nmodel = {{ recipe = "seed", seed_pad_length = 16 }}\nexpect = "collapsed"\n',
     "meanpool": '[variants.meanpool]\nmodel = {{ connector = "meanpool" }}\nexpect = "worse_than_reference"\n',
     "nan": '[variants.nan]\ntrain = {{ debug_nan_at_step = 2 }}\n',
+    "full-checked": '[variants.full]\ntrain = {{ dev_checks = 1 }}\nexpect = "image_dependent"\n',  # dev loss mid-epoch too
 }
 
 

@@ -208,6 +208,21 @@ def test_same_seed_same_results(micro_runs, tmp_path):
     assert (a / "per_image.csv").read_bytes() == (b / "per_image.csv").read_bytes()
 
 
+def test_dev_checks_inside_epochs_reach_the_history_and_the_report(micro_runs, tmp_path):
+    table = write_micro(tmp_path / "micro.toml", seeds=(0,), variants=("full-checked",))
+    runs, reports = tmp_path / "runs", tmp_path / "reports"
+    common = ["--runs-dir", str(runs), "--cache-dir", str(micro_runs["cache"])]
+    assert runner.invoke(app, ["run-all", str(table), *common]).exit_code == 0
+    history = json.loads((runs / "micro" / "full" / "seed-0" / "history.json").read_text())
+    assert [row["epoch"] for row in history] == [0.5, 1, 1.5, 2]
+    result = runner.invoke(app, ["report", str(table), "--runs-dir", str(runs), "--out", str(reports)])
+    assert result.exit_code == 0, result.output
+    text = (reports / "micro" / "README.md").read_text()
+    assert "inside each epoch (0.5, 1, 1.5, 2 epochs)" in text and "dev falls at every check" in text
+    dev = [f"{row['dev_loss']:.3f}" for row in history]
+    assert " → ".join(dev) in text and (reports / "micro" / "loss.png").exists()
+
+
 def test_caption_command_uses_a_saved_run(micro_runs, tmp_path):
     from vlm_core.shapes import ShapesConfig, load_shapes
 
