@@ -44,7 +44,7 @@ def _has_evidence(reports_dir: Path, table: str) -> bool:
 
 def findings(reports_dir: Path) -> str:
     """The block: one row per (variant, expectation) of the tables' six-variant design, one column per table."""
-    rows, status = {}, []
+    rows, status, incomplete = {}, [], set()
     for table_name, label in HEADLINE.items():
         if not _has_evidence(reports_dir, table_name):
             status.append(f"- `{table_name}`: not run (no evidence committed)")
@@ -53,6 +53,8 @@ def findings(reports_dir: Path) -> str:
         a = analyse(collect(table, evidence_dir(reports_dir, table_name)))
         done = len(a.runs.runs)
         cells = sum(len(v.seeds) for v in table.variants.values())
+        if done < cells:
+            incomplete.add(table_name)
         target = "; ".join(f"{t['key']} {fmt_ci(t['interval'])} vs ≥ {t['goal']:g}: {t['decision']}"
                            for t in a.targets if t["key"] != "minutes" and t["got"] is not None)
         status.append(f"- [`{table_name}`](reports/{table_name}/README.md): {done} of {cells} runs finished"
@@ -64,9 +66,12 @@ def findings(reports_dir: Path) -> str:
             rows.setdefault((v.variant, claim), {})[table_name] = _cell(a.runs, v)
     header = ["variant", "expected"] + list(HEADLINE.values())
     ran = {t for cells in rows.values() for t in cells}
-    body = [[f"`{v}`", claim] + [cells.get(t, "–" if t in ran else "not run") for t in HEADLINE]
-            for (v, claim), cells in rows.items()]
-    legend = "– : not tested in that table (relation slots and object masks exist only in `shapes`)."
+    def missing(t: str) -> str:
+        return "not run" if t not in ran else "not run yet" if t in incomplete else "–"
+
+    body = [[f"`{v}`", claim] + [cells.get(t, missing(t)) for t in HEADLINE] for (v, claim), cells in rows.items()]
+    legend = ("– : not tested in that table (relation slots and object masks exist only in `shapes`); "
+              "not run yet: the table is not complete (its report says which runs exist).")
     return "\n".join([START, "", md_table(header, body), "", legend, "", "Reports:", "", *status, "", END])
 
 
