@@ -14,7 +14,7 @@ from .verdicts import COMPARED, comparisons
 from .collect import collect
 from .formatting import fmt_ci, md_table
 from .record import RunRecord, evidence_dir
-from .tables import load_table
+from .tables import DATA_WITH_SLOT_LABELS, load_table
 
 # The headline tables, in the order a reader should meet them: synthetic data, the small real-data
 # table, the canonical real-data table, the pretrained-LM table.
@@ -44,7 +44,7 @@ def _has_evidence(reports_dir: Path, table: str) -> bool:
 
 def findings(reports_dir: Path) -> str:
     """The block: one row per (variant, expectation) of the tables' six-variant design, one column per table."""
-    rows, status, incomplete = {}, [], set()
+    rows, status, incomplete, labelled, needs_labels = {}, [], set(), set(), set()
     for table_name, label in HEADLINE.items():
         if not _has_evidence(reports_dir, table_name):
             status.append(f"- `{table_name}`: not run (no evidence committed)")
@@ -55,6 +55,8 @@ def findings(reports_dir: Path) -> str:
         cells = sum(len(v.seeds) for v in table.variants.values())
         if done < cells:
             incomplete.add(table_name)
+        if table.data.name in DATA_WITH_SLOT_LABELS:
+            labelled.add(table_name)
         target = "; ".join(f"{t['key']} {fmt_ci(t['interval'])} vs ≥ {t['goal']:g}: {t['decision']}"
                            for t in a.targets if t["key"] != "minutes" and t["got"] is not None)
         status.append(f"- [`{table_name}`](reports/{table_name}/README.md): {done} of {cells} runs finished"
@@ -64,12 +66,18 @@ def findings(reports_dir: Path) -> str:
                 continue
             claim = CLAIMS.get(v.expectation, v.expected).replace("{ref}", table.reference)
             rows.setdefault((v.variant, claim), {})[table_name] = _cell(a.runs, v)
+            if v.expectation == "loses_relations" or v in a.grounding_verdicts:  # slot labels / object masks
+                needs_labels.add((v.variant, claim))
     header = ["variant", "expected"] + list(HEADLINE.values())
     ran = {t for cells in rows.values() for t in cells}
-    def missing(t: str) -> str:
-        return "not run" if t not in ran else "not run yet" if t in incomplete else "–"
+    def missing(t: str, row: tuple[str, str]) -> str:
+        if t not in ran:
+            return "not run"
+        untestable = row in needs_labels and t not in labelled
+        return "not run yet" if t in incomplete and not untestable else "–"
 
-    body = [[f"`{v}`", claim] + [cells.get(t, missing(t)) for t in HEADLINE] for (v, claim), cells in rows.items()]
+    body = [[f"`{v}`", claim] + [cells.get(t, missing(t, (v, claim))) for t in HEADLINE]
+            for (v, claim), cells in rows.items()]
     legend = ("– : not tested in that table (relation slots and object masks exist only in `shapes`); "
               "not run yet: the table is not complete (its report says which runs exist).")
     return "\n".join([START, "", md_table(header, body), "", legend, "", "Reports:", "", *status, "", END])

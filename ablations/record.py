@@ -262,7 +262,7 @@ class RunRecord:
     def finish(self, per_image: pd.DataFrame, metrics: dict) -> None:
         atomic_write(self.path / "per_image.csv", lambda p: per_image.to_csv(p))
         atomic_write_json(self.path / "metrics.json", metrics)
-        atomic_write_json(self.path / DONE, {"finished": time.strftime("%Y-%m-%d %H:%M:%S"),
+        atomic_write_json(self.path / DONE, {"finished": time.strftime("%Y-%m-%d %H:%M:%S"), "finished_unix": round(time.time(), 3),
                                              "seconds": round(sum(metrics["timings"].values()), 2)})
         self._publish()
 
@@ -298,12 +298,13 @@ class RunRecord:
         return self._json("params.json")
 
     def finished(self) -> tuple[float, float] | None:
-        """When the run finished (seconds since the epoch, the writing machine's clock) and how long it took;
-        None for a run that never finished."""
+        """When the run finished (seconds since the epoch) and how long it took; None for a run that never
+        finished. Records from before ``finished_unix`` hold only the writer's local time, read in this
+        machine's time zone (the runs committed so far were all written in UTC)."""
         if not self.has(DONE):
             return None
         done = self._json(DONE)
-        when = time.mktime(time.strptime(done["finished"], "%Y-%m-%d %H:%M:%S"))
+        when = done.get("finished_unix") or time.mktime(time.strptime(done["finished"], "%Y-%m-%d %H:%M:%S"))
         return when, float(done["seconds"])
 
     def history(self) -> pd.DataFrame:

@@ -55,11 +55,14 @@ def section_setup(r: ReportInput) -> list[str]:
     else:
         training_data = "every image of the train split" + (f" ({a.runs.train_images:,})" if a.runs.train_images else "")
     spent = a.time
+    pieces = [x for x in spent["invocations"] if x.get("runs", 0)]  # the pieces that made runs; idle ones apart
+    idle = [x for x in spent["invocations"] if not x.get("runs", 0)]
     wall = (f"{spent['run_seconds'] / 60:.1f} min in runs ({spent['runs']} runs) + {spent['prepare_seconds'] / 60:.1f} "
             f"min shared preparation (features, LM); `run-all` wall clock {spent['wall_seconds'] / 60:.1f} min over "
-            f"{len(spent['invocations'])} invocation(s): " + "; ".join(
-                f"{x['total_seconds'] / 60:.1f} min for {x['runs']} run(s) (started {x['when']})"
-                for x in spent["invocations"])
+            f"{len(pieces)} invocation(s) that made runs" + (": " if pieces else "") + "; ".join(
+                f"{x['total_seconds'] / 60:.1f} min for {x['runs']} run(s) (started {x['when']})" for x in pieces)
+            + (f"; {len(idle)} more made no run ({sum(x['total_seconds'] for x in idle) / 60:.1f} min: stopped "
+               "early, or still running)" if idle else "")
             if spent["invocations"] else f"{spent['run_seconds'] / 60:.1f} min in runs; `run-all` wall clock not recorded")
     rows = [
         ["data", f"{t.data.name} — scored on the **{t.data.eval_split}** split ({n_images} images, all references)"],

@@ -35,9 +35,19 @@ def section_parameters(r: ReportInput) -> list[str]:
             md_table(["variant"] + modules + ["trainable total"], rows), ""]
 
 
+def _check_points(r: ReportInput) -> list[float]:
+    """The history points at fractions of an epoch (train.dev_checks), over all variants; [] without checks."""
+    points = sorted({e for x in r.a.loss for e in x["epochs"]})
+    return points if any(e != int(e) for e in points) else []
+
+
+def every_point(r: ReportInput) -> str:
+    return "at every check" if _check_points(r) else "every epoch"
+
+
 def section_loss(r: ReportInput) -> list[str]:
-    checks = any(e != int(e) for x in r.a.loss for e in x["epochs"])  # dev checks inside epochs (train.dev_checks)
-    every = "at every check" if checks else "every epoch"
+    points = _check_points(r)
+    checks, every = bool(points), every_point(r)
     rows = [[x["variant"], " → ".join(fmt(v) for v in x["train"]), " → ".join(fmt(v) for v in x["dev"]),
              "yes" if x["train_falls"] else "no", "yes" if x["dev_falls"] else "no",
              "–" if x["dev_last_change"] is None else f"{x['dev_last_change']:+.4f}"] for x in r.a.loss]
@@ -46,7 +56,7 @@ def section_loss(r: ReportInput) -> list[str]:
              "and for the gap between them (overfitting when dev rises while train falls)"
              + ("; after the dashed line the self-critical epochs, with the mean candidate CIDEr-D on the right axis"
                 if r.a.self_critical else "") + ".*", "",
-             *([f"Dev loss is also measured inside each epoch ({', '.join(f'{e:g}' for e in r.a.loss[0]['epochs'])} "
+             *([f"Dev loss is also measured inside each epoch ({', '.join(f'{e:g}' for e in points)} "
                 "epochs): train loss is then the mean since the check before.", ""] if checks else []),
              md_table(["variant", "train loss", "dev loss", f"train falls {every}", f"dev falls {every}",
                        "dev loss, last change (still falling if < 0)"], rows), ""]
@@ -155,7 +165,7 @@ def section_expectations(r: ReportInput) -> list[str]:
     checks = r.a.plan_checks
     if checks:
         lines += ["### The original plan's checks", "",
-                  f"- Loss falls every epoch ({r.ref}, train and dev, mean over seeds): "
+                  f"- Loss falls {every_point(r)} ({r.ref}, train and dev, mean over seeds): "
                   f"**{'yes' if checks['falls'] else 'no'}**.",
                   f"- Changing the image changes the caption ({r.ref}): **{checks['swap']}** — {checks['swap_text']}.", ""]
     return lines

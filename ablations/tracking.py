@@ -3,7 +3,8 @@
 
 One MLflow experiment per table (``ablate/<table>``), one MLflow run per finished (variant, seed) record:
 params = the resolved settings flattened (``train.lr``, ...) with the config hash and code fingerprint;
-metrics = train / dev loss, reward and self-critical loss per epoch (``step`` = epoch), then every corpus
+metrics = train / dev loss, reward and self-critical loss per history row (``step`` = the row's place: the epoch,
+unless the table measures dev loss inside epochs), then every corpus
 metric and scalar probe; tags = table, variant, seed, the record's result digest; artifacts = captions and
 per-image values. Runs are logged from the process that holds the records (the driver, whatever the
 executor): a record is logged once, identified by its cell and result digest, so a resumed table or a

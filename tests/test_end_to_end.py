@@ -219,8 +219,11 @@ def test_dev_checks_inside_epochs_reach_the_history_and_the_report(micro_runs, t
     assert result.exit_code == 0, result.output
     text = (reports / "micro" / "README.md").read_text()
     assert "inside each epoch (0.5, 1, 1.5, 2 epochs)" in text and "dev falls at every check" in text
-    dev = [f"{row['dev_loss']:.3f}" for row in history]
-    assert " → ".join(dev) in text and (reports / "micro" / "loss.png").exists()
+    dev = [row["dev_loss"] for row in history]
+    full_row = next(line for line in text.splitlines() if line.startswith("| full | ") and " → " in line)
+    assert " → ".join(f"{x:.3f}" for x in dev) in full_row  # all four points, in order
+    assert full_row.endswith(f"| {dev[-1] - dev[-2]:+.4f} |")  # the last change: still falling?
+    assert (reports / "micro" / "loss.png").exists()
 
 
 def test_caption_command_uses_a_saved_run(micro_runs, tmp_path):
