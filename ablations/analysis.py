@@ -217,6 +217,18 @@ def time_spent(table_runs: TableRuns) -> dict:
             "wall_seconds": float(sum(x.get("total_seconds", 0.0) for x in table_runs.timing)), "invocations": table_runs.timing}
 
 
+def stage_time(stage_seconds: pd.DataFrame, order: list[str]) -> pd.DataFrame:
+    """Per variant: its runs, the mean seconds of each stage, and its whole runs (the stages summed) from the
+    fastest to the slowest, so a reader sees what one run costs and how much that varied (e.g. shared cores)."""
+    if stage_seconds.empty:
+        return pd.DataFrame()
+    by_variant = stage_seconds.assign(whole=stage_seconds[list(STAGES)].sum(axis=1)).groupby("variant")
+    out = by_variant[list(STAGES)].mean()
+    out["runs"], out["whole_mean"] = by_variant.size(), by_variant.whole.mean()
+    out["whole_min"], out["whole_max"] = by_variant.whole.min(), by_variant.whole.max()
+    return out.reindex(order)
+
+
 def target_rows(table_runs: TableRuns, wall_seconds: float) -> list[dict]:
     """Each [targets] line: a metric target is met when the reference's seed-level 95% CI lies above it, not
     met when below, undecided otherwise; the wall-time target on the recorded minutes."""
@@ -359,8 +371,7 @@ def analyse(table_runs: TableRuns) -> Analysis:
         d = diagnose(table_runs, v, summary.loc[v], empty_by_length(table_runs, v, ref_length))
         if d:
             diagnoses[v] = d
-    stage_means = (table_runs.stage_seconds.groupby("variant")[list(STAGES)].mean().reindex(table_runs.order)
-                   if not table_runs.stage_seconds.empty else pd.DataFrame())
+    stage_means = stage_time(table_runs.stage_seconds, table_runs.order + table_runs.sweep_order)
     return Analysis(
         runs=table_runs, summary=summary, missing=[v for v in table_runs.table.variants if v not in table_runs.order + table_runs.sweep_order],
         time=spent, targets=target_rows(table_runs, spent["wall_seconds"]),

@@ -274,8 +274,13 @@ def section_timing(r: ReportInput) -> list[str]:
     m = r.a.stage_means
     if m.empty:
         return []
-    return ["## Time per stage", "", "Mean seconds per run.", "",
-            md_table(["variant"] + list(STAGES), [[n] + [f"{m.loc[n, c]:.1f}" for c in STAGES] for n in r.order]), ""]
+    rows = [[n, str(int(m.loc[n, "runs"]))] + [f"{m.loc[n, c]:.1f}" for c in STAGES]
+            + [f"{m.loc[n, 'whole_mean'] / 60:.1f}", f"{m.loc[n, 'whole_min'] / 60:.1f} – {m.loc[n, 'whole_max'] / 60:.1f}"]
+            for n in m.index]  # the control variants, then any budget rows
+    return ["## Time per stage", "",
+            "Mean seconds per run in each stage, then a whole run (its stages summed) in minutes: the mean and the "
+            "fastest – slowest run (runs that shared the cores are slower; the invocations are listed under Setup).", "",
+            md_table(["variant", "runs"] + list(STAGES) + ["whole run (min)", "fastest – slowest (min)"], rows), ""]
 
 
 def _budget_sentence(v) -> str:

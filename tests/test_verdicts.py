@@ -183,3 +183,18 @@ def test_welch_never_takes_a_seed_sd_below_the_image_level_floor():
     assert welch(x, y).p < 0.05  # what the floor is for
     floored = welch(x, y, 0.01, 0.01)
     assert floored.p > 0.05 and floored.low < 0 < floored.high
+
+
+def test_stage_time_reports_each_variants_runs_and_its_fastest_and_slowest_whole_run():
+    seconds = pd.DataFrame([
+        {"variant": "full", "seed": 0, "train": 100.0, "generate": 10.0, "score": 1.0, "probe": 9.0},   # 120
+        {"variant": "full", "seed": 1, "train": 200.0, "generate": 20.0, "score": 2.0, "probe": 18.0},  # 240
+        {"variant": "blind", "seed": 0, "train": 50.0, "generate": 5.0, "score": 1.0, "probe": 4.0},    # 60
+    ])
+    t = analysis.stage_time(seconds, ["full", "blind"])
+    assert list(t.index) == ["full", "blind"]
+    assert t.loc["full", "runs"] == 2 and t.loc["blind", "runs"] == 1
+    assert t.loc["full", "train"] == pytest.approx(150.0)
+    assert (t.loc["full", "whole_min"], t.loc["full", "whole_mean"], t.loc["full", "whole_max"]) == (120.0, 180.0, 240.0)
+    assert t.loc["blind", "whole_min"] == t.loc["blind", "whole_max"] == 60.0
+    assert analysis.stage_time(pd.DataFrame(), ["full"]).empty
