@@ -173,3 +173,18 @@ def test_efficientnet_lite2_gives_a_finer_grid_at_its_own_input_size():
     assert tokens.shape == (2, 81, 1280)
     assert not any(p.requires_grad for p in lite2.model.parameters())  # frozen
     assert (tokens[0] - tokens[1]).abs().mean() > 1e-3  # the image reaches the tokens
+
+
+def test_efficientnet_lite0_s16_gives_the_stride_16_stage_as_tokens():
+    """The earlier-stage backbone is the network cut after its last stride-16 block: same pixels, a 14x14 grid."""
+    from vlm_core.vision import _stem_and_blocks, load_vision_backbone
+
+    s16 = load_vision_backbone("efficientnet-lite0-s16")
+    assert (s16.image_size, s16.grid, s16.num_tokens, s16.feature_dim) == (224, (14, 14), 196, 112)
+    images = [Image.new("RGB", (224, 224), (200, 30, 30)), Image.new("RGB", (224, 224), (30, 30, 200))]
+    tokens = s16.encode_images(images)
+    assert tokens.shape == (2, 196, 112)
+    assert (tokens[0] - tokens[1]).abs().mean() > 1e-3  # the image reaches the tokens
+    one_more = _stem_and_blocks(s16.model, s16.preprocess(images), s16.blocks + 1)
+    assert one_more.shape[-1] == 7  # the next block leaves stride 16: the cut is the last stride-16 block
+    assert not any(p.requires_grad for p in s16.model.parameters())
