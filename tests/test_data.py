@@ -188,3 +188,5 @@ def test_efficientnet_lite0_s16_gives_the_stride_16_stage_as_tokens():
     one_more = _stem_and_blocks(s16.model, s16.preprocess(images), s16.blocks + 1)
     assert one_more.shape[-1] == 7  # the next block leaves stride 16: the cut is the last stride-16 block
     assert not any(p.requires_grad for p in s16.model.parameters())
+    lite2 = load_vision_backbone("efficientnet-lite2-s16")  # the cut is found per model, not hard-coded
+    assert (lite2.image_size, lite2.grid, lite2.num_tokens, lite2.feature_dim) == (260, (17, 17), 289, 120)

@@ -16,7 +16,8 @@ from .errors import BackboneUnavailable, UserError
 from .hub import load_pretrained
 
 CLIP_ALIASES = {"clip-vit-b32": "openai/clip-vit-base-patch32"}
-KNOWN_VISION = ["efficientnet-lite0", "efficientnet-lite2", "efficientnet-lite0-s16", "efficientnet-lite2-s16", "clip-vit-b32", "tiny-random-clip", "<any HF CLIP vision id or local path>"]
+KNOWN_VISION = ["efficientnet-lite0", "efficientnet-lite2", "efficientnet-lite0-s16", "efficientnet-lite2-s16",
+                "clip-vit-b32", "tiny-random-clip", "<any HF CLIP vision id or local path>"]
 
 
 @dataclass
@@ -60,12 +61,10 @@ class VisionBackbone:
         return self._tokens(pixels.to(self.device)).cpu()
 
     def _tokens(self, pixels: torch.Tensor) -> torch.Tensor:
-        if self.kind == "efficientnet" and self.blocks is not None:
-            fmap = _stem_and_blocks(self.model, pixels, self.blocks)  # [B, C, h, w] of an earlier stage
-            return fmap.flatten(2).transpose(1, 2).contiguous()
         if self.kind == "efficientnet":
-            fmap = self.model.extract_features(pixels)  # [B, 1280, h, w]
-            return fmap.flatten(2).transpose(1, 2).contiguous()  # [B, h*w, 1280]
+            fmap = (self.model.extract_features(pixels) if self.blocks is None  # [B, 1280, h, w]
+                    else _stem_and_blocks(self.model, pixels, self.blocks))  # [B, C, h, w] of an earlier stage
+            return fmap.flatten(2).transpose(1, 2).contiguous()  # [B, h*w, C]
         return self.model(pixel_values=pixels).last_hidden_state
 
     def encode_images(self, images: list[Image.Image]) -> torch.Tensor:
@@ -138,6 +137,8 @@ def _last_block_at_stride(model: nn.Module, size: int, stride: int) -> tuple[int
     found = None
     for i, block in enumerate(model._blocks):
         x = block(x)
+        if x.shape[-1] < -(-size // stride):
+            break
         if x.shape[-1] == -(-size // stride):
             found = (i + 1, x.shape[1], x.shape[-1])
     if found is None:
