@@ -102,6 +102,8 @@ def collect(table: Table, folder: Path) -> TableRuns:
         for seed in v.seeds:
             record = RunRecord(cell_path(folder, v.name, seed))
             state = record.state()
+            if state in ("done", "failed"):
+                record.check_content()  # a damaged file is one line naming it, never a traceback in the report
             if state == "failed":
                 out.failed.append({"variant": v.name, "seed": seed, "reason": record.failure()["reason"]})
             if state != "done":

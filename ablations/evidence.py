@@ -8,13 +8,18 @@ settings, and two different results for one cell are both kept visible instead o
 """
 from __future__ import annotations
 
+import contextlib
+import io
+import json
+import math
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from vlm_core.atomic import atomic_write_json
 from vlm_core.errors import UserError
 
-from .record import RunRecord, TableTiming, cell_path
+from .record import ReferenceFile, RunRecord, TableTiming, cell_path
 from .planning import expected_hash
 from .tables import Table
 
@@ -27,6 +32,63 @@ class Merge:
     same: list[str] = field(default_factory=list)
     kept: list[str] = field(default_factory=list)
     conflicts: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # records whose metrics could not be recomputed, and why
+
+
+RECOMPUTED = ("BLEU-4", "CIDEr")  # Java's PTB tokenizer and these two scorers: seconds per record
+
+
+class References:
+    """The reference captions a record was scored against: those stored with the evidence where they cover its
+    images (only the gallery's are: the data set's text is not republished), else the data set the record's
+    own config names, read once per data section (the shapes are generated; Flickr8k read where it is)."""
+
+    def __init__(self, stored: dict[str, list[str]], data_dir: str | None):
+        self.stored, self.data_dir, self.read = stored, data_dir, {}
+
+    def of(self, record: RunRecord, images: set[str]) -> dict[str, list[str]] | None:
+        if images <= set(self.stored):
+            return self.stored
+        config = record.config()
+        key = json.dumps(config.get("data"), sort_keys=True, default=str)
+        if key not in self.read:
+            from .table_data import run_data
+
+            try:
+                self.read[key] = run_data(config, self.data_dir).captions
+            except (UserError, OSError, KeyError, TypeError, ValueError):
+                self.read[key] = None  # the data set is not here: the metrics cannot be scored again
+        found = self.read[key]
+        return found if found is not None and images <= set(found) else None
+
+
+def check_metrics(record: RunRecord, references: References) -> str:
+    """Score the record's stored captions again against the eval references and refuse stored metrics that
+    differ (an edited number with a recomputed hash passes every other check). Returns why it could not
+    (no references here, no Java), or ''."""
+    if not record.has("metrics.json"):
+        return ""  # a failed run has no metrics
+    captions = record.captions()
+    refs = references.of(record, set(captions))
+    if refs is None:
+        return "metrics not recomputed: its data set's references are not readable here (--data-dir)"
+    references = refs
+    if shutil.which("java") is None:
+        return "metrics not recomputed: no Java here for the PTB tokenizer"
+    from pycocoevalcap.bleu.bleu import Bleu
+
+    from .scoring import cider, tokenize
+
+    gts, res = tokenize({i: references[i] for i in captions}, captions)
+    with contextlib.redirect_stdout(io.StringIO()):
+        bleu = float(Bleu(4).compute_score(gts, res, verbose=0)[0][3])
+    again = {"BLEU-4": bleu, "CIDEr": cider(gts, res)[0]}
+    stored = record.metrics()["metrics"]
+    for name in RECOMPUTED:
+        if name in stored and not math.isclose(stored[name], again[name], rel_tol=1e-6, abs_tol=1e-9):
+            raise UserError(f"{record.path / 'metrics.json'}: {name} {stored[name]:.6g} is not what its captions "
+                            f"score ({again[name]:.6g}); refused")
+    return ""
 
 
 def table_folder(source: Path, table: str) -> Path:
@@ -39,11 +101,13 @@ def table_folder(source: Path, table: str) -> Path:
     return source
 
 
-def add_runs(table: Table, source_dir: Path, evidence: Path, replace: bool = False) -> Merge:
+def add_runs(table: Table, source_dir: Path, evidence: Path, replace: bool = False, data_dir: str | None = None) -> Merge:
     """Copy every finished (or failed) run of ``table`` in ``source_dir`` into ``evidence`` (both table
     folders). A cell already in the evidence with the same settings and the same result is left alone; with
     the same settings and another result it is a conflict (both stay, an error lists them) unless ``replace``."""
     merge = Merge()
+    TableTiming.at(source_dir).read()  # checked before anything is added: a bad one must not arrive half-way
+    references = References(ReferenceFile(source_dir).read() or ReferenceFile(evidence).read(), data_dir)
     for v in table.variants.values():
         for seed in v.seeds:
             src = RunRecord(cell_path(source_dir, v.name, seed))
@@ -70,6 +134,9 @@ def add_runs(table: Table, source_dir: Path, evidence: Path, replace: bool = Fal
                 elif src.config_hash() != want:
                     merge.kept.append(f"{label}: neither record is current; the evidence's is kept")
                     continue
+            note = check_metrics(src, references)
+            if note:
+                merge.notes.append(f"{label}: {note}")
             dest.write_files(src.evidence_files(), weights=False)
             merge.added.append(label)
     _merge_timing(source_dir, evidence)

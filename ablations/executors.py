@@ -13,7 +13,10 @@ Every executor has one interface, ``run(todo, done) -> runs lost``; ``executor()
 from __future__ import annotations
 
 import os
+import signal
 import tempfile
+import threading
+import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, replace
 from multiprocessing import get_context
@@ -98,8 +101,34 @@ def local_workers(table: Table, runs: int, cpus: int, gpus: int) -> list[str | N
     return [None] * max(1, min(runs, cpus // threads_per_run(table)))
 
 
-def _init_local_worker(table: Table, cache_dir: Path, data_dir: str | None, threads: int, devices) -> None:
+def die_with_parent(parent: int) -> None:
+    """A pool worker must not outlive its `run-all`: an orphan would go on writing a run that the next
+    `run-all` redoes. The kernel kills it when the driver dies (Linux), and a watcher checks once a second
+    where that is not available."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):  # not Linux: the watcher below alone
+        pass
+    if os.getppid() != parent:  # the driver died before the kernel was told
+        os._exit(1)
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="ablate-parent-watch", daemon=True).start()
+
+
+PR_SET_PDEATHSIG = 1
+
+
+def _init_local_worker(table: Table, cache_dir: Path, data_dir: str | None, threads: int, devices,
+                       parent: int) -> None:
     global _WORKSPACE
+    die_with_parent(parent)
     torch.set_num_threads(threads)
     quiet_libraries()
     device = devices.get()  # each worker takes one device (None: the table's own)
@@ -133,7 +162,7 @@ class LocalPoolExecutor:
         for device in devices:
             queue.put(device)
         with ProcessPoolExecutor(len(devices), mp_context=context, initializer=_init_local_worker,
-                                 initargs=(table, self.cache_dir, self.data_dir, threads, queue)) as pool:
+                                 initargs=(table, self.cache_dir, self.data_dir, threads, queue, os.getpid())) as pool:
             futures = {pool.submit(_local_run, v.name, s, run_path(self.runs_dir, table.name, v.name, s)): (v, s)
                        for v, s in todo}
             try:

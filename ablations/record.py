@@ -29,15 +29,16 @@ import json
 import os
 import platform
 import subprocess
-import tempfile
 import time
+import zlib
 from importlib import metadata
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from vlm_core.atomic import atomic_dir, atomic_write, atomic_write_json, remove_leftovers, replace_dir
+from vlm_core.atomic import (LockHeld, atomic_dir, atomic_write, atomic_write_json, exclusive_lock, remove_leftovers,
+                              replace_dir, temp_dir)
 from vlm_core.device import DEFAULT_PRECISION
 from vlm_core.errors import UserError
 from vlm_core.settings import without_unset
@@ -48,13 +49,34 @@ DONE, FAILED = "DONE", "FAILED"
 LIBRARIES = ("torch", "transformers", "peft", "pycocoevalcap", "numpy", "scipy")
 
 
-def read_gzip(path: Path) -> bytes:
+def read_gzip(path: Path, limit: int | None = None) -> bytes:
     """A gzipped record file, bounded: a small .gz must not expand without limit."""
-    with gzip.open(path) as fh:
-        data = fh.read(MAX_FILE_BYTES + 1)
-    if len(data) > MAX_FILE_BYTES:
-        raise UserError(f"{path}: expands beyond {MAX_FILE_BYTES:,} bytes (refused)")
+    limit = limit or MAX_RECORD_BYTES
+    try:
+        with gzip.open(regular_file(path)) as fh:
+            data = fh.read(limit + 1)
+    except (OSError, EOFError, zlib.error) as err:
+        raise UserError(f"{path}: not a readable gzip file ({err})") from err
+    if len(data) > limit:
+        raise UserError(f"{path}: expands beyond {limit:,} bytes (refused)")
     return data
+
+
+def regular_file(path: Path) -> Path:
+    """``path`` if it is a plain file: a FIFO would hang a reader, a device never end, a link lead elsewhere."""
+    path = Path(path)
+    if path.is_symlink() or (path.exists() and not path.is_file()):
+        raise UserError(f"{path}: not a regular file (a link, FIFO or device; refused)")
+    return path
+
+
+def read_bounded(path: Path, limit: int | None = None) -> bytes:
+    """A plain record file, refused above the bound before it is read."""
+    limit = limit or MAX_RECORD_BYTES
+    path = regular_file(path)
+    if path.stat().st_size > limit:
+        raise UserError(f"{path}: {path.stat().st_size:,} bytes, over the {limit:,}-byte bound of a record file (refused)")
+    return path.read_bytes()
 
 
 def read_folder(path: Path) -> dict[str, bytes]:
@@ -68,8 +90,11 @@ STAGES = ("train", "generate", "score", "probe")
 RECORD_FILES = ("config.json", "params.json", "history.json", "captions.json", "per_image.csv", "metrics.json",
                 "attention_maps.json", DONE, FAILED)
 WEIGHT_DIRS = ("weights", "weights-xe")
+REQUIRED_DONE = ("config.json", "params.json", "history.json", "captions.json", "per_image.csv", "metrics.json", DONE)
+REQUIRED_FAILED = ("config.json", "history.json", FAILED)
 GZIPPED = ("captions.json", "per_image.csv", "attention_maps.json")  # the large ones: gzipped in the evidence
-MAX_FILE_BYTES = 512 * 2**20  # a bound on any one file a worker or another machine hands us
+MAX_FILE_BYTES = 512 * 2**20  # a bound on any one file a worker or another machine hands us (weights included)
+MAX_RECORD_BYTES = 64 * 2**20  # any one record file, decompressed: the largest committed one is 0.2 MB
 
 
 def child(root: Path, name: str) -> Path:
@@ -77,6 +102,8 @@ def child(root: Path, name: str) -> Path:
     last guard before anything is written or removed)."""
     if not name or Path(name).name != name or name.startswith(".") or "\\" in name:
         raise UserError(f"{name!r}: not a usable folder name inside {root} (refused)")
+    if (Path(root) / name).is_symlink():  # writing through it would write wherever it points
+        raise UserError(f"{Path(root) / name}: a symbolic link (refused; replace it with a folder)")
     return Path(root) / name
 
 
@@ -138,12 +165,69 @@ def config_hash(config: dict) -> str:
     return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+# ---- the shape of each JSON file of a record: a function returning what is wrong, or "" (the report
+# reads these fields; anything else in them is kept as it is)
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _numbers(d, what: str) -> str:
+    if not isinstance(d, dict) or not all(isinstance(k, str) and (_number(v) or v is None) for k, v in d.items()):
+        return f"{what} must map names to numbers"
+    return ""
+
+
+def _metrics_problem(m) -> str:
+    if not isinstance(m, dict):
+        return "must be a JSON object"
+    for key in ("metrics", "timings"):
+        if key not in m:
+            return f"lacks {key!r}"
+    if not (isinstance(m.get("images"), int) and m["images"] > 0):
+        return "'images' must be a positive whole number"
+    if not isinstance(m.get("probes", {}), dict) or not isinstance(m.get("slots", {}), dict):
+        return "'probes' and 'slots' must be JSON objects"
+    for key in ("metrics", "timings", "slots", "metrics_xe"):
+        problem = _numbers(m.get(key, {}), repr(key))
+        if problem:
+            return problem
+    return ""
+
+
+def _history_problem(h) -> str:
+    if not isinstance(h, list) or not all(isinstance(r, dict) for r in h):
+        return "must be a list of JSON objects (one per epoch)"
+    if any(not (_number(v) or v is None or isinstance(v, str)) for r in h for v in r.values()):
+        return "its values must be numbers (or a phase name)"
+    return ""
+
+
+def _marker_problem(d, field_name: str, ok) -> str:
+    return "" if isinstance(d, dict) and ok(d.get(field_name)) else f"must be a JSON object with {field_name!r}"
+
+
+RECORD_SCHEMAS = {
+    "config.json": lambda c: "" if isinstance(c, dict) and isinstance(c.get("seed"), int) else
+    "must be a JSON object with an integer 'seed'",
+    "params.json": lambda p: "" if isinstance(p, dict) else "must be a JSON object",
+    "history.json": _history_problem,
+    "metrics.json": _metrics_problem,
+    "captions.json": lambda c: "" if isinstance(c, dict) and all(isinstance(v, str) for v in c.values()) else
+    "must map image ids to caption strings",
+    "attention_maps.json": lambda a: "" if isinstance(a, dict) and all(isinstance(v, list) for v in a.values()) else
+    "must map image ids to arrays",
+    DONE: lambda d: _marker_problem(d, "seconds", _number),
+    FAILED: lambda d: _marker_problem(d, "reason", lambda r: isinstance(r, str)),
+}
+
+
 class RunRecord:
     """One run folder. Writers are called in the order a run makes its files; readers by the report."""
 
     def __init__(self, path: Path):
         self.path = Path(path)
         self.target: Path | None = None  # while a run is being made: where it goes once finished
+        self._lock: contextlib.ExitStack | None = None  # the cell's lock, held from begin() to publishing
 
     @property
     def weights_dir(self) -> Path:
@@ -154,16 +238,20 @@ class RunRecord:
         return self.path / "weights-xe"  # the cross-entropy model, before self-critical epochs (if any)
 
     def is_run_folder(self) -> bool:
-        """Holds only what the record format writes (what `--out` may overwrite)."""
+        """A finished or failed run record and nothing else (what `--out` may replace): only the format's
+        file names, a DONE or FAILED marker, and a config.json whose hash is the hash of its settings. A
+        folder holding just a `config.json` (a tool's settings folder) is not one."""
         if not self.path.is_dir() or self.path.is_symlink():
             return False
         try:
             for p in self.path.rglob("*"):
-                if p.is_file() or p.is_symlink():
+                if p.is_symlink() or not (p.is_file() or p.is_dir()):
+                    return False
+                if p.is_file():
                     check_record_name(str(p.relative_to(self.path)))
         except UserError:
             return False
-        return self.has("config.json")
+        return (self.has(DONE) or self.has(FAILED)) and self.stored_hash_valid()
 
     # ---- state
     def state(self) -> str:
@@ -185,11 +273,16 @@ class RunRecord:
 
     # ---- writers
     def check_target(self) -> None:
-        """A folder a run may be written to: new, empty, or a run folder (which the new run replaces)."""
+        """A folder a run may be written to: new, empty, or a run folder (which the new run replaces). Never
+        the working folder or one above it: a finished run takes its target's place by a rename."""
+        here, target = Path.cwd().resolve(), self.path.resolve()
+        if self.path.name in ("", ".", "..") or target == here or target in here.parents:
+            raise UserError(f"{self.path}: is the working folder or one above it; a run needs a folder of its "
+                            "own (e.g. runs/my-run)")
         if self.path.exists() and (self.path.is_symlink() or not self.path.is_dir()
                                    or (any(self.path.iterdir()) and not self.is_run_folder())):
-            raise UserError(f"{self.path}: exists and is not a run folder (it holds other files); "
-                            "give an empty or new folder")
+            raise UserError(f"{self.path}: exists and is not a run folder (it holds other files, or a record "
+                            "without DONE / FAILED); give an empty or new folder")
 
     def begin(self, config: dict, extra: dict) -> None:
         """Start afresh in a new folder beside the target; the target (an earlier run of this cell, kept
@@ -197,36 +290,68 @@ class RunRecord:
         A target that exists but is not a run folder is refused: it is never emptied."""
         self.check_target()
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        remove_leftovers(self.path)  # a killed earlier attempt's folder (one writer per run folder: the table lock)
-        self.target = self.path
-        self.path = Path(tempfile.mkdtemp(prefix=f".{self.target.name}.", suffix=".partial", dir=self.target.parent))
-        atomic_write_json(self.path / "config.json", {**config, "config_hash": config_hash(config), **extra})
+        self._lock = contextlib.ExitStack()
+        try:  # the writer of this cell holds its lock until it publishes or dies: a second one is refused
+            self._lock.enter_context(exclusive_lock(self.path, "this run"))
+        except LockHeld as err:
+            raise UserError(str(err)) from err
+        try:
+            remove_leftovers(self.path)  # only a dead writer's folder can be there now: we hold the cell's lock
+            self.target = self.path
+            self.path = temp_dir(self.target, ".partial")
+            self._write_json("config.json", {**config, "config_hash": config_hash(config), **extra})
+        except BaseException:
+            self.release()
+            raise
+
+    def release(self) -> None:
+        """Drop the cell's lock (after publishing, or when the run stopped without a result)."""
+        lock, self._lock = self._lock, None
+        if lock is not None:
+            lock.close()
+
+    def _write_json(self, name: str, obj) -> None:
+        atomic_write_json(self.path / name, obj, make_parent=False)  # a removed work folder is never re-created
+
+    def missing_files(self) -> list[str]:
+        """The files a finished (DONE) or failed (FAILED) record must have that this folder lacks."""
+        needed = REQUIRED_DONE if self.has(DONE) else REQUIRED_FAILED if self.has(FAILED) else (DONE,)
+        missing = [name for name in needed if not self.has(name)]
+        if "config.json" not in missing and not self.stored_hash_valid():
+            missing.append("a config.json whose hash is that of its settings")
+        return missing
 
     def _publish(self) -> None:
-        """The finished run takes the target's place (the old record goes only once the new one is there)."""
+        """The finished run takes the target's place (the old record goes only once the new one is there),
+        and only if it is complete: an incomplete folder never replaces anything."""
         if self.target is None:
             return
+        missing = self.missing_files()
+        if missing:
+            raise UserError(f"{self.target}: the new record lacks {', '.join(missing)}; not published (the "
+                            "previous record, if any, is kept)")
         work, self.path, self.target = self.path, self.target, None
         replace_dir(work, self.path)
+        self.release()
 
     def write_params(self, params: dict) -> None:
-        atomic_write_json(self.path / "params.json", params)
+        self._write_json("params.json", params)
 
     def write_history(self, history: list[dict]) -> None:
-        atomic_write_json(self.path / "history.json", history)
+        self._write_json("history.json", history)
 
     def fail(self, reason: str, history: list[dict], variant: str, seed: int, seconds: float) -> None:
         self.write_history(history)
-        atomic_write_json(self.path / FAILED, {"reason": reason, "variant": variant, "seed": seed,
+        self._write_json(FAILED, {"reason": reason, "variant": variant, "seed": seed,
                                                "seconds": round(seconds, 2)})
         self._publish()
 
     def write_captions(self, captions: dict[str, str]) -> None:
-        atomic_write_json(self.path / "captions.json", captions)
+        self._write_json("captions.json", captions)
 
     def write_attention_maps(self, maps: dict) -> None:
         """Q-Former cross-attention [layers, queries, patches] of a few eval images, rounded (for pictures only)."""
-        atomic_write_json(self.path / "attention_maps.json",
+        self._write_json("attention_maps.json",
                           {k: np.round(np.asarray(v, dtype=np.float64), 6).tolist() for k, v in maps.items()})
 
     def read_files(self) -> dict[str, bytes]:
@@ -260,17 +385,17 @@ class RunRecord:
         return out
 
     def finish(self, per_image: pd.DataFrame, metrics: dict) -> None:
-        atomic_write(self.path / "per_image.csv", lambda p: per_image.to_csv(p))
-        atomic_write_json(self.path / "metrics.json", metrics)
-        atomic_write_json(self.path / DONE, {"finished": time.strftime("%Y-%m-%d %H:%M:%S"), "finished_unix": round(time.time(), 3),
+        atomic_write(self.path / "per_image.csv", lambda p: per_image.to_csv(p), make_parent=False)
+        self._write_json("metrics.json", metrics)
+        self._write_json(DONE, {"finished": time.strftime("%Y-%m-%d %H:%M:%S"), "finished_unix": round(time.time(), 3),
                                              "seconds": round(sum(metrics["timings"].values()), 2)})
         self._publish()
 
     # ---- readers (a file may be stored gzipped, as in the evidence)
     def _bytes(self, name: str) -> bytes:
         plain = self.path / name
-        if plain.exists():
-            return plain.read_bytes()
+        if plain.exists() or plain.is_symlink():
+            return read_bounded(plain)
         return read_gzip(self.path / (name + ".gz"))
 
     def has(self, name: str) -> bool:
@@ -279,7 +404,7 @@ class RunRecord:
     def _json(self, name: str):
         try:
             return json.loads(self._bytes(name))
-        except (ValueError, OSError, EOFError) as err:
+        except (ValueError, OSError, EOFError, RecursionError) as err:
             raise UserError(f"{self.path / name}: not a readable JSON record file ({err})") from err
 
     def config(self) -> dict:
@@ -314,7 +439,39 @@ class RunRecord:
         return self._json("captions.json")
 
     def per_image(self) -> pd.DataFrame:
-        return pd.read_csv(io.BytesIO(self._bytes("per_image.csv")), index_col=0)
+        try:
+            return pd.read_csv(io.BytesIO(self._bytes("per_image.csv")), index_col=0)
+        except (ValueError, pd.errors.ParserError, UnicodeDecodeError) as err:
+            raise UserError(f"{self.path / 'per_image.csv'}: not a readable CSV ({err})") from err
+
+    def check_content(self) -> None:
+        """Every file of a finished or failed record parses as the format says, and the corpus CIDEr is the
+        mean of its per-image values: what the report reads can be trusted to be of the right shape, and a
+        metric edited by hand is caught. One line naming the file and what is wrong."""
+        for name in (REQUIRED_DONE if self.has(DONE) else REQUIRED_FAILED):
+            if not self.has(name):
+                raise UserError(f"{self.path}: a finished record without {name} (refused)")
+        for name, schema in RECORD_SCHEMAS.items():
+            if self.has(name):
+                problem = schema(self._json(name))
+                if problem:
+                    raise UserError(f"{self.path / name}: {problem}")
+        if not self.has(DONE):
+            return
+        frame = self.per_image()
+        bad = [c for c in frame.columns if not pd.api.types.is_numeric_dtype(frame[c])]
+        if bad or not frame.index.is_unique:
+            raise UserError(f"{self.path / 'per_image.csv'}: " + (f"column {bad[0]!r} is not numeric" if bad
+                                                                    else "an image appears twice"))
+        metrics = self.metrics()
+        if metrics["images"] != len(frame) or set(map(str, frame.index)) != set(self.captions()):
+            raise UserError(f"{self.path}: metrics.json, per_image.csv and captions.json do not name the same "
+                            f"{metrics['images']} images")
+        if "CIDEr" in frame and "CIDEr" in metrics["metrics"]:
+            mean = float(frame["CIDEr"].mean())
+            if not np.isclose(mean, metrics["metrics"]["CIDEr"], rtol=1e-6, atol=1e-9):
+                raise UserError(f"{self.path / 'metrics.json'}: CIDEr {metrics['metrics']['CIDEr']:.6g} is not the "
+                                f"mean of its per-image values ({mean:.6g}; edited?)")
 
     def attention_maps(self) -> dict[str, np.ndarray]:
         if not self.has("attention_maps.json"):
@@ -347,8 +504,12 @@ class RunRecord:
                 raise UserError(f"{p}: a symbolic link inside a run record (refused)")
             if p.is_file():
                 check_record_name(name)
-                if p.stat().st_size > MAX_FILE_BYTES:
-                    raise UserError(f"{p}: over the {MAX_FILE_BYTES:,}-byte bound of a run file (refused)")
+                weights = Path(name).parts[0] in WEIGHT_DIRS
+                if p.stat().st_size > (MAX_FILE_BYTES if weights else MAX_RECORD_BYTES):
+                    raise UserError(f"{p}: over the bound of a run file (refused)")
+            elif not p.is_dir():
+                raise UserError(f"{p}: not a regular file (a FIFO, socket or device; refused)")
+        self.check_content()
         config = self.config()
         if not self.stored_hash_valid():
             raise UserError(f"{self.path / 'config.json'}: its config_hash is not the hash of its settings "
@@ -371,6 +532,19 @@ class RunRecord:
 
 
 # ---- table-level files
+def read_json_list(path: Path) -> list[dict]:
+    """A table-level JSON file holding a list of objects ([] when absent), bounded and checked."""
+    if not path.exists() and not path.is_symlink():
+        return []
+    try:
+        entries = json.loads(read_bounded(path))
+    except (ValueError, OSError, RecursionError) as err:
+        raise UserError(f"{path}: not readable JSON ({err})") from err
+    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+        raise UserError(f"{path}: must be a JSON list of objects")
+    return entries
+
+
 class TableTiming:
     """timing.json: one entry per `run-all` invocation, rewritten after each run, so a killed
     invocation keeps the time of everything it finished."""
@@ -386,7 +560,13 @@ class TableTiming:
         return cls(table_dir.parent, table_dir.name)
 
     def read(self) -> list[dict]:
-        return json.loads(self.path.read_text()) if self.path.exists() else []
+        entries = read_json_list(self.path)
+        for k, e in enumerate(entries):
+            if not (isinstance(e.get("when"), str) and isinstance(e.get("runs"), int)
+                    and _number(e.get("total_seconds")) and _number(e.get("prepare_seconds", 0))):
+                raise UserError(f"{self.path}: entry {k} needs 'when' (text), 'runs' (a whole number) and "
+                                "'total_seconds' (a number)")
+        return entries
 
     def begin(self, prepare_seconds: float, parts: dict[str, float]) -> None:
         entries = self.read() + [{"when": time.strftime("%Y-%m-%d %H:%M:%S"), "host": platform.node(),
@@ -409,7 +589,11 @@ class VerifyLog:
         self.path = Path(table_dir) / "verify.json"
 
     def read(self) -> list[dict]:
-        return json.loads(self.path.read_text()) if self.path.exists() else []
+        entries = read_json_list(self.path)
+        for k, e in enumerate(entries):
+            if not (isinstance(e.get("variant"), str) and isinstance(e.get("seed"), int)):
+                raise UserError(f"{self.path}: check {k} needs 'variant' (text) and 'seed' (a whole number)")
+        return entries
 
     def add(self, checks: list[dict]) -> None:
         atomic_write_json(self.path, self.read() + checks)
@@ -427,7 +611,7 @@ class ReferenceFile:
             return {}
         try:
             refs = json.loads(read_gzip(self.path))
-        except ValueError as err:
+        except (ValueError, RecursionError) as err:
             raise UserError(f"{self.path}: not valid JSON ({err})") from err
         if not isinstance(refs, dict) or not all(isinstance(v, list) and all(isinstance(c, str) for c in v)
                                                  for v in refs.values()):
@@ -456,10 +640,25 @@ def table_lock(runs_dir: Path, table: str):
         fh.truncate()
         fh.write(f"{os.getpid()}\n")
         fh.flush()
+        clear_dead_writers(path)
         yield
     finally:
         fcntl.flock(fh, fcntl.LOCK_UN)
         fh.close()
+
+
+def clear_dead_writers(table_dir: Path) -> None:
+    """Remove what killed writers left in a table folder (their .partial / .replaced folders), cell by cell,
+    only where the cell's own lock is free: a live writer's folder is never touched."""
+    for leftover in sorted(Path(table_dir).glob("*/.seed-*.*")):
+        if leftover.suffix not in (".partial", ".replaced") or not leftover.is_dir():
+            continue
+        cell = leftover.parent / leftover.name[1:].split(".", 1)[0]
+        try:
+            with exclusive_lock(cell, "this run"):
+                remove_leftovers(cell)
+        except LockHeld:
+            continue
 
 
 # ---- provenance

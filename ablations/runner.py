@@ -106,6 +106,14 @@ def execute_run(workspace: Workspace, variant: Variant, seed: int, out: Path, ev
                  {"provenance": {**workspace.provenance, "determinism": determinism()},
                   "machine": workspace.provenance.get("machine", ""), "lm_info": workspace.lm.info,
                   "vision_tokens": workspace.vision.num_tokens, "vision_dim": workspace.vision.feature_dim})
+    try:
+        return _execute(workspace, variant, seed, record, eval_split, on_step, log)
+    finally:
+        record.release()  # published (or stopped by an error): the cell's lock goes either way
+
+
+def _execute(workspace: Workspace, variant: Variant, seed: int, record: RunRecord, eval_split: str,
+             on_step: Callable[[int, int, float], None] | None, log: Callable[[str], None]) -> str:
     watch, label = Stopwatch(), f"{variant.name} seed {seed}"
     try:
         with watch(TRAIN):

@@ -7,8 +7,12 @@ UserError naming the file and the key.
 from __future__ import annotations
 
 import copy
+import math
+import os
 import re
+import stat
 import tomllib
+import typing
 from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any
@@ -17,7 +21,7 @@ from vlm_core.caption_lm import CAPTION_LM, CaptionLMConfig
 from vlm_core.device import AUTO_DEVICE, DEFAULT_PRECISION, check_precision
 from vlm_core.errors import UserError
 from vlm_core.model import CaptionModelConfig
-from vlm_core.shapes import ShapesConfig
+from vlm_core.shapes import MAX_IMAGES, MIN_IMAGE_SIZE, ShapesConfig
 from vlm_core.train import TrainConfig
 
 TABLES_DIR = Path(__file__).parent / "tables"
@@ -155,18 +159,67 @@ class Table:
         return [self.variants[v] for v in only]
 
 
-def _check_type(value: Any, default: Any, where: str) -> Any:
+SEEDS = (0, 2**32 - 1)  # what numpy and torch take as a seed
+
+# The range of every number a table (or --set, or a stored run's config.json) may give, inclusive: generous, but a
+# typo such as num_queries = 9999999999 (a 1.28 TB tensor) or train = 10000000000 images is refused before any work.
+LIMITS: dict[type, dict[str, tuple[float, float]]] = {
+    DataSpec: {"eval_images": (0, MAX_IMAGES), "train_images": (0, MAX_IMAGES)},
+    ShapesConfig: {"seed": SEEDS, "train": (1, MAX_IMAGES), "dev": (1, MAX_IMAGES), "test": (1, MAX_IMAGES),
+                   "two_object_share": (0.0, 1.0), "image_size": (MIN_IMAGE_SIZE, 2048)},
+    RunSpec: {"cpus_per_run": (0, 4096), "gpus_per_run": (0.0, 1024.0)},
+    ProbeSpec: {"swap_seed": SEEDS, "nll_refs": (0, 1000)},
+    CaptionLMConfig: {"vocab_size": (1, 1_000_000), "n_layer": (1, 64), "n_embd": (1, 8192), "n_head": (1, 256),
+                      "n_positions": (1, 8192), "epochs": (0, 1000), "batch_size": (1, 65536), "lr": (0.0, 10.0),
+                      "max_tokens": (1, 8192), "pack_length": (0, 8192), "seed": SEEDS},
+    CaptionModelConfig: {"num_queries": (1, 1024), "qformer_hidden": (1, 8192), "qformer_layers": (1, 64),
+                         "qformer_heads": (1, 256), "qformer_intermediate": (1, 32768),
+                         "qformer_cross_attention_frequency": (1, 64), "qformer_dropout": (0.0, 1.0),
+                         "qformer_init_std": (0.0, 10.0), "lora_rank": (0, 4096), "lora_alpha": (0, 1_000_000),
+                         "lora_dropout": (0.0, 1.0), "max_caption_tokens": (1, 8192), "seed_pad_length": (1, 8192)},
+    TrainConfig: {"epochs": (1, 1000), "batch_size": (1, 65536), "lr": (0.0, 10.0), "connector_lr": (0.0, 10.0),
+                  "weight_decay": (0.0, 10.0), "warmup_share": (0.0, 1.0), "captions_per_image": (1, 100),
+                  "grad_clip": (0.0, 1e6), "dev_images": (0, MAX_IMAGES), "dev_checks": (0, 1000),
+                  "explode_factor": (0.0, 1e12), "max_new_tokens": (1, 1024), "num_beams": (1, 64),
+                  "no_repeat_ngram_size": (0, 1024), "length_penalty": (-100.0, 100.0), "rerank_samples": (0, 256),
+                  "rerank_temperature": (0.0, 100.0), "label_smoothing": (0.0, 1.0), "scst_epochs": (0, 1000),
+                  "scst_samples": (1, 256), "scst_lr": (0.0, 10.0), "generate_batch_size": (1, 65536),
+                  "debug_nan_at_step": (0, 2**31 - 1)},
+}
+# (part, whole): attention splits the width into equal heads.
+DIVIDES: dict[type, list[tuple[str, str]]] = {
+    CaptionModelConfig: [("qformer_heads", "qformer_hidden")],
+    CaptionLMConfig: [("n_head", "n_embd")],
+}
+
+
+def _number(value: float) -> str:
+    return f"{value:_}" if isinstance(value, int) and abs(value) >= 10_000 else f"{value:g}"
+
+
+def _check_range(cls, key: str, value: Any, where: str) -> None:
+    lo, hi = LIMITS.get(cls, {}).get(key, (None, None))
+    if lo is not None and not lo <= value <= hi:
+        raise UserError(f"{where}: must be in [{_number(lo)}, {_number(hi)}], not {_number(value)}")
+
+
+def _check_type(value: Any, default: Any, where: str, item: type | None = None) -> Any:
+    """``item``: the element type of a list (from the field's annotation, e.g. list[str])."""
     if isinstance(default, bool):
         ok = isinstance(value, bool)
     elif isinstance(default, int):
         ok = isinstance(value, int) and not isinstance(value, bool)
     elif isinstance(default, float):
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if ok and not math.isfinite(value):
+            raise UserError(f"{where}: expected a finite number, not {value!r}")
         value = float(value) if ok else value
     elif isinstance(default, str):
         ok = isinstance(value, str)
     elif isinstance(default, list):
         ok = isinstance(value, list)
+        if ok and item is not None and not all(isinstance(v, item) and not isinstance(v, bool) for v in value):
+            raise UserError(f"{where}: expected a list of {item.__name__}, got {value!r}")
     elif is_dataclass(default):  # a sub-table, e.g. [data.shapes]
         return _build(type(default), value, where, base=asdict(default))[0]
     else:
@@ -174,6 +227,16 @@ def _check_type(value: Any, default: Any, where: str) -> Any:
     if not ok:
         raise UserError(f"{where}: expected {type(default).__name__}, got {type(value).__name__} ({value!r})")
     return value
+
+
+def _list_items(cls) -> dict[str, type]:
+    """The element type of each list field of ``cls`` (its annotation), checked like any other type."""
+    out = {}
+    for key, hint in typing.get_type_hints(cls).items():
+        args = typing.get_args(hint)
+        if typing.get_origin(hint) is list and len(args) == 1 and isinstance(args[0], type):
+            out[key] = args[0]
+    return out
 
 
 def _defaults(cls) -> dict[str, Any]:
@@ -194,19 +257,32 @@ def _build(cls, raw: Any, where: str, base: dict | None = None):
     for key, value in values.items():  # sub-tables given as plain data (a stored base) become dataclasses again
         if is_dataclass(defaults[key]) and isinstance(value, dict):
             values[key] = type(defaults[key])(**value)
+    items = _list_items(cls)
     for key, value in raw.items():
         if key not in defaults:
             raise UserError(f"{where}: unknown key '{key}'; known: {', '.join(defaults)}")
-        values[key] = _check_type(value, defaults[key], f"{where}.{key}")
+        values[key] = _check_type(value, defaults[key], f"{where}.{key}", items.get(key))
+        _check_range(cls, key, values[key], f"{where}.{key}")
+    for part, whole in DIVIDES.get(cls, []):
+        if values[whole] % values[part]:
+            raise UserError(f"{where}.{part}: {values[part]} does not divide {whole} ({values[whole]}); attention "
+                            "splits the width into equal heads")
     try:
         return cls(**values), values
     except UserError as err:
         raise UserError(f"{where}: {err}") from err
 
 
+def checked_section(cls, raw: Any, where: str):
+    """``raw`` (e.g. a stored run's ``model`` settings) as a ``cls``, each key checked as in a table."""
+    return _build(cls, raw, where)[0]
+
+
 TOP_KEYS = {"include", "table", "data", "backbones", "caption_lm", "model", "train", "probes", "variants", "sweep", "targets", "run"}
-TABLE_KEYS = {"name", "description", "seeds", "notes", "requires", "reference", "show_images"}
-VARIANT_KEYS = {"model", "train", "expect", "expected", "description", "seeds"}
+# [table] and variant-row keys with the type each takes (None: checked where it is read)
+TABLE_KEYS = {"name": "", "description": "", "seeds": None, "notes": "", "requires": "", "reference": "",
+              "show_images": False}
+VARIANT_KEYS = {"model": None, "train": None, "expect": None, "expected": "", "description": "", "seeds": None}
 
 
 def resolve_table_path(name_or_path: str) -> Path:
@@ -237,15 +313,85 @@ def check_name(name: str, where: str) -> str:
     return name
 
 
+# A table file is a few KB (the shipped ones: under 4 KB, nested at most 4 levels). Both bounds are checked before
+# tomllib parses: it takes quadratic time and memory in the parts of a dotted key (100,000 parts: 74 s and 9.3 GB),
+# and a table 2,000 levels deep overflows the recursion of merging and copying.
+MAX_TABLE_BYTES = 1 << 20
+MAX_NESTING = 32
+MAX_INCLUDES = 16
+_TOKEN = re.compile("|".join([
+    r'(?P<string>"{3}(?:[^"\\]|\\[\s\S]|"(?!""))*+(?:"{3,5}|\\?\Z)',  # an unterminated string runs to the end of its
+    r"'{3}(?:[^']|'(?!''))*+(?:'{3,5}|\Z)",  # line (or file), where tomllib refuses it anyway
+    r'"(?:[^"\\\n]|\\.)*+(?:"|\\?(?=\n|\Z))',
+    r"'[^'\n]*+(?:'|(?=\n|\Z)))",
+    r"(?P<comment>#[^\n]*)", r"(?P<newline>\n)", r"(?P<punct>[][{}=,.])", r"(?P<space>[ \t\r]+)",
+    r"""(?P<word>[^][{}=,.\s"'#]+|.)""",
+]))
+
+
+def check_nesting(text: str, where: str, lines: bool = True) -> None:
+    """Refuses a key, a [header] or nested arrays / inline tables deeper than MAX_NESTING, by one pass over the
+    tokens of ``text`` (strings and comments skipped), before a parser spends minutes or its stack on it;
+    ``lines``: name the line."""
+    containers: list[str] = []  # open '[' (array) and '{' (inline table) of the current value
+    mode, parts, line_start = "key", 1, True  # mode: "key", "header" or "value"
+    for m in _TOKEN.finditer(text):
+        kind, tok = m.lastgroup, m.group()
+        if kind in ("space", "comment"):
+            continue
+        if kind == "newline":
+            if not containers:
+                mode, parts, line_start = "key", 1, True
+            continue
+        deep = ""
+        if mode in ("key", "header") and tok == ".":
+            parts += 1
+            if parts > MAX_NESTING:
+                deep = f"a key or header of more than {MAX_NESTING} parts"
+        elif mode == "key" and tok == "[" and line_start and not containers:
+            mode = "header"
+        elif mode == "header" and tok == "]":
+            mode = "key"
+        elif mode == "key" and tok == "=":
+            mode, parts = "value", 1
+        elif mode == "value" and tok in "[{" and kind == "punct":
+            containers.append(tok)
+            if len(containers) > MAX_NESTING:
+                deep = f"arrays or inline tables more than {MAX_NESTING} levels deep"
+            mode = "key" if tok == "{" else "value"
+        elif tok in "]}" and kind == "punct" and containers:
+            containers.pop()
+            mode = "value"
+        elif tok == "," and containers and containers[-1] == "{":
+            mode, parts = "key", 1
+        line_start = False
+        if deep:
+            line = f"line {text.count(chr(10), 0, m.start()) + 1}: " if lines else ""
+            raise UserError(f"{where}: {line}nested too deeply: {deep} (a table needs a few)")
+
+
 def _read_toml(path: Path) -> dict:
+    """A table file, refused as one line when it is no regular file (/dev/zero, a pipe), over MAX_TABLE_BYTES or
+    nested deeper than MAX_NESTING."""
     try:
-        return tomllib.loads(path.read_text(encoding="utf-8"))
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # a pipe must not block before it is refused
+        with os.fdopen(fd, "rb") as f:
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                raise UserError(f"{path}: not a regular file")
+            data = f.read(MAX_TABLE_BYTES + 1)
     except OSError as err:
         raise UserError(f"{path}: cannot read ({err.strerror})") from err
-    except tomllib.TOMLDecodeError as err:
-        raise UserError(f"{path}: TOML syntax error: {err}") from err
+    if len(data) > MAX_TABLE_BYTES:
+        raise UserError(f"{path}: larger than {MAX_TABLE_BYTES:_} bytes (1 MiB); a table is a few KB")
+    try:
+        text = data.decode("utf-8").replace("\r\n", "\n").replace("\r", "\n")  # as read_text read it
     except UnicodeDecodeError as err:
         raise UserError(f"{path}: not valid UTF-8") from err
+    check_nesting(text, str(path))
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        raise UserError(f"{path}: TOML syntax error: {err}") from err
     except RecursionError as err:
         raise UserError(f"{path}: nested too deeply to be a table") from err
 
@@ -268,6 +414,8 @@ def _with_includes(raw: dict, path: Path) -> dict:
     names = [names] if isinstance(names, str) else names
     if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
         raise UserError(f"{path}: include: expected a file name or a list of them")
+    if len(names) > MAX_INCLUDES:
+        raise UserError(f"{path}: include: at most {MAX_INCLUDES} files, not {len(names)}")
     base: dict = {}
     if names:
         raw["include"] = names  # kept only for the error messages of load_table
@@ -290,9 +438,13 @@ def load_table(name_or_path: str) -> Table:
         if key not in TOP_KEYS:
             raise UserError(f"{where}: unknown key '{key}'; known: {', '.join(sorted(TOP_KEYS))}")
     head = raw.get("table", {})
+    if not isinstance(head, dict):
+        raise UserError(f"{where}: table: expected a table of keys ([table]), got {type(head).__name__}")
     for key in head:
         if key not in TABLE_KEYS:
             raise UserError(f"{where}: unknown key 'table.{key}'; known: {', '.join(sorted(TABLE_KEYS))}")
+        if TABLE_KEYS[key] is not None:
+            _check_type(head[key], TABLE_KEYS[key], f"{where}: table.{key}")
     seeds = _seeds(head.get("seeds", [0]), f"{where}: table.seeds")
     data, _ = _build(DataSpec, raw.get("data", {}), f"{where}: data")
     backbones, _ = _build(BackboneSpec, raw.get("backbones", {}), f"{where}: backbones")
@@ -320,7 +472,10 @@ def load_table(name_or_path: str) -> Table:
     if reference not in variants:
         raise UserError(f"{where}: table.reference: no variant {reference!r} (variants: {', '.join(variants)}); "
                         "name the variant every other one is compared with")
-    for i, sweep in enumerate(raw.get("sweep", [])):
+    sweeps = raw.get("sweep", [])
+    if not isinstance(sweeps, list):
+        raise UserError(f"{where}: sweep: expected [[sweep]] entries, got {type(sweeps).__name__}")
+    for i, sweep in enumerate(sweeps):
         _expand_sweep(sweep, variants, rows, model_base, train_base, seeds, f"{where}: sweep[{i}]", reference)
     for v in variants.values():
         if set(v.expect) & NEEDS_SLOTS and data.name not in DATA_WITH_SLOT_LABELS:
@@ -341,11 +496,13 @@ def _variant(vname: str, row: Any, model_base: dict, train_base: dict, table_see
     for key in row:
         if key not in VARIANT_KEYS:
             raise UserError(f"{where}: unknown key '{key}'; known: {', '.join(sorted(VARIANT_KEYS))}")
+        if VARIANT_KEYS[key] is not None:
+            _check_type(row[key], VARIANT_KEYS[key], f"{where}.{key}")
     model, _ = _build(CaptionModelConfig, row.get("model", {}), f"{where}.model", copy.deepcopy(model_base))
     train, _ = _build(TrainConfig, row.get("train", {}), f"{where}.train", copy.deepcopy(train_base))
     expect = row.get("expect", [])
     expect = [expect] if isinstance(expect, str) else expect
-    if not isinstance(expect, list) or any(e not in EXPECTATIONS for e in expect):
+    if not isinstance(expect, list) or any(not isinstance(e, str) or e not in EXPECTATIONS for e in expect):
         raise UserError(f"{where}.expect: unknown expectation {expect!r}; known: {', '.join(EXPECTATIONS)} "
                         "(one name or a list)")
     expected = row.get("expected", "; ".join(EXPECTATIONS[e] for e in expect) or "nothing checked")
@@ -354,9 +511,12 @@ def _variant(vname: str, row: Any, model_base: dict, train_base: dict, table_see
 
 
 def _seeds(seeds: Any, where: str) -> list[int]:
-    if (not isinstance(seeds, list) or not seeds or len(set(seeds)) != len(seeds)
-            or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds)):
-        raise UserError(f"{where}: expected a non-empty list of distinct integers >= 0, not {seeds!r}")
+    lo, hi = SEEDS
+    if (not isinstance(seeds, list) or not seeds
+            or not all(isinstance(s, int) and not isinstance(s, bool) and lo <= s <= hi for s in seeds)
+            or len(set(seeds)) != len(seeds)):
+        raise UserError(f"{where}: expected a non-empty list of distinct integers in [{lo}, {_number(hi)}], not "
+                        f"{seeds!r}")
     return list(seeds)
 
 
@@ -367,7 +527,7 @@ def _expand_sweep(sweep: Any, variants: dict, rows: dict, model_base: dict, trai
     if not isinstance(sweep, dict) or set(sweep) - {"base", "key", "values", "expect"} or "key" not in sweep:
         raise UserError(f"{where}: a sweep needs 'key' and 'values' (and optional 'base', 'expect')")
     base = sweep.get("base", reference)
-    if base not in rows:
+    if not isinstance(base, str) or base not in rows:
         raise UserError(f"{where}.base: unknown variant {base!r}")
     section, _, key = str(sweep["key"]).partition(".")
     if section not in ("model", "train") or not key:
@@ -417,7 +577,11 @@ def apply_settings(table: Table, variant: Variant | None, settings: list[str]) -
         name, sep, text = setting.partition("=")
         section, dot, key = name.strip().partition(".")
         if not sep or not dot or section not in owners or owners[section] is None:
-            raise UserError(f"--set {setting!r}: expected SECTION.KEY=VALUE with SECTION one of {', '.join(owners)}")
+            raise UserError(f"--set {setting[:200]!r}: expected SECTION.KEY=VALUE with SECTION one of "
+                            f"{', '.join(owners)}")
+        if len(text) > MAX_TABLE_BYTES:
+            raise UserError(f"--set {name.strip()}: the value is longer than {MAX_TABLE_BYTES:_} characters")
+        check_nesting(f"v = {text.strip()}", f"--set {name.strip()}", lines=False)
         try:
             value = tomllib.loads(f"v = {text.strip()}")["v"]
         except tomllib.TOMLDecodeError:

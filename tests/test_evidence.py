@@ -2,6 +2,7 @@
 finished over several machines, records from elsewhere checked, `ablate verify`."""
 import gzip
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -218,3 +219,106 @@ def test_evidence_is_never_written_through_a_link(two_machines, tmp_path):
                   "--reports-dir", tmp_path / "reports")
     assert result.exit_code == 2 and "symbolic link" in result.output
     assert sorted(p.name for p in victim.iterdir()) == ["keep.txt"]
+
+
+# ---- issue 49: evidence is checked for what it says, not only for its names
+@pytest.fixture(scope="module")
+def reported(two_machines):
+    """m1's runs as a reports folder of their own, with the eval references stored beside them."""
+    root = two_machines["root"]
+    out = root / "reported"
+    _ok("report", two_machines["table"], "--runs-dir", root / "m1", "--out", out)
+    assert (out / "micro" / "runs" / "references.json.gz").exists()
+    return out
+
+
+def _tampered(reported, tmp_path, edit) -> Path:
+    src = tmp_path / "src"
+    shutil.copytree(reported, src)
+    edit(src / "micro" / "runs")
+    return src
+
+
+def _edit_cider(runs: Path, per_image_too: bool) -> None:
+    cell = runs / "full" / "seed-0"
+    metrics = json.loads((cell / "metrics.json").read_text())
+    metrics["metrics"]["CIDEr"] = 99.0
+    (cell / "metrics.json").write_text(json.dumps(metrics))
+    if per_image_too:  # consistent with the per-image column: only scoring the captions again catches it
+        import pandas as pd
+
+        frame = pd.read_csv(cell / "per_image.csv.gz", index_col=0)
+        frame["CIDEr"] = 99.0
+        frame.to_csv(cell / "per_image.csv.gz")
+
+
+@pytest.mark.parametrize("case, message", [
+    ("cider-edited", "not the mean of its per-image values"),
+    ("cider-and-per-image-edited", "is not what its captions score"),
+    ("fifo", "not a regular file"),
+    ("timing", "timing.json: entry 0 needs"),
+    ("bomb", "expands beyond"),
+    ("metrics-shape", "metrics.json: 'metrics' must map names to numbers"),
+    ("history-shape", "history.json: must be a list"),
+    ("done-shape", "DONE: must be a JSON object with 'seconds'"),
+])
+def test_evidence_content_is_checked_before_it_is_added(reported, tmp_path, case, message):
+    def edit(runs: Path) -> None:
+        cell = runs / "full" / "seed-0"
+        if case.startswith("cider"):
+            _edit_cider(runs, per_image_too=case == "cider-and-per-image-edited")
+        elif case == "fifo":
+            (cell / "metrics.json").unlink()
+            os.mkfifo(cell / "metrics.json")
+        elif case == "timing":
+            (runs / "timing.json").write_text('[{"when": 5}]')
+        elif case == "bomb":  # 65 MiB of zeros in a 65-kB gzip
+            (cell / "captions.json.gz").write_bytes(gzip.compress(b"0" * (65 * 2**20), 9))
+        elif case == "metrics-shape":
+            m = json.loads((cell / "metrics.json").read_text())
+            m["metrics"] = ["BLEU-4", 0.3]
+            (cell / "metrics.json").write_text(json.dumps(m))
+        elif case == "history-shape":
+            (cell / "history.json").write_text('{"epoch": 1}')
+        elif case == "done-shape":
+            (cell / "DONE").write_text("[]")
+
+    src = _tampered(reported, tmp_path, edit)
+    dest = tmp_path / "reports"
+    result = _cli("evidence", "add", reported.parent / "micro.toml", "--from", src, "--reports-dir", dest)
+    assert result.exit_code == 2, result.output
+    assert message in result.output and "Traceback" not in result.output, result.output
+    assert len(result.output.strip().splitlines()) <= 3, result.output  # one message (the console may wrap it)
+    assert not (dest / "micro" / "runs" / "full" / "seed-0").exists()
+
+
+@pytest.mark.parametrize("target, damage", [
+    ("full/seed-0/metrics.json", b'{"metrics": 1}'),
+    ("full/seed-0/history.json", b"[1, 2]"),
+    ("full/seed-0/per_image.csv.gz", "truncate"),
+    ("full/seed-0/captions.json.gz", b"not gzip"),
+    ("full/seed-0/config.json", b"[]"),
+    ("timing.json", b'{"runs": 1}'),
+    ("verify.json", b'[{"seed": "x"}]'),
+    ("references.json.gz", b"not gzip"),
+])
+def test_a_damaged_evidence_file_is_one_line_in_report(reported, tmp_path, target, damage):
+    out = tmp_path / "out"
+    shutil.copytree(reported, out)
+    path = out / "micro" / "runs" / target
+    path.write_bytes(path.read_bytes()[: len(path.read_bytes()) // 2] if damage == "truncate" else damage)
+    result = _cli("report", reported.parent / "micro.toml", "--out", out)
+    assert result.exit_code == 2, result.output
+    assert target.split("/")[-1].removesuffix(".gz") in result.output and "Traceback" not in result.output, result.output
+
+
+def test_report_never_writes_through_a_linked_table_folder(reported, tmp_path):
+    victim = tmp_path / "victim"
+    shutil.copytree(reported / "micro", victim)
+    (victim / "README.md").write_text("someone else's\n")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "micro").symlink_to(victim)
+    result = _cli("report", reported.parent / "micro.toml", "--out", out)
+    assert result.exit_code == 2 and "symbolic link" in result.output, result.output
+    assert (victim / "README.md").read_text() == "someone else's\n"

@@ -7,14 +7,20 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Callable
 
 
-def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
-    """Call ``write(tmp_path)`` then rename tmp over ``path`` (same directory, so rename is atomic)."""
+def atomic_write(path: str | Path, write: Callable[[Path], None], make_parent: bool = True) -> Path:
+    """Call ``write(tmp_path)`` then rename tmp over ``path`` (same directory, so rename is atomic).
+    ``make_parent=False`` for files of a folder someone else may remove (a run's work folder): a writer
+    whose folder is gone fails instead of re-creating it."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if make_parent:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    elif not path.parent.is_dir():
+        raise FileNotFoundError(f"{path.parent}: the folder being written is gone (removed by another process)")
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
@@ -44,8 +50,8 @@ def _umask() -> int:
     return _UMASK
 
 
-def atomic_write_text(path: str | Path, text: str) -> Path:
-    return atomic_write(path, lambda p: p.write_text(text, encoding="utf-8"))
+def atomic_write_text(path: str | Path, text: str, make_parent: bool = True) -> Path:
+    return atomic_write(path, lambda p: p.write_text(text, encoding="utf-8"), make_parent)
 
 
 def atomic_dir(path: str | Path, write: Callable[[Path], None]) -> Path:
@@ -53,7 +59,7 @@ def atomic_dir(path: str | Path, write: Callable[[Path], None]) -> Path:
     appears under its final name only once complete. Each writer has its own tmp folder."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent))
+    tmp = temp_dir(path, ".partial")
     try:
         write(tmp)
     except BaseException:
@@ -62,13 +68,21 @@ def atomic_dir(path: str | Path, write: Callable[[Path], None]) -> Path:
     return replace_dir(tmp, path)
 
 
+def temp_dir(path: Path, suffix: str) -> Path:
+    """A new hidden folder beside ``path`` (``.<name>.<random><suffix>``), with the mode a plain mkdir gets
+    under the umask: mkdtemp's 0700 would otherwise become the finished folder's mode."""
+    tmp = Path(tempfile.mkdtemp(prefix=f".{Path(path).name}.", suffix=suffix, dir=Path(path).parent))
+    os.chmod(tmp, 0o777 & ~_umask())
+    return tmp
+
+
 def replace_dir(done: Path, path: Path) -> Path:
     """Move the complete folder ``done`` (same parent) to ``path``; what was at ``path`` is removed only
     after the new folder is in place, so a crash keeps one of the two under a recognisable name."""
     _fsync_dir(done)
     old = None
     if path.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".replaced", dir=path.parent))
+        old = temp_dir(path, ".replaced")
         os.replace(path, old / path.name)
     os.replace(done, path)
     _fsync_dir(path.parent)
@@ -90,6 +104,63 @@ def build_lock(path: str | Path):
             yield
         finally:
             fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def exclusive_lock(path: str | Path, what: str):
+    """Hold ``.<name>.lock`` beside ``path`` while one process writes it; a second writer is refused at once
+    (not made to wait: the holder may be a long run). The OS drops the lock when its holder dies."""
+    path = Path(path)
+    lock = path.with_name(f".{path.name}.lock")
+    fh = open(lock, "a+")
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError as err:
+        fh.seek(0)
+        owner = fh.read().strip() or "?"
+        fh.close()
+        raise LockHeld(f"{path}: {what} is being written by another process (pid {owner}, lock {lock}); "
+                       "nothing was touched") from err
+    try:
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"{os.getpid()}\n")
+        fh.flush()
+        yield
+    finally:
+        fcntl.flock(fh, fcntl.LOCK_UN)
+        fh.close()
+
+
+class LockHeld(RuntimeError):
+    """Another live process holds the lock (see exclusive_lock)."""
+
+
+def owner_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+STALE_PARTIAL_SECONDS = 24 * 3600
+
+
+def remove_dead_partials(path: str | Path) -> None:
+    """Remove ``.<name>.<pid>.partial`` files beside ``path`` whose writer is dead (or that are older than a
+    day: a pid of another host or a reused one): a build killed with -9 leaves one behind."""
+    path = Path(path)
+    for p in path.parent.glob(f".{path.name}.*.partial"):
+        pid = p.name[len(path.name) + 2 : -len(".partial")]
+        try:
+            dead = not pid.isdigit() or not owner_alive(int(pid)) or time.time() - p.stat().st_mtime > STALE_PARTIAL_SECONDS
+            if dead and p.is_file():
+                p.unlink()
+        except OSError:
+            pass
 
 
 def remove_leftovers(path: str | Path) -> None:
@@ -115,8 +186,8 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def atomic_write_json(path: str | Path, obj: Any) -> Path:
-    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
+def atomic_write_json(path: str | Path, obj: Any, make_parent: bool = True) -> Path:
+    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n", make_parent)
 
 
 def _json_default(obj: Any) -> Any:

@@ -13,12 +13,19 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from .data import CaptionData
+from .errors import UserError
 
 COLOURS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 220),
            "yellow": (235, 205, 30), "purple": (140, 60, 180), "orange": (245, 140, 20)}
 SHAPES = ("circle", "square", "triangle")
 SIZES = {"small": (20, 26), "large": (38, 44)}  # radii in pixels: large enough to span several 32-px patches
 RELATIONS = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
+
+
+# Bounds of the generator: it makes every label up front (in memory), and _place needs this many pixels for two
+# large shapes 84 px apart inside the 46-px margins.
+MAX_IMAGES = 1_000_000
+MIN_IMAGE_SIZE = 176
 
 
 @dataclass
@@ -29,6 +36,11 @@ class ShapesConfig:
     test: int = 500
     two_object_share: float = 0.6
     image_size: int = 224
+
+    def __post_init__(self):
+        if self.train + self.dev + self.test > MAX_IMAGES:
+            raise UserError(f"train + dev + test must be at most {MAX_IMAGES:_} images, not "
+                            f"{self.train + self.dev + self.test:_}")
 
 
 def _place(rng: random.Random, relation: str, r1: int, r2: int, size: int):

@@ -1,0 +1,214 @@
+"""Issue 49: no orphan overwrites a finished run, no folder is taken for a run, evidence is checked for
+what it says as well as for its names. Each test here failed on the code before the fix (see its comment)."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from ablations.cli import app
+from ablations.record import RunRecord
+from vlm_core.errors import UserError
+
+from .micro import snapshot, write_micro
+
+ROOT = Path(__file__).resolve().parents[1]
+runner = CliRunner()
+
+
+def _finished(cell: Path, cider: float = 0.5) -> RunRecord:
+    """A complete run record made through the writers a run uses."""
+    record = RunRecord(cell)
+    record.begin({"seed": 0, "train": {}}, {})
+    record.write_params({"trainable": 1})
+    record.write_history([{"epoch": 1, "train_loss": 1.0, "dev_loss": 1.0}])
+    record.write_captions({"a": "a cat"})
+    record.finish(pd.DataFrame({"CIDEr": [cider]}, index=["a"]), {"metrics": {"CIDEr": cider}, "timings": {"train": 1.0}})
+    record.release()
+    return RunRecord(cell)
+
+
+# 1. A second writer of one cell (a rerun beside an orphaned worker) is refused, and touches nothing.
+#    Before: the second begin() removed the first writer's folder, the first writer re-created it
+#    (atomic_write made its parent) and published a record without config.json / params.json.
+def test_a_second_writer_of_a_cell_is_refused_and_the_first_one_publishes_a_complete_record(tmp_path):
+    cell = tmp_path / "runs" / "t" / "full" / "seed-0"
+    _finished(cell, cider=0.5)
+    orphan = RunRecord(cell)
+    orphan.begin({"seed": 0, "train": {}}, {})
+    work = snapshot(orphan.path)
+    rerun = RunRecord(cell)
+    with pytest.raises(UserError, match="another process"):
+        rerun.begin({"seed": 0, "train": {}}, {})
+    assert snapshot(orphan.path) == work  # the live writer's folder is untouched
+    orphan.write_params({"trainable": 2})
+    orphan.write_history([])
+    orphan.write_captions({"a": "a dog"})
+    orphan.finish(pd.DataFrame({"CIDEr": [0.7]}, index=["a"]), {"metrics": {"CIDEr": 0.7}, "timings": {"train": 1.0}})
+    done = RunRecord(cell)
+    assert done.missing_files() == [] and done.metrics()["metrics"]["CIDEr"] == 0.7
+    rerun.begin({"seed": 0, "train": {}}, {})  # the lock went with the publication
+    rerun.release()
+
+
+# 1b. A writer whose work folder was removed under it never re-creates it, and never publishes: the
+#     finished record stays byte-identical. Before: the folder came back with only the later files and
+#     replaced the finished run.
+def test_a_writer_whose_folder_was_removed_never_replaces_the_finished_run(tmp_path):
+    import shutil
+
+    cell = tmp_path / "runs" / "t" / "full" / "seed-0"
+    _finished(cell)
+    before = snapshot(cell)
+    writer = RunRecord(cell)
+    writer.begin({"seed": 0, "train": {}}, {})
+    shutil.rmtree(writer.path)  # what a rerun's clean-up did to an orphan's folder
+    with pytest.raises(FileNotFoundError):
+        writer.write_params({"trainable": 1})
+    with pytest.raises(FileNotFoundError):
+        writer.finish(pd.DataFrame({"CIDEr": [1.0]}), {"metrics": {"CIDEr": 1.0}, "timings": {}})
+    writer.release()
+    assert snapshot(cell) == before and RunRecord(cell).state() == "done"
+
+
+def test_an_incomplete_record_is_never_published(tmp_path):
+    cell = tmp_path / "runs" / "t" / "full" / "seed-0"
+    _finished(cell)
+    before = snapshot(cell)
+    writer = RunRecord(cell)
+    writer.begin({"seed": 0, "train": {}}, {})
+    (writer.path / "config.json").unlink()  # a record without its settings
+    with pytest.raises(UserError, match="lacks config.json"):
+        writer.finish(pd.DataFrame({"CIDEr": [1.0]}), {"metrics": {"CIDEr": 1.0}, "timings": {}})
+    writer.release()
+    assert snapshot(cell) == before
+
+
+# 1c. The driver killed with -9 at several points of a `run-all --force` over finished runs: its pool
+#     workers die with it (before: they ran on, holding ~1 GB and a JVM each), and every cell holds a
+#     complete record, the old one or the new one, never a mix; the next run-all finishes the table.
+def _children(pid: int) -> list[int]:
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            out.append(int(stat.parent.name))
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def _cells(runs: Path) -> list[Path]:
+    return sorted(p for p in (runs / "micro").glob("*/seed-*") if p.is_dir())
+
+
+@pytest.fixture(scope="module")
+def finished_table(tmp_path_factory):
+    root = tmp_path_factory.mktemp("orphans")
+    table = write_micro(root / "micro.toml", seeds=(0, 1), variants=("full", "blind"))
+    result = runner.invoke(app, ["run-all", str(table), "--runs-dir", str(root / "runs"), "--cache-dir",
+                                 str(root / "cache"), "--executor", "local", "--cpus-per-run", "1"])
+    assert result.exit_code == 0, result.output
+    return root, table
+
+
+@pytest.mark.parametrize("kill_when", ["first-partial", "first-new-result"])
+def test_killing_run_all_kills_its_workers_and_never_leaves_an_incomplete_result(finished_table, kill_when):
+    root, table = finished_table
+    runs = root / "runs"
+    old = {cell: snapshot(cell) for cell in _cells(runs)}
+    assert len(old) == 4 and all(RunRecord(c).missing_files() == [] for c in old)
+    proc = subprocess.Popen([sys.executable, "-m", "ablations.cli", "run-all", str(table), "--force", "--executor",
+                             "local", "--cpus-per-run", "1", "--runs-dir", str(runs), "--cache-dir", str(root / "cache")],
+                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    workers, end = [], time.time() + 300
+    while time.time() < end and proc.poll() is None:
+        partial = list((runs / "micro").glob("*/.seed-*.partial"))
+        changed = [c for c in old if c.exists() and snapshot(c) != old[c]]
+        if (kill_when == "first-partial" and partial) or (kill_when == "first-new-result" and changed):
+            workers = _children(proc.pid)
+            os.kill(proc.pid, signal.SIGKILL)
+            break
+        time.sleep(0.05)
+    proc.wait(timeout=60)
+    assert workers, f"the driver was not killed at {kill_when} (it exited {proc.returncode})"
+    deadline = time.time() + 20
+    while time.time() < deadline and any(_alive(w) for w in workers):
+        time.sleep(0.2)
+    assert not any(_alive(w) for w in workers), "a pool worker outlived its killed run-all"
+    for cell in _cells(runs):
+        record = RunRecord(cell)
+        assert record.missing_files() == [], (cell, record.missing_files())
+    result = runner.invoke(app, ["run-all", str(table), "--runs-dir", str(runs), "--cache-dir", str(root / "cache"),
+                                 "--executor", "local", "--cpus-per-run", "1"])
+    assert result.exit_code == 0, result.output
+    assert [c.name for c in _cells(runs)] and all(RunRecord(c).missing_files() == [] for c in _cells(runs))
+    assert not list(runs.rglob("*.partial"))
+
+
+# 2. `--out` takes only a finished or failed run record (or an empty / new folder)
+def test_out_refuses_a_folder_holding_only_a_config_json(tmp_path):
+    folder = tmp_path / "tool-settings"
+    folder.mkdir()
+    (folder / "config.json").write_text('{"theme": "dark"}\n')
+    before = snapshot(folder)
+    result = runner.invoke(app, ["train", "--table", str(write_micro(tmp_path / "micro.toml")), "--out", str(folder)])
+    assert result.exit_code == 2 and "is not a run folder" in result.output, result.output
+    assert snapshot(folder) == before
+
+
+def test_out_refuses_the_working_folder(tmp_path, monkeypatch):
+    table = write_micro(tmp_path / "micro.toml")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    monkeypatch.chdir(empty)
+    for out in (".", "..", str(empty)):
+        result = runner.invoke(app, ["train", "--table", str(table), "--out", out])
+        assert result.exit_code == 2 and "working folder" in result.output, (out, result.output)
+    assert list(empty.iterdir()) == [] and sorted(p.name for p in tmp_path.iterdir()) == ["empty", "micro.toml"]
+
+
+def test_run_folders_follow_the_umask(tmp_path):
+    old = os.umask(0o022)
+    try:
+        import importlib
+
+        import vlm_core.atomic as atomic
+
+        importlib.reload(atomic)  # it reads the umask once, at import
+        cell = tmp_path / "runs" / "t" / "full" / "seed-0"
+        record = RunRecord(cell)
+        record.begin({"seed": 0, "train": {}}, {})
+        assert oct(record.path.stat().st_mode & 0o777) == oct(0o755)
+        record.release()
+    finally:
+        os.umask(old)
+        importlib.reload(atomic)
+
+
+def test_a_killed_feature_build_leaves_nothing_behind_the_next_build(tmp_path):
+    from vlm_core.atomic import remove_dead_partials
+
+    target = tmp_path / "feats.npy"
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    orphan = tmp_path / f".feats.npy.{int(dead.stdout)}.partial"
+    live = tmp_path / f".feats.npy.{os.getpid()}.partial"
+    orphan.write_bytes(b"x")
+    live.write_bytes(b"x")
+    remove_dead_partials(target)
+    assert not orphan.exists() and live.exists()
