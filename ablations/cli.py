@@ -1,7 +1,10 @@
-"""The `ablate` command line: run-all, report, list, train, caption, data check."""
+"""The `ablate` command line: run-all, report, list, train, caption, data check.
+
+Only light modules are imported here: `ablate --help` and `ablate <command> --help` start without torch,
+transformers or pandas; each command imports what it needs (tests/test_exports_cli.py keeps it so).
+"""
 from __future__ import annotations
 
-import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -13,27 +16,14 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, 
                            track)
 from rich.table import Table as RichTable
 
-from vlm_core.data import open_image
-from vlm_core.device import AUTO_DEVICE
 from vlm_core.errors import BackboneUnavailable, UserError
-from vlm_core.flickr8k import load_flickr8k
-from vlm_core.shapes import load_shapes
-from vlm_core.train import decode
 
-from . import executors, tracking
-from .attention import maps_for_images, render_maps
 from .console import console, err_console, quiet_libraries
-from .evidence import add_runs, table_folder
-from .findings import write_readme_block
-from .planning import expected_hash, plan_runs
-from .preflight import preflight
-from .record import (CACHE_DIR, REPORTS_DIR, RUNS_DIR, RunRecord, TableTiming, child, evidence_dir, run_path,
-                     table_lock)
-from .report import write_report
-from .runner import execute_run, prepare
-from .tables import apply_settings, load_table, shipped_tables
-from .trained import load_run_model, run_decoding
-from .verify import verify_cells
+
+# Option defaults, spelled here so that building the commands imports nothing heavy; the same values as
+# record.RUNS_DIR / CACHE_DIR / REPORTS_DIR and vlm_core.device.AUTO_DEVICE (a test checks that they agree).
+RUNS_DIR, CACHE_DIR, REPORTS_DIR = Path("runs"), Path(".cache"), Path("reports")
+AUTO_DEVICE = "auto"
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True,
                   help="Ablation-study harness for a minimal BLIP-2-style image captioner.")
@@ -65,6 +55,7 @@ PRECISION = typer.Option(None, "--precision", help="fp32 | bf16 | fp16 autocast 
 
 def _run_options(tbl, **options) -> None:
     """`run-all` / `train` options over the table's [run] section, checked like table keys."""
+    from .tables import apply_settings
 
     given = [f"run.{k}={v!r}" if isinstance(v, str) else f"run.{k}={v}" for k, v in options.items() if v is not None]
     apply_settings(tbl, None, given)
@@ -108,6 +99,12 @@ def run_all(
     killed half-way is redone from scratch (a redo replaces the old run only once it finishes). A
     second run-all on the same --runs-dir and table is refused while the first holds the lock.
     """
+    from . import tracking
+    from .planning import plan_runs
+    from .preflight import preflight
+    from .record import evidence_dir, table_lock
+    from .tables import load_table
+
     tbl = None
     try:
         tbl = load_table(table)
@@ -151,6 +148,9 @@ def _chosen_seeds(tbl, first: Optional[int], chosen: Optional[list[int]]) -> lis
 
 def _execute(tbl, todo, runs_dir: Path, cache_dir: Path, data_dir: Optional[str], ray_address: Optional[str]) -> int:
     """Prepare once, run ``todo`` on the table's executor with progress, record the time after every run."""
+    from . import executors, tracking
+    from .record import TableTiming, child
+    from .runner import prepare
 
     timing = TableTiming(runs_dir, tbl.name)
     workspace = prepare(tbl, cache_dir, data_dir, log=console.print)
@@ -201,7 +201,11 @@ def report(
         help="Gallery thumbnails and attention maps. Default: the table's table.show_images (true only for the generated shapes, never Flickr8k photos)."),
 ):
     """Add the finished runs in --runs-dir to the table's evidence (<out>/<table>/runs/), then write
-    <out>/<table>/README.md, plots and runs.csv from the evidence alone: no retraining, no weights."""
+    <out>/<table>/README.md, plots, runs.csv and verdicts.csv / verdicts.json (every verdict with its
+    numbers) from the evidence alone: no retraining, no weights."""
+    from .report import write_report
+    from .tables import load_table
+
     try:
         path = write_report(load_table(table), runs_dir, out_dir, data_dir=data_dir, thumbnails=thumbnails,
                             log=lambda m: console.print(m, highlight=False, markup=False))
@@ -218,20 +222,26 @@ def evidence_add(
     runs_dir: Path = RUNS, reports_dir: Path = REPORTS,
     replace: bool = typer.Option(False, "--replace", help="Where a cell has two different results with the same "
                                  "settings, take the incoming one (default: refuse and list both)."),
+    data_dir: Optional[str] = DATA_DIR,
 ):
     """Add finished runs (without weights) to reports/<table>/runs/, the evidence the report is written
-    from and `run-all` resumes from. Records are checked: format file names only, no links, a stored
-    hash equal to the hash of the stored settings."""
+    from and `run-all` resumes from. Records are checked: format file names only, regular files of bounded
+    size, each JSON of its expected shape, a stored hash equal to the hash of the stored settings, and the
+    metrics scored again from the stored captions where the data set is readable."""
+    from .evidence import add_runs, table_folder
+    from .record import evidence_dir
+    from .tables import load_table
+
     try:
         tbl = load_table(table)
         for source in sources or [runs_dir]:
             folder = table_folder(source, tbl.name)
             if not folder.is_dir():
                 raise UserError(f"{source}: no runs of table '{tbl.name}' there")
-            merge = add_runs(tbl, folder, evidence_dir(reports_dir, tbl.name), replace)
+            merge = add_runs(tbl, folder, evidence_dir(reports_dir, tbl.name), replace, data_dir)
             console.print(f"{folder}: added {len(merge.added)}, already there {len(merge.same)}, "
                           f"kept {len(merge.kept)}", highlight=False, markup=False)
-            for line in merge.kept:
+            for line in merge.kept + merge.notes:
                 console.print(f"  {line}", highlight=False, markup=False)
     except UserError as err:
         _fail(err)
@@ -243,12 +253,16 @@ def readme(
     reports_dir: Path = REPORTS,
 ):
     """Rewrite the README's findings block (each ablation's verdict per headline table) from the committed
-    evidence; a test fails when the committed block is stale."""
+    evidence, and write its cells with their numbers to <reports-dir>/findings.csv; a test fails when the
+    committed block is stale."""
+    from .findings import write_readme_block
+
     try:
         changed = write_readme_block(path, reports_dir)
     except UserError as err:
         _fail(err)
-    console.print(f"{path}: findings block {'rewritten' if changed else 'already current'}", highlight=False)
+    console.print(f"{path}: findings block {'rewritten' if changed else 'already current'}; its cells in "
+                  f"{reports_dir / 'findings.csv'}", highlight=False)
 
 
 @app.command()
@@ -264,6 +278,8 @@ def verify(
     """Retrain chosen cells of TABLE with the code as it is now and compare them with the evidence:
     'exact', or the largest difference in the variant's seed SDs with what differed (threads, CPU,
     libraries, code). Checks are stored with the evidence and listed in the report."""
+    from .verify import verify_cells
+
     try:
         verify_cells(table, cells, reports_dir, cache_dir, data_dir, set_ or [], log=console.print, named=cell)
     except UserError as err:
@@ -279,6 +295,11 @@ def track_command(
 ):
     """Log a table's finished runs to MLflow (backfill: browse the shipped tables without retraining); each
     record once, so running it again adds only new runs."""
+    from . import tracking
+    from .evidence import table_folder
+    from .record import evidence_dir
+    from .tables import load_table
+
     try:
         tbl = load_table(table)
         folder = table_folder(source, tbl.name) if source else evidence_dir(reports_dir, tbl.name)
@@ -292,6 +313,10 @@ def track_command(
 @app.command("list")
 def list_tables(runs_dir: Path = RUNS):
     """Show the shipped tables, their variants and which runs exist."""
+    from .planning import expected_hash
+    from .record import RunRecord, run_path
+    from .tables import load_table, shipped_tables
+
     for name in shipped_tables():
         try:
             tbl = load_table(name)
@@ -331,6 +356,10 @@ def train(
     cache_dir: Path = CACHE, data_dir: Optional[str] = DATA_DIR,
 ):
     """Train one configuration, print train/dev loss per epoch, save trainable weights and dev captions."""
+    from .record import RunRecord
+    from .runner import execute_run, prepare
+    from .tables import apply_settings, load_table
+
     try:
         if data not in DEFAULT_TABLE:
             raise UserError(f"--data must be one of {', '.join(DEFAULT_TABLE)}, not {data!r}")
@@ -364,6 +393,7 @@ def train(
 
 
 def _read_image(path: Path):
+    from vlm_core.data import open_image
 
     return open_image(path)
 
@@ -379,8 +409,11 @@ def caption(
     cache_dir: Path = CACHE, data_dir: Optional[str] = DATA_DIR,
 ):
     """Caption any image file with a trained run, decoding as the run was scored (overridable)."""
+    import dataclasses
 
+    from vlm_core.train import decode
 
+    from .trained import load_run_model, run_decoding
 
     try:
         model, vision = load_run_model(run, cache_dir, device, data_dir)
@@ -406,6 +439,9 @@ def attention_maps(
 ):
     """Where each query of the run's Q-Former looks: per image, each query's cross-attention map (per
     layer, mean over heads, upsampled and overlaid on the image) and one grid of all queries."""
+    from .attention import maps_for_images, render_maps
+    from .trained import load_run_model
+
     try:
         model, vision = load_run_model(run, cache_dir, device, data_dir)
         written = []
@@ -423,6 +459,9 @@ def attention_maps(
 def data_check(path: Path = typer.Argument(..., help="A Flickr8k folder, or 'shapes'."),
                images: bool = typer.Option(True, "--images/--no-images", help="Also open every image.")):
     """Validate a data set and print a summary (images, captions per image, splits, problems)."""
+    from vlm_core.flickr8k import load_flickr8k
+    from vlm_core.shapes import load_shapes
+
     try:
         data = load_shapes() if str(path) == "shapes" else load_flickr8k(path)
         problems, unreadable = list(data.problems), 0

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import warnings
 
 from rich.console import Console
@@ -17,7 +18,11 @@ def quiet_libraries() -> None:
     warnings.filterwarnings("ignore", message=".*non-writable tensors.*")
     # We want n-gram blocking on the new tokens only: the prompt is visual embeddings, not text.
     warnings.filterwarnings("ignore", message=".*no_repeat_ngram_size.*inputs_embeds.*")
-    from transformers.utils import logging as hf_logging
+    if "transformers" in sys.modules or "huggingface_hub" in sys.modules:
+        from transformers.utils import logging as hf_logging
 
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+    else:  # not loaded yet (importing it costs ~1 s): the same two settings, read by them when they load
+        os.environ["TRANSFORMERS_VERBOSITY"] = "error"
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # an explicit 0 wins, as it does over the call

@@ -1,9 +1,14 @@
 """The README's findings block: each ablation's verdict in each headline table, side by side, computed from
-the committed evidence (never typed in). `ablate readme` rewrites it between its markers; a test fails
-when the README's block is not what the evidence gives."""
+the committed evidence (never typed in). `ablate readme` rewrites it between its markers, and writes the
+same cells with their numbers to reports/findings.csv; a test fails when the README's block is not what the
+evidence gives."""
 from __future__ import annotations
 
+import csv
+import io
+import math
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 from vlm_core.atomic import atomic_write_text
@@ -27,14 +32,21 @@ CLAIMS = {"image_dependent": "captions depend on the image", "worse_than_referen
 RULE_QUANTITY = {"worse_than_reference": "CIDEr", "loses_relations": "slot_relation", "uses_image_less": "nll_gap"}
 
 
-def _cell(table_runs, verdict) -> str:
-    """The verdict word and the one number behind it (a seed-level difference where the rule compares)."""
+def _cell(table_runs, verdict, seeds: dict[str, int]) -> dict:
+    """The verdict word and the one number behind it (a seed-level difference where the rule compares): the
+    README's text ('cell') and its numbers, one record for both the block and findings.csv."""
     word = f"**{verdict.verdict}**" if verdict.verdict in ("held", "not held") else verdict.verdict
+    out = {"cell": word, "verdict": verdict.verdict, "rule": verdict.expectation, "quantity": None,
+           "compared_with": None, "delta": None, "ci_low": None, "ci_high": None, "seeds": None,
+           "seeds_variant": seeds.get(verdict.variant), "seeds_compared": None}
     quantity = RULE_QUANTITY.get(verdict.expectation)
     if quantity and verdict.variant in comparisons(table_runs, quantity):
         c = comparisons(table_runs, quantity)[verdict.variant]
-        return f"{word}: Δ{COMPARED[quantity]} {fmt_ci(c.seed_level)}"
-    return word
+        i = c.seed_level
+        out.update(cell=f"{word}: Δ{COMPARED[quantity]} {fmt_ci(i)}", quantity=COMPARED[quantity],
+                   compared_with=c.reference, delta=i.estimate, ci_low=i.low, ci_high=i.high, seeds=i.n,
+                   seeds_compared=seeds.get(c.reference))
+    return out
 
 
 def _has_evidence(reports_dir: Path, table: str) -> bool:
@@ -42,8 +54,17 @@ def _has_evidence(reports_dir: Path, table: str) -> bool:
     return folder.is_dir() and any(RunRecord(p).state() == "done" for p in folder.glob("*/seed-*"))
 
 
-def findings(reports_dir: Path) -> str:
-    """The block: one row per (variant, expectation) of the tables' six-variant design, one column per table."""
+@dataclass
+class Findings:
+    """What the block shows: one row per (variant, claim), one cell per headline table (a verdict's record
+    from _cell, or {'cell': '–' / 'not run yet' / 'not run'}), and one status line per table."""
+
+    rows: list[tuple[str, str, dict[str, dict]]]
+    status: list[str]
+
+
+def findings_data(reports_dir: Path) -> Findings:
+    """One row per (variant, expectation) of the tables' six-variant design, one cell per table."""
     rows, status, incomplete, labelled, needs_labels = {}, [], set(), set(), set()
     for table_name, label in HEADLINE.items():
         if not _has_evidence(reports_dir, table_name):
@@ -61,35 +82,73 @@ def findings(reports_dir: Path) -> str:
                            for t in a.targets if t["key"] != "minutes" and t["got"] is not None)
         status.append(f"- [`{table_name}`](reports/{table_name}/README.md): {done} of {cells} runs finished"
                       + (f"; `{table.reference}` targets: {target}" if target else ""))
+        seeds = {v: int(a.summary.loc[v, "seeds"]) for v in a.summary.index} if len(a.summary) else {}
         for v in a.expectations + a.grounding_verdicts + a.reliance_verdicts:
             if v.verdict == "n/a":
                 continue
             claim = CLAIMS.get(v.expectation, v.expected).replace("{ref}", table.reference)
-            rows.setdefault((v.variant, claim), {})[table_name] = _cell(a.runs, v)
+            rows.setdefault((v.variant, claim), {})[table_name] = _cell(a.runs, v, seeds)
             if v.expectation == "loses_relations" or v in a.grounding_verdicts:  # slot labels / object masks
                 needs_labels.add((v.variant, claim))
-    header = ["variant", "expected"] + list(HEADLINE.values())
     ran = {t for cells in rows.values() for t in cells}
-    def missing(t: str, row: tuple[str, str]) -> str:
-        if t not in ran:
-            return "not run"
-        untestable = row in needs_labels and t not in labelled
-        return "not run yet" if t in incomplete and not untestable else "–"
 
-    body = [[f"`{v}`", claim] + [cells.get(t, missing(t, (v, claim))) for t in HEADLINE]
-            for (v, claim), cells in rows.items()]
+    def missing(t: str, row: tuple[str, str]) -> dict:
+        if t not in ran:
+            return {"cell": "not run"}
+        untestable = row in needs_labels and t not in labelled
+        return {"cell": "not run yet" if t in incomplete and not untestable else "–"}
+
+    return Findings([(v, claim, {t: cells.get(t) or missing(t, (v, claim)) for t in HEADLINE})
+                     for (v, claim), cells in rows.items()], status)
+
+
+def findings(reports_dir: Path, data: Findings | None = None) -> str:
+    """The block (from ``data``, else computed from the evidence in ``reports_dir``)."""
+    data = findings_data(reports_dir) if data is None else data
+    header = ["variant", "expected"] + list(HEADLINE.values())
+    body = [[f"`{v}`", claim] + [cells[t]["cell"] for t in HEADLINE] for v, claim, cells in data.rows]
     legend = ("– : not tested in that table (relation slots and object masks exist only in `shapes`); "
               "not run yet: the table is not complete (its report says which runs exist).")
-    return "\n".join([START, "", md_table(header, body), "", legend, "", "Reports:", "", *status, "", END])
+    return "\n".join([START, "", md_table(header, body), "", legend, "", "Reports:", "", *data.status, "", END])
 
 
-def write_readme_block(readme: Path, reports_dir: Path) -> bool:
-    """Replace the block between the markers; returns whether the file changed."""
+CSV_COLUMNS = ["variant", "expected", "table", "table_label", "cell", "verdict", "rule", "quantity", "compared_with",
+               "delta", "ci_low", "ci_high", "seeds", "seeds_variant", "seeds_compared"]
+
+
+def _csv_value(x):
+    """A float with 8 significant digits (as runs.csv), empty for NaN / none; text and counts as they are."""
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return ""
+    return f"{x:.8g}" if isinstance(x, float) else x
+
+
+def findings_csv(data: Findings) -> str:
+    """One row per cell of the block (row x headline table): its text as the README shows it and its numbers."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, CSV_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for v, claim, cells in data.rows:
+        for t, label in HEADLINE.items():
+            cell = cells[t]
+            writer.writerow({"variant": v, "expected": claim, "table": t, "table_label": label,
+                             **{k: _csv_value(cell.get(k)) for k in CSV_COLUMNS[4:]}})
+    return buffer.getvalue()
+
+
+def write_readme_block(readme: Path, reports_dir: Path, table_csv: Path | None = None) -> bool:
+    """Replace the block between the markers, and write the same cells with their numbers to ``table_csv``
+    (default <reports_dir>/findings.csv); returns whether the README changed."""
     text = readme.read_text()
     pattern = re.compile(re.escape(START) + ".*?" + re.escape(END), re.S)
     if not pattern.search(text):
         raise UserError(f"{readme}: no findings markers ({START!r} ... {END!r}) to write between")
-    new = pattern.sub(lambda _: findings(reports_dir), text)
+    data = findings_data(reports_dir)
+    table_csv = reports_dir / "findings.csv" if table_csv is None else table_csv
+    rows = findings_csv(data)
+    if not table_csv.exists() or table_csv.read_text(encoding="utf-8") != rows:
+        atomic_write_text(table_csv, rows)
+    new = pattern.sub(lambda _: findings(reports_dir, data), text)
     if new != text:
         atomic_write_text(readme, new)
     return new != text

@@ -3,10 +3,18 @@
 
 write_report: evidence.add_runs (local runs join the evidence) -> collect -> analysis.analyse ->
 figures -> the sections below, in the order of SECTIONS. The sections on results live in
-report_sections.py (to show another probe column, add its name to PROBE_COLUMNS there).
+report_sections.py (to show another probe column, add its name to PROBE_COLUMNS there). Beside the
+README, verdicts.csv / verdicts.json hold every verdict with its numbers, from the same Verdict objects
+the sections print (verdict_records).
 """
 from __future__ import annotations
 
+import csv
+import hashlib
+import io
+import json
+import math
+import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,15 +23,17 @@ from vlm_core.errors import UserError
 
 from . import figures
 from .analysis import Analysis, analyse, attention_gallery, run_rows
+from .budgets import QUANTITIES as BUDGET_QUANTITIES
 from .collect import collect
 from .evidence import add_runs
 from .formatting import fmt, fmt_ci, md_table
-from .record import ReferenceFile, child, code_label, code_version, evidence_dir
+from .record import REPO_ROOT, ReferenceFile, child, code_label, code_version, evidence_dir
 from .table_data import load_data
 from .report_sections import (section_attention, section_budgets, section_comparisons, section_diagnosis,
                               section_expectations, section_gallery, section_likelihood, section_loss, section_main,
-                              section_parameters, section_reliance, section_timing)
+                              section_parameters, section_reliance, section_timing, _budget_sentence)
 from .tables import Table
+from .verdicts import COMPARED
 
 WRITER_LINE = "This report was written by code"  # the one line that names the writing code's version
 
@@ -116,7 +126,7 @@ def section_provenance(r: ReportInput) -> list[str]:
              "stages; comments, docs, tests and the report writer left out), the commit, and what changes the "
              f"numerics. The runs were made on {p['machines']} machine(s), by "
              f"{p['fingerprints']} code version(s) (fingerprints) from {p['commits']} commit(s).", "",
-             f"{WRITER_LINE} `{code_label(code_version())}`.", "",
+             f"{WRITER_LINE} `{writer_label()}`.", "",
              md_table(["fingerprint", "commit", "libraries", "device", "CPU (ISA)", "torch threads", "determinism",
                        "runs", "variants"], rows), ""]
     if p["fingerprints"] > 1 and p["verified"]:
@@ -183,10 +193,10 @@ def write_report(table: Table, runs_dir: Path | None, out_root: Path, data_dir: 
     evidence = evidence_dir(out_root, table.name)
     local = child(runs_dir, table.name) if runs_dir is not None else None
     if local is not None and local.is_dir():
-        merge = add_runs(table, local, evidence)
+        merge = add_runs(table, local, evidence, data_dir=data_dir)
         if merge.added or merge.kept:
             log(f"evidence: added {len(merge.added)} run(s) from {local} to {evidence}"
-                + "".join(f"\n  {line}" for line in merge.kept))
+                + "".join(f"\n  {line}" for line in merge.kept + merge.notes))
     a = analyse(collect(table, evidence))
     store_references(table, a, evidence, data_dir)
     out_dir = child(out_root, table.name)
@@ -202,7 +212,118 @@ def write_report(table: Table, runs_dir: Path | None, out_root: Path, data_dir: 
         atomic_write(out_dir / "summary.csv", lambda p: a.summary.to_csv(p, float_format="%.6g"))
     if len(a.runs.runs):
         atomic_write(out_dir / "runs.csv", lambda p: run_rows(a.runs).to_csv(p, index=False, float_format="%.8g"))
+    write_verdicts(out_dir, table, a)
     return path
+
+
+# ---- the writing code's version
+CODE_PATHS = ("vlm_core", "ablations", "pyproject.toml")  # what code_version's dirty flag looks at
+
+
+def code_diff() -> str | None:
+    """`git diff HEAD` of the code (CODE_PATHS), or None outside a checkout."""
+    try:
+        out = subprocess.run(["git", "-C", str(REPO_ROOT), "diff", "HEAD", "--no-color", "--no-ext-diff",
+                              "--no-textconv", "--", *CODE_PATHS], capture_output=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.decode("utf-8", "replace") if out.returncode == 0 else None
+
+
+def writer_label(code: dict | None = None) -> str:
+    """The code label of the report's writer: 'abc1234567', or with uncommitted code changes
+    'abc1234567+dirty (diff 0123abcd)', the diff part a short hash of `git diff HEAD` of the code, so that
+    two dirty writers can be told apart."""
+    code = code_version() if code is None else code
+    label = code_label(code)
+    if code.get("dirty"):
+        diff = code_diff()
+        label += f" (diff {hashlib.sha256(diff.encode()).hexdigest()[:8]})" if diff else " (diff unknown)"
+    return label
+
+
+# ---- exports: every verdict with its numbers, from the objects the sections print
+VERDICT_COLUMNS = ["section", "variant", "expectation", "expected", "verdict", "test", "epochs", "quantity", "compared_with",
+                   "estimate", "ci_low", "ci_high", "bound", "side", "p", "p_adjusted", "decision", "guard", "seeds",
+                   "seeds_variant", "seeds_compared", "numbers"]
+
+
+def _number(x) -> float | None:
+    """A float as the exports write it: 8 significant digits (as runs.csv), None for NaN / missing."""
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return None
+    return float(f"{float(x):.8g}")
+
+
+def _interval(i) -> dict:
+    return {"estimate": _number(i.estimate), "ci_low": _number(i.low), "ci_high": _number(i.high), "p": _number(i.p),
+            "seeds": int(i.n)}
+
+
+def _arms(variant: str, label: str) -> tuple[str, str | None]:
+    """(quantity, the other arm) of a test label, the quantity as the report names it: 'ΔCIDEr meanpool − full' ->
+    ('CIDEr', 'full') for a difference (verdicts.comparison_test writes the label), (label, None) for a one-sample
+    test ('swap rate')."""
+    arm = f" {variant} − "
+    if label.startswith("Δ") and arm in label:
+        quantity, other = label[1:].split(arm, 1)
+        return quantity, other
+    return label, None
+
+
+def verdict_records(table: Table, a: Analysis) -> list[dict]:
+    """Every verdict of the report with its tests' numbers: the expectations, the claims inside the model
+    (grounding, reliance) and the budget verdicts, as the sections print them (one source: the analysis)."""
+    seeds = {v: int(a.summary.loc[v, "seeds"]) for v in a.summary.index} if len(a.summary) else {}
+    out = []
+    for section, verdicts in (("expectations", a.expectations), ("grounding", a.grounding_verdicts),
+                              ("reliance", a.reliance_verdicts)):
+        for v in verdicts:
+            tests = []
+            for t in v.tests:
+                quantity, other = _arms(v.variant, t.label)
+                tests.append({"test": t.label, "quantity": quantity, "compared_with": other,
+                              **_interval(t.interval), "bound": _number(t.bound), "side": t.side,
+                              "p_adjusted": _number(t.p_adjusted), "decision": t.decision, "guard": t.guard,
+                              "seeds_variant": seeds.get(v.variant),
+                              "seeds_compared": seeds.get(other) if other else None})
+            out.append({"section": section, "variant": v.variant, "expectation": v.expectation, "expected": v.expected,
+                        "verdict": v.verdict, "numbers": v.numbers, "tests": tests})
+    budget_seeds = {(x["variant"], x["epochs"]): x["seeds"] for x in a.budget_rows}
+    for v in a.budget_verdicts:
+        label = COMPARED.get(v.quantity, v.quantity)
+        tests = [{"test": f"Δ{label} {v.variant} − {v.reference} at {b} epoch{'s' if b != 1 else ''}", "quantity": label,
+                  "compared_with": v.reference, **_interval(i), "bound": 0.0, "side": "below" if v.expected else None,
+                  "p_adjusted": None, "decision": d, "guard": None, "seeds_variant": budget_seeds.get((v.variant, b)),
+                  "seeds_compared": budget_seeds.get((v.reference, b)), "epochs": b}
+                 for b, d, i in zip(v.budgets, v.directions, v.differences)]
+        out.append({"section": "budgets", "variant": v.variant,
+                    "expectation": BUDGET_QUANTITIES[v.quantity] if v.expected else "none",
+                    "expected": f"{label} lower than {v.reference}" if v.expected else "no expectation (shown for completeness)",
+                    "verdict": v.pattern, "numbers": _budget_sentence(v), "tests": tests, "missing_budgets": list(v.missing)})
+    return out
+
+
+def verdicts_csv(records: list[dict]) -> str:
+    """One row per test (a verdict without tests: one row with its test columns empty)."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, VERDICT_COLUMNS, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for r in records:
+        for t in r["tests"] or [{}]:
+            writer.writerow({**{k: r[k] for k in ("section", "variant", "expectation", "expected", "verdict", "numbers")},
+                             **{k: "" if x is None else x for k, x in t.items()}})
+    return buffer.getvalue()
+
+
+def write_verdicts(out_dir: Path, table: Table, a: Analysis) -> list[dict]:
+    """verdicts.csv and verdicts.json beside the report's README (atomic writes)."""
+    records = verdict_records(table, a)
+    atomic_write_text(out_dir / "verdicts.csv", verdicts_csv(records))
+    atomic_write_text(out_dir / "verdicts.json", json.dumps(
+        {"table": table.name, "reference": table.reference, "verdicts": records}, indent=1, ensure_ascii=False,
+        allow_nan=False) + "\n")
+    return records
 
 
 def draw_figures(table: Table, a: Analysis, out_dir: Path, data_dir: str | None, thumbnails: bool | None) -> dict:
