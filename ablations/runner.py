@@ -103,7 +103,9 @@ def execute_run(workspace: Workspace, variant: Variant, seed: int, out: Path, ev
     record = RunRecord(out)
     eval_split = eval_split or workspace.table.data.eval_split
     record.begin(run_config(workspace.table, variant, seed, eval_split),
-                 {"provenance": {**workspace.provenance, "determinism": determinism()},
+                 {"provenance": {**workspace.provenance, "determinism": determinism(),
+                                 "hub_revisions": {"vision": workspace.vision.revision,
+                                                   "language": workspace.lm.info.get("hub_revision")}},
                   "machine": workspace.provenance.get("machine", ""), "lm_info": workspace.lm.info,
                   "vision_tokens": workspace.vision.num_tokens, "vision_dim": workspace.vision.feature_dim})
     try:

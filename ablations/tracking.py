@@ -28,11 +28,17 @@ DEFAULT_URI = f"sqlite:///{RUNS_DIR / 'mlflow.db'}"  # a file beside the runs; a
 HISTORY_METRICS = ("train_loss", "dev_loss", "reward", "scst_loss")
 
 
-def client(uri: str | None):
+def check_available() -> None:
+    """MLflow installed? Asked before any training, and before anything is created on disk."""
     try:
-        from mlflow.tracking import MlflowClient
+        import mlflow.tracking  # noqa: F401
     except ImportError as err:
         raise UserError("MLflow tracking needs MLflow: pip install -e '.[mlflow]'") from err
+
+
+def client(uri: str | None):
+    check_available()
+    from mlflow.tracking import MlflowClient
     uri = uri or DEFAULT_URI
     if uri.startswith("sqlite:///"):
         Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)

@@ -212,3 +212,58 @@ def test_a_killed_feature_build_leaves_nothing_behind_the_next_build(tmp_path):
     live.write_bytes(b"x")
     remove_dead_partials(target)
     assert not orphan.exists() and live.exists()
+
+
+# 5. Hub backbones can be pinned (`repo@revision`) and the commit loaded is recorded
+def test_a_pinned_hub_backbone_loads_that_revision(monkeypatch):
+    import vlm_core.hub as hub
+
+    monkeypatch.setattr(hub, "hub_reachable", lambda: True)
+    seen = []
+    assert hub.load_pretrained("language", "gpt2@0123abc", "gpt2@0123abc", lambda **kw: seen.append(kw) or "m") == "m"
+    assert seen == [{"revision": "0123abc"}]
+    seen.clear()
+    hub.load_pretrained("language", "gpt2", "gpt2", lambda **kw: seen.append(kw))
+    assert seen == [{}]
+
+    class Loaded:
+        class config:
+            _commit_hash = "0123abc"
+
+    assert hub.loaded_revision(Loaded) == "0123abc" and hub.split_revision("openai/clip@v1") == ("openai/clip", "v1")
+
+
+def test_run_records_name_the_hub_revisions(tmp_path):
+    table = write_micro(tmp_path / "micro.toml", seeds=(0,), variants=("full",))
+    runs = tmp_path / "runs"
+    result = runner.invoke(app, ["run-all", str(table), "--runs-dir", str(runs), "--cache-dir", str(tmp_path / "cache")])
+    assert result.exit_code == 0, result.output
+    provenance = RunRecord(runs / "micro" / "full" / "seed-0").provenance()
+    assert provenance["hub_revisions"] == {"vision": None, "language": None}  # random tiny models: no hub commit
+
+
+def test_tracking_creates_nothing_before_the_preflight_passes(tmp_path, monkeypatch):
+    """Before: the MLflow store's folder (./runs) was made before the preflight refused the table."""
+    monkeypatch.chdir(tmp_path)
+    table = write_micro(tmp_path / "micro.toml", seeds=(0,), variants=("full",))
+    table.write_text(table.read_text().replace('[data]\nname = "shapes"', '[data]\nname = "flickr8k"\npath = "nowhere"'))
+    result = runner.invoke(app, ["run-all", str(table), "--track", "mlflow"])
+    assert result.exit_code == 2 and "nowhere" in result.output, result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["micro.toml"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--epochs", "100000"], "train.epochs: must be in"),
+    (["--dev-images", "-3"], "data.eval_images: must be in"),
+    (["--seed", str(2**40)], "--seed: must be in"),
+])
+def test_train_options_are_bounded_like_table_keys(tmp_path, args, message):
+    result = runner.invoke(app, ["train", "--table", str(write_micro(tmp_path / "micro.toml")), "--out",
+                                 str(tmp_path / "out"), *args])
+    assert result.exit_code == 2 and message in result.output, result.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_caption_options_are_bounded_before_anything_loads(tmp_path):
+    result = runner.invoke(app, ["caption", str(tmp_path / "x.png"), "--run", str(tmp_path / "no-run"), "--beams", "100000"])
+    assert result.exit_code == 2 and "--beams: must be in" in result.output, result.output

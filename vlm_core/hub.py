@@ -32,13 +32,30 @@ def hub_reachable() -> bool:
     return _hub_answers()
 
 
+def split_revision(repo: str) -> tuple[str, str | None]:
+    """``owner/model@revision`` -> (``owner/model``, ``revision``): a hub backbone pinned to a commit, branch or
+    tag, so that a later upload to the same name cannot change a table's runs."""
+    if "@" in repo and not Path(repo).exists():
+        repo, _, revision = repo.rpartition("@")
+        return repo, revision or None
+    return repo, None
+
+
+def loaded_revision(model) -> str | None:
+    """The hub commit a model was loaded from (transformers keeps it on the config); None for local files."""
+    return getattr(getattr(model, "config", None), "_commit_hash", None)
+
+
 def load_pretrained(kind: str, name: str, repo: str, load: Callable[..., T]) -> T:
-    """``load(**kwargs)`` with ``local_files_only=True`` when the hub cannot be reached; any failure
-    becomes one BackboneUnavailable line naming the backbone and the offline alternatives."""
+    """``load(**kwargs)`` with ``local_files_only=True`` when the hub cannot be reached, and ``revision=`` when
+    the name pins one (``repo@revision``); any failure becomes one BackboneUnavailable line naming the
+    backbone and the offline alternatives."""
+    repo, revision = split_revision(repo)
     local = Path(repo).exists()
     online = local or hub_reachable()
+    pinned = {"revision": revision} if revision else {}
     try:
-        return load() if online else load(local_files_only=True)
+        return load(**pinned) if online else load(local_files_only=True, **pinned)
     except (OSError, ValueError) as err:
         where = ("local path" if local else "Hugging Face hub" if online
                  else "Hugging Face hub (unreachable from this machine, and not in its local cache)")

@@ -17,7 +17,7 @@ from torch import nn
 
 from .atomic import atomic_dir, build_lock
 from .errors import BackboneUnavailable, UserError
-from .hub import load_pretrained
+from .hub import load_pretrained, loaded_revision, split_revision
 
 KNOWN_LANGUAGE = ["caption-gpt2-tiny", "smollm2-135m", "gpt2", "tiny-random-gpt2", "<any HF causal-LM id or local path>"]
 
@@ -136,12 +136,14 @@ def load_hf_causal_lm(name_or_path: str) -> LanguageBackbone:
     """Any HF causal LM by hub id or local path; ``gpt2`` is the original experiment's LM."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    repo, _ = split_revision(name_or_path)
+
     def load(**kwargs):
-        return (AutoTokenizer.from_pretrained(name_or_path, **kwargs),
-                AutoModelForCausalLM.from_pretrained(name_or_path, **kwargs))
+        return (AutoTokenizer.from_pretrained(repo, **kwargs),
+                AutoModelForCausalLM.from_pretrained(repo, **kwargs))
 
     tok, model = load_pretrained("language", name_or_path, name_or_path, load)
-    return frozen_lm(name_or_path, model, tok)
+    return frozen_lm(name_or_path, model, tok, {"hub_revision": loaded_revision(model)})
 
 
 def smollm2_gguf_path() -> Path:
@@ -200,6 +202,6 @@ def load_pretrained_lm(name: str, cache_dir: Path) -> LanguageBackbone:
         return load_smollm2(Path(cache_dir))
     if name == "tiny-random-gpt2":
         return tiny_random_gpt2()
-    if name == "gpt2" or "/" in name or Path(name).exists():
+    if split_revision(name)[0] == "gpt2" or "/" in name or Path(name).exists():
         return load_hf_causal_lm(name)
     raise UserError(f"unknown language backbone '{name}'; known: {', '.join(KNOWN_LANGUAGE)}")

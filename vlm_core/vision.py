@@ -13,7 +13,7 @@ from PIL import Image
 from torch import nn
 
 from .errors import BackboneUnavailable, UserError
-from .hub import load_pretrained
+from .hub import load_pretrained, loaded_revision, split_revision
 
 CLIP_ALIASES = {"clip-vit-b32": "openai/clip-vit-base-patch32"}
 KNOWN_VISION = ["efficientnet-lite0", "efficientnet-lite2", "efficientnet-lite0-s16", "efficientnet-lite2-s16",
@@ -34,6 +34,7 @@ class VisionBackbone:
     grid: tuple[int, int] | None
     kind: str  # "efficientnet" | "clip"
     blocks: int | None = None  # efficientnet: run only the first ``blocks`` blocks (an earlier stage, no head)
+    revision: str | None = None  # the hub commit the weights came from (hub backbones; recorded with each run)
 
     def preprocess(self, images: list[Image.Image]) -> torch.Tensor:
         arrays = []
@@ -161,14 +162,17 @@ def load_clip(name_or_path: str) -> VisionBackbone:
     """Any HF CLIP vision checkpoint; ``clip-vit-b32`` is the original experiment's encoder."""
     from transformers import CLIPImageProcessor, CLIPVisionModel
 
-    repo = CLIP_ALIASES.get(name_or_path, name_or_path)
+    base, revision = split_revision(name_or_path)
+    repo = CLIP_ALIASES.get(base, base)
 
     def load(**kwargs):
         return CLIPVisionModel.from_pretrained(repo, **kwargs), CLIPImageProcessor.from_pretrained(repo, **kwargs)
 
-    model, proc = load_pretrained("vision", name_or_path, repo, load)
+    model, proc = load_pretrained("vision", name_or_path, repo + (f"@{revision}" if revision else ""), load)
     size = proc.crop_size["height"] if isinstance(proc.crop_size, dict) else int(proc.crop_size)
-    return _clip_backbone(name_or_path, model, size, proc.image_mean, proc.image_std)
+    backbone = _clip_backbone(name_or_path, model, size, proc.image_mean, proc.image_std)
+    backbone.revision = loaded_revision(model)
+    return backbone
 
 
 def tiny_random_clip(seed: int = 0, image_size: int = 32, patch_size: int = 8) -> VisionBackbone:
@@ -188,6 +192,6 @@ def load_vision_backbone(name: str) -> VisionBackbone:
         return load_efficientnet_lite(name)
     if name == "tiny-random-clip":
         return tiny_random_clip()
-    if name in CLIP_ALIASES or "/" in name or Path(name).exists():
+    if split_revision(name)[0] in CLIP_ALIASES or "/" in name or Path(name).exists():
         return load_clip(name)
     raise UserError(f"unknown vision backbone '{name}'; known: {', '.join(KNOWN_VISION)}")
