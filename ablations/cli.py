@@ -111,7 +111,7 @@ def run_all(
         _run_options(tbl, device=device, precision=precision, executor=executor, cpus_per_run=cpus_per_run,
                      gpus_per_run=gpus_per_run, track=track, tracking_uri=tracking_uri)
         if tbl.run.track:
-            tracking.client(tbl.run.tracking_uri or None)  # MLflow missing: say so before any training
+            tracking.check_available()  # MLflow missing: say so before any training (its store is made later)
         seed_list = _chosen_seeds(tbl, seeds, seed)
         preflight(tbl, runs_dir, cache_dir, data_dir, ray_address)  # before anything is created or trained
         with table_lock(runs_dir, tbl.name):
@@ -358,20 +358,19 @@ def train(
     """Train one configuration, print train/dev loss per epoch, save trainable weights and dev captions."""
     from .record import RunRecord
     from .runner import execute_run, prepare
-    from .tables import apply_settings, load_table
+    from .tables import apply_settings, check_seed, load_table
 
     try:
         if data not in DEFAULT_TABLE:
             raise UserError(f"--data must be one of {', '.join(DEFAULT_TABLE)}, not {data!r}")
         tbl = load_table(table or DEFAULT_TABLE[data])
         (v,) = tbl.select([variant])
-        apply_settings(tbl, v, settings or [])
+        own = ([f"train.epochs={epochs}"] if epochs is not None else []) + (
+            [f"data.eval_images={dev_images}"] if dev_images is not None else [])
+        apply_settings(tbl, v, (settings or []) + own)  # the options checked like table keys (ranges included)
+        check_seed(seed, "--seed")
         _run_options(tbl, device=device, precision=precision)
-        if epochs:
-            v.train.epochs = epochs
         tbl.data.eval_split = "dev"
-        if dev_images:
-            tbl.data.eval_images = dev_images
         out = out or RUNS_DIR / "train" / f"{tbl.name}-{variant}-seed{seed}"
         RunRecord(out).check_target()  # before loading anything: a folder of other files is never touched
         start = time.time()
@@ -411,16 +410,19 @@ def caption(
     """Caption any image file with a trained run, decoding as the run was scored (overridable)."""
     import dataclasses
 
-    from vlm_core.train import decode
+    from vlm_core.train import TrainConfig, decode
 
+    from .tables import check_range
     from .trained import load_run_model, run_decoding
 
     try:
+        overrides = {"max_new_tokens": max_new_tokens, "num_beams": beams, "no_repeat_ngram_size": no_repeat_ngram_size}
+        overrides = {k: v for k, v in overrides.items() if v is not None}
+        for key, value in overrides.items():  # the bounds a table's [train] has, before anything loads
+            check_range(TrainConfig, key, value, "--" + {"num_beams": "beams"}.get(key, key).replace("_", "-"))
         model, vision = load_run_model(run, cache_dir, device, data_dir)
         pics = [_read_image(p) for p in images]
-        decoding = run_decoding(run)
-        overrides = {"max_new_tokens": max_new_tokens, "num_beams": beams, "no_repeat_ngram_size": no_repeat_ngram_size}
-        decoding = dataclasses.replace(decoding, **{k: v for k, v in overrides.items() if v is not None})
+        decoding = dataclasses.replace(run_decoding(run), **overrides)
         texts, _ = decode(model, vision.encode_images(pics), decoding)
         for p, t in zip(images, texts):
             typer.echo(f"{p}\t{t}")

@@ -197,6 +197,16 @@ def _number(value: float) -> str:
     return f"{value:_}" if isinstance(value, int) and abs(value) >= 10_000 else f"{value:g}"
 
 
+def check_seed(seed: int, where: str) -> None:
+    if not SEEDS[0] <= seed <= SEEDS[1]:
+        raise UserError(f"{where}: must be in [{SEEDS[0]}, {_number(SEEDS[1])}], not {_number(seed)}")
+
+
+def check_range(cls, key: str, value: Any, where: str) -> None:
+    """A value given outside a table (a CLI option) against the bounds its table key has."""
+    _check_range(cls, key, value, where)
+
+
 def _check_range(cls, key: str, value: Any, where: str) -> None:
     lo, hi = LIMITS.get(cls, {}).get(key, (None, None))
     if lo is not None and not lo <= value <= hi:
