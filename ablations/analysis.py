@@ -73,7 +73,11 @@ def eos_diagnosis(table_runs: TableRuns, v: str, s: pd.Series, by_length: tuple[
         text += f" Starting from EOS is what ends the captions: from the correct prefix P(EOS) is {fmt(b, 2)}."
     elif a >= 0.5 and abs(a - b) < 0.2:
         text += " The start token is not the cause: the correct prefix ends captions about as often."
-    if by_length is not None and s["empty_rate"] < 0.95:
+    per_seed = table_runs.seed_values(v, "empty_rate").sort_index()
+    if len(per_seed) > 1 and ((per_seed >= 0.95) | (per_seed <= 0.05)).all() and per_seed.max() - per_seed.min() >= 0.9:
+        text += (" The collapse is by seed, not by image: "
+                 + ", ".join(f"seed {k} {r:.0%}" for k, r in per_seed.items()) + " empty.")
+    elif by_length is not None and s["empty_rate"] < 0.95:
         short, long = by_length
         text += (f" The collapse is partial: {short:.0%} empty on the third of images with the shortest references, "
                  f"{long:.0%} on the third with the longest"
