@@ -73,6 +73,8 @@ def _determinism_text(d: dict) -> str:
     if "deterministic_algorithms" not in d:
         return "not recorded"
     text = "deterministic algorithms" if d["deterministic_algorithms"] else "default algorithms"
+    text += " (warn-only)" if d["deterministic_algorithms"] and d.get("deterministic_warn_only") else ""
+    text += ", cuDNN benchmark" if d.get("cudnn_benchmark") else ""
     text += f", cuBLAS workspace {d['cublas_workspace_config']}" if d.get("cublas_workspace_config") else ""
     return text + (", TF32 matmuls" if d.get("tf32_matmul") else "")
 

@@ -44,6 +44,8 @@ from vlm_core.errors import UserError
 from vlm_core.settings import without_unset
 from vlm_core.train import SCST_SETTINGS, TrainConfig
 
+from .tables import data_settings
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DONE, FAILED = "DONE", "FAILED"
 LIBRARIES = ("torch", "transformers", "peft", "pycocoevalcap", "numpy", "scipy")
@@ -158,6 +160,8 @@ def config_hash(config: dict) -> str:
     """Hash of the settings that determine a run's result (see tables.variant_config); the table's and
     the variant's names are left out, so renaming either keeps its runs current."""
     settings = {k: v for k, v in config.items() if k not in ("table", "variant")}
+    if isinstance(settings.get("data"), dict):
+        settings["data"] = data_settings(settings["data"])
     if isinstance(settings.get("train"), dict):
         scst = settings["train"].get("scst_epochs", 0) > 0  # then its samples / rate count even at their defaults
         settings["train"] = without_unset(settings["train"], TrainConfig, TRAIN_KEYS_ADDED_LATER,
@@ -755,6 +759,7 @@ def determinism() -> dict:
 
     return {"torch_threads": torch.get_num_threads(),
             "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
+            "deterministic_warn_only": torch.is_deterministic_algorithms_warn_only_enabled(),
             "cublas_workspace_config": os.environ.get("CUBLAS_WORKSPACE_CONFIG"),
             "tf32_matmul": torch.backends.cuda.matmul.allow_tf32, "cudnn_benchmark": torch.backends.cudnn.benchmark}
 

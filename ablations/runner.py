@@ -102,6 +102,7 @@ def execute_run(workspace: Workspace, variant: Variant, seed: int, out: Path, ev
     """Train, caption, score and probe one (variant, seed) into ``out``; returns 'done' or 'failed'."""
     record = RunRecord(out)
     eval_split = eval_split or workspace.table.data.eval_split
+    configure(workspace.device, workspace.table.run.precision)  # before determinism() records it (a Ray worker is new)
     record.begin(run_config(workspace.table, variant, seed, eval_split),
                  {"provenance": {**workspace.provenance, "determinism": determinism(),
                                  "hub_revisions": {"vision": workspace.vision.revision,

@@ -198,3 +198,57 @@ def test_a_cuda_run_is_configured_for_repeatable_numbers(monkeypatch):
         torch.use_deterministic_algorithms(before[0])
         torch.backends.cuda.matmul.allow_tf32 = before[1]
         torch.backends.cudnn.allow_tf32 = True  # torch default
+
+
+@pytest.mark.parametrize("fixed", [False, True])
+def test_the_nll_of_captions_is_the_same_with_the_fixed_order_sum_at_its_call_site(gpt2_tiny, monkeypatch, fixed):
+    """At the call site (the NLL the probes and the loss use): with the fixed-order sum forced, as on CUDA, the
+    per-caption NLL is the one index_add gives, and the sum is asked for with the device's choice."""
+    import vlm_core.model as model_module
+
+    model = CaptionModel(CaptionModelConfig(**CFG), gpt2_tiny, 32, (2, 2)).eval()  # no dropout: two calls compare
+    torch.manual_seed(0)
+    x = _feats()
+    plain = model.caption_nll(x, CAPTIONS)
+    seen = []
+    real = model_module.per_row_sums
+
+    def spy(values, keep, fixed_order):
+        seen.append(fixed_order)
+        return real(values, keep, fixed)
+
+    monkeypatch.setattr(model_module, "per_row_sums", spy)
+    forced = model.caption_nll(x, CAPTIONS)
+    assert seen and all(f == model_module.fixed_order_sums(model.device) for f in seen)
+    assert torch.allclose(forced, plain, atol=1e-6)
+    assert model_module.fixed_order_sums(torch.device("cuda")) and not model_module.fixed_order_sums(torch.device("cpu"))
+
+
+def test_every_run_records_its_determinism_after_the_device_is_configured(monkeypatch, tmp_path):
+    """The determinism record is written after configure() in each process (a Ray worker's first run said
+    'default algorithms' before), and records warn-only."""
+    import ablations.runner as runner_module
+    from ablations.record import determinism
+
+    order = []
+    monkeypatch.setattr(runner_module, "configure", lambda *a: order.append("configure"))
+    monkeypatch.setattr(runner_module, "determinism", lambda: order.append("record") or determinism())
+
+    class Stop(Exception):
+        pass
+
+    monkeypatch.setattr(runner_module, "_execute", lambda *a: (_ for _ in ()).throw(Stop()))
+    from types import SimpleNamespace
+
+    from ablations.tables import load_table
+
+    from .micro import write_micro
+
+    table = load_table(str(write_micro(tmp_path / "micro.toml", seeds=(0,), variants=("full",))))
+    workspace = SimpleNamespace(table=table, device=torch.device("cpu"), provenance={},
+                                vision=SimpleNamespace(revision=None, num_tokens=4, feature_dim=32),
+                                lm=SimpleNamespace(info={}))
+    with pytest.raises(Stop):
+        runner_module.execute_run(workspace, table.variants["full"], 0, tmp_path / "run")
+    assert order[:2] == ["configure", "record"]
+    assert "deterministic_warn_only" in determinism()

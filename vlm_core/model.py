@@ -196,7 +196,7 @@ class CaptionModel(nn.Module):
         with self._autocast():
             logits, targets, keep = self._target_logits(features, ids, mask, labels, repeats)
         nll = F.cross_entropy(logits.float(), targets, reduction="none")
-        return per_row_sums(nll, keep, fixed_order=nll.device.type == "cuda"), keep.sum(1)
+        return per_row_sums(nll, keep, fixed_order=fixed_order_sums(nll.device)), keep.sum(1)
 
     @torch.no_grad()
     def caption_nll(self, features: torch.Tensor, captions: list[str], repeats: int = 1) -> torch.Tensor:
@@ -352,6 +352,11 @@ class CaptionModel(nn.Module):
 
             set_peft_model_state_dict(self.lm, load_file(str(out_dir / "lora" / "adapter_model.safetensors"),
                                                          device=str(self.device)))
+
+
+def fixed_order_sums(device: torch.device) -> bool:
+    """Where index_add is not repeatable (CUDA accumulates it with atomics)."""
+    return device.type == "cuda"
 
 
 def per_row_sums(values: torch.Tensor, keep: torch.Tensor, fixed_order: bool) -> torch.Tensor:
