@@ -203,11 +203,19 @@ def report(
     """Add the finished runs in --runs-dir to the table's evidence (<out>/<table>/runs/), then write
     <out>/<table>/README.md, plots, runs.csv and verdicts.csv / verdicts.json (every verdict with its
     numbers) from the evidence alone: no retraining, no weights."""
+    import shutil
+
+    from .record import evidence_dir
     from .report import write_report
     from .tables import load_table
 
     try:
-        path = write_report(load_table(table), runs_dir, out_dir, data_dir=data_dir, thumbnails=thumbnails,
+        tbl = load_table(table)
+        committed, evidence = evidence_dir(REPORTS_DIR, tbl.name), evidence_dir(out_dir, tbl.name)
+        if not evidence.exists() and committed.is_dir() and committed.resolve() != evidence.resolve():
+            shutil.copytree(committed, evidence, symlinks=True)  # a report elsewhere starts from the committed evidence
+            console.print(f"evidence: {committed} copied to {evidence}", highlight=False, markup=False)
+        path = write_report(tbl, runs_dir, out_dir, data_dir=data_dir, thumbnails=thumbnails,
                             log=lambda m: console.print(m, highlight=False, markup=False))
     except UserError as err:
         _fail(err)
@@ -311,11 +319,22 @@ def track_command(
 
 
 @app.command("list")
-def list_tables(runs_dir: Path = RUNS):
-    """Show the shipped tables, their variants and which runs exist."""
+def list_tables(runs_dir: Path = RUNS, reports_dir: Path = REPORTS):
+    """Show the shipped tables, their variants and which runs exist, locally or in the committed evidence
+    (`done` = in the evidence or finished here; `local` marks a run that is only in the runs folder)."""
     from .planning import expected_hash
-    from .record import RunRecord, run_path
+    from .record import RunRecord, cell_path, evidence_dir, run_path
     from .tables import load_table, shipped_tables
+
+    def state(tbl, v, s) -> str:
+        want = expected_hash(tbl, v, s)
+        local = RunRecord(run_path(runs_dir, tbl.name, v.name, s)).status(want)
+        committed = RunRecord(cell_path(evidence_dir(reports_dir, tbl.name), v.name, s)).status(want)
+        if committed in ("done", "failed"):
+            return committed
+        if local in ("done", "failed"):
+            return f"{local} (local)"
+        return local if local != "missing" else committed
 
     for name in shipped_tables():
         try:
@@ -329,13 +348,15 @@ def list_tables(runs_dir: Path = RUNS):
         for s in tbl.all_seeds:
             t.add_column(f"seed {s}")
         colour = {"done": "green", "failed": "red", "partial": "yellow", "missing": "dim", "stale": "magenta", "-": "dim"}
+        counts: dict[str, int] = {}
         for v in tbl.variants.values():
-            states = []
-            for s in tbl.all_seeds:
-                states.append(RunRecord(run_path(runs_dir, tbl.name, v.name, s)).status(expected_hash(tbl, v, s))
-                              if s in v.seeds else "-")
-            t.add_row(v.name, v.expected, *[f"[{colour[x]}]{x}[/{colour[x]}]" for x in states])
+            states = [state(tbl, v, s) if s in v.seeds else "-" for s in tbl.all_seeds]
+            for x in states:
+                counts[x] = counts.get(x, 0) + (x != "-")
+            t.add_row(v.name, v.expected, *[f"[{colour[x.split()[0]]}]{x}[/{colour[x.split()[0]]}]" for x in states])
         console.print(t)
+        console.print(", ".join(f"{n} {x}" for x, n in counts.items() if n) + f" of {sum(counts.values())} runs",
+                      highlight=False)
 
 
 DEFAULT_TABLE = {"shapes": "shapes", "flickr8k": "flickr8k"}  # `ablate train --data NAME` takes its settings here
@@ -458,14 +479,33 @@ def attention_maps(
 
 
 @data_app.command("check")
-def data_check(path: Path = typer.Argument(..., help="A Flickr8k folder, or 'shapes'."),
+def data_check(path: Path = typer.Argument(..., help="A data file (Karpathy or COCO JSON, JSONL, CSV), a Flickr8k "
+                                           "or imagefolder folder, or 'shapes'."),
+               fmt: str = typer.Option("auto", "--format", help="auto (from the file) | karpathy | coco | jsonl | csv "
+                                       "| flickr8k."),
+               image_root: Optional[Path] = typer.Option(None, "--image-root", help="Where the images are (default: "
+                                                         "the data file's folder; Flickr8k: its Images/)."),
+               split_file: Optional[list[str]] = typer.Option(None, "--split-file", help="SPLIT=FILE: the image ids of "
+                                                              "one split, one a line (all of train, dev, test)."),
                images: bool = typer.Option(True, "--images/--no-images", help="Also open every image.")):
-    """Validate a data set and print a summary (images, captions per image, splits, problems)."""
-    from vlm_core.flickr8k import load_flickr8k
+    """Validate a data set and print a summary: images, captions per image, splits, caption lengths, problems
+    (a missing or unreadable image named with the file and line or JSON path that lists it)."""
+    import numpy as np
+
+    from vlm_core.caption_files import AUTO, Source, default_label, detect_format, read_captions
     from vlm_core.shapes import load_shapes
 
     try:
-        data = load_shapes() if str(path) == "shapes" else load_flickr8k(path)
+        if str(path) == "shapes":
+            data, described = load_shapes(), "shapes (generated)"
+        else:
+            pairs = [s.partition("=") for s in split_file or []]
+            if any(not sep or not f for _, sep, f in pairs):
+                raise UserError("--split-file: expected SPLIT=FILE, e.g. train=Flickr_8k.trainImages.txt")
+            src = Source(path, images=image_root, split_files={s: Path(f) for s, _, f in pairs})
+            fmt = detect_format(src) if fmt == AUTO else fmt
+            data = read_captions(src, fmt)
+            described = f"{default_label(path)} ({fmt}: {src.path}; images in {data.images_dir})"
         problems, unreadable = list(data.problems), 0
         if images and data.images_dir is not None:
             all_ids = [i for s in data.splits.values() for i in s]
@@ -473,19 +513,26 @@ def data_check(path: Path = typer.Argument(..., help="A Flickr8k folder, or 'sha
                 try:
                     data.load_image(image_id)
                 except UserError as err:
-                    problems.append(str(err))
+                    problems.append(f"{data.where[image_id]}: {err}" if image_id in data.where else str(err))
                     unreadable += 1
         per = [len(v) for v in data.captions.values()]
-        console.print(f"data set: {data.name} ({path})")
-        console.print(f"images with captions: {len(data.captions)}; captions: {sum(per)}; "
-                      f"captions per image: min {min(per)}, max {max(per)}")
-        for split, ids in data.splits.items():
-            console.print(f"split {split}: {len(ids)} images")
-        console.print(f"problems: {len(problems)}")
+        words = np.array([len(c.split()) for v in data.captions.values() for c in v])
+        q = np.percentile(words, [0, 10, 50, 90, 100], method="nearest")
+        console.print(f"data set: {described}", highlight=False, soft_wrap=True)
+        console.print(f"images with captions: {len(data.captions)}; captions: {sum(per)}; captions per image: "
+                      f"min {min(per)}, median {int(np.median(per))}, max {max(per)}", highlight=False, soft_wrap=True)
+        console.print("splits: " + ", ".join(f"{s} {len(ids)}" for s, ids in data.splits.items()) + " images",
+                      highlight=False, soft_wrap=True)
+        console.print(f"caption length in words: min {q[0]}, 10% {q[1]}, median {q[2]}, 90% {q[3]}, max {q[4]}",
+                      highlight=False, soft_wrap=True)
+        console.print(f"content hash (splits and references): {data.content_hash()}", highlight=False, soft_wrap=True)
+        console.print(f"problems: {len(problems)}", soft_wrap=True)
         for p in problems[:20]:
-            console.print(f"  - {p}", highlight=False, markup=False)
+            console.print(f"  - {p}", highlight=False, markup=False, soft_wrap=True)
+        if len(problems) > 20:
+            console.print(f"  ... and {len(problems) - 20} more", highlight=False, soft_wrap=True)
         if unreadable or any("cannot read" in p or "missing" in p for p in problems):
-            console.print(f"{unreadable} image(s) could not be used (listed above)", highlight=False)
+            console.print(f"{unreadable} image(s) could not be used (listed above)", highlight=False, soft_wrap=True)
             raise typer.Exit(1)
     except UserError as err:
         _fail(err)

@@ -130,7 +130,8 @@ def collect(table: Table, folder: Path) -> TableRuns:
             out.configs.setdefault(v.name, record.config())
     if not rows and not out.failed:
         raise UserError(f"{folder}: no finished runs of table '{table.name}'; "
-                        f"run `ablate run-all {table.name}` first")
+                        f"add evidence made elsewhere with `ablate evidence add {table.name} --from DIR` (seconds), "
+                        f"or train it with `ablate run-all {table.name}`")
     out.runs = pd.DataFrame(rows)
     out.order = [v for v in table.variants if v in out.per_image and not table.variants[v].is_budget_row]
     out.sweep_order = [v for v in table.variants if v in out.per_image and table.variants[v].is_budget_row]

@@ -267,3 +267,14 @@ def test_train_options_are_bounded_like_table_keys(tmp_path, args, message):
 def test_caption_options_are_bounded_before_anything_loads(tmp_path):
     result = runner.invoke(app, ["caption", str(tmp_path / "x.png"), "--run", str(tmp_path / "no-run"), "--beams", "100000"])
     assert result.exit_code == 2 and "--beams: must be in" in result.output, result.output
+
+
+# issue 48 item 5: the committed evidence is first-class
+def test_report_elsewhere_starts_from_the_committed_evidence_and_list_counts_it(tmp_path, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["report", "shapes", "--out", str(out), "--runs-dir", str(tmp_path / "no-runs")])
+    assert result.exit_code == 0, result.output
+    assert "30 runs, 886 KiB" in (out / "shapes" / "README.md").read_text()
+    listed = runner.invoke(app, ["list", "--runs-dir", str(tmp_path / "no-runs")])
+    assert listed.exit_code == 0 and "30 done of 30 runs" in listed.output, listed.output
