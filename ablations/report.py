@@ -330,8 +330,8 @@ def draw_figures(table: Table, a: Analysis, out_dir: Path, data_dir: str | None,
     """Every picture the sections show; images (thumbnails, attention) only where the data may be shown."""
     pictures = {}
     if a.loss:
-        pictures["loss"] = figures.loss_plot(a.loss, a.self_critical, out_dir / "loss.png")
-    forest = figures.forest_plot(a.comparisons, out_dir / "comparisons.png")
+        pictures["loss"] = figures.loss_plot(a.loss, a.self_critical, out_dir / "loss.png", a.runs.configs)
+    forest = figures.forest_plot(a.comparisons, out_dir / "comparisons.png", a.runs)
     if forest:
         pictures["comparisons"] = forest
     if a.budget_rows:

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 from .budgets import family_size as budget_family_size
 from .formatting import fmt, fmt_ci, fmt_p, md_table, mean_sd
 from .record import STAGES
-from .scoring import METRICS
+from .scoring import METRIC_COLUMNS, METRICS
 from .verdicts import COMPARED, family_size
 
 if TYPE_CHECKING:
@@ -52,10 +52,12 @@ def section_loss(r: ReportInput) -> list[str]:
              "yes" if x["train_falls"] else "no", "yes" if x["dev_falls"] else "no",
              "–" if x["dev_last_change"] is None else f"{x['dev_last_change']:+.4f}"] for x in r.a.loss]
     lines = ["## Loss per epoch", "", f"![loss per epoch, one panel per variant]({r.pictures['loss']})", "",
-             "*Mean over seeds (nats/token), one panel per variant on its own scale: look for both lines falling "
-             "and for the gap between them (overfitting when dev rises while train falls)"
-             + ("; after the dashed line the self-critical epochs, with the mean candidate CIDEr-D on the right axis"
-                if r.a.self_critical else "") + ".*", "",
+             "*Mean over seeds (nats/token), one panel per variant, all on one y scale but a panel whose title "
+             "names its own (the seed recipe's loss also counts its padding): look for both lines falling, for the "
+             "gap between them (overfitting when dev rises while train falls) and, across panels, for the dev "
+             "loss each variant reaches (e.g. `blind` against `full`)"
+             + ("; after the dashed line the self-critical epochs, with the mean candidate CIDEr-D on the right axis "
+                "(one scale for every panel)" if r.a.self_critical else "") + ".*", "",
              *([f"Dev loss is also measured inside each epoch ({', '.join(f'{e:g}' for e in points)} "
                 "epochs): train loss is then the mean since the check before.", ""] if checks else []),
              md_table(["variant", "train loss", "dev loss", f"train falls {every}", f"dev falls {every}",
@@ -83,7 +85,7 @@ def section_loss(r: ReportInput) -> list[str]:
 
 def section_main(r: ReportInput) -> list[str]:
     s = r.a.summary
-    metric_cols = METRICS + (["SPICE"] if "SPICE" in s.columns else [])
+    metric_cols = METRICS + [c for c in METRIC_COLUMNS if c not in METRICS and c in s.columns]  # opt-in: when run
     probe_cols = [c for c in PROBE_COLUMNS if c in s.columns]
     nll_refs = r.table.probes.nll_refs
     lines = ["## Main table", "", f"Mean ± std over seeds, {r.table.data.eval_split} split. Metrics: pycocoevalcap "
@@ -123,10 +125,20 @@ def section_comparisons(r: ReportInput) -> list[str]:
              "bootstrap 95% CI over images and Wilcoxon p; it says whether these particular models differ, not "
              "whether the architectures do. Planning numbers are estimates from 2-4 degrees of freedom.", ""]
     if "comparisons" in r.pictures:
+        from .figures import run_values, seed_pair_shares
+
+        shares = seed_pair_shares(run_values(r.a.runs, r.a.comparisons))
         lines += [f"![every comparison with {r.ref}]({r.pictures['comparisons']})", "",
-                  f"*Each variant − `{r.ref}`, seed-level 95% CI, one panel per quantity: red / blue = decided below / "
-                  "above 0 within its family (Holm), grey = inconclusive, hollow orange = not decided (seeds disagree "
-                  "in kind, or runs from different code). A CI that crosses 0 and is grey says the seeds cannot tell.*", ""]
+                  f"*Left, each variant − `{r.ref}`, seed-level 95% CI, one row of panels per quantity: red / blue = "
+                  "decided below / above 0 within its family (Holm), grey = inconclusive, hollow orange = not decided "
+                  "(seeds disagree in kind, or runs from different code). A CI that crosses 0 and is grey says the "
+                  f"seeds cannot tell. Beside it Δ and P: the share of (variant seed, `{r.ref}` seed) pairs in which "
+                  f"the variant's value is above `{r.ref}`'s, ties half. Right, every run: one dot per seed (its "
+                  "number beside it; a cross = a run that collapsed), the bar the variant's mean, the dotted line "
+                  f"`{r.ref}`'s mean.*", "",
+                  f"P(variant above `{r.ref}`) over seed pairs: " + "; ".join(
+                      f"Δ{COMPARED.get(m, m)} " + ", ".join(f"`{v}` {p:.2f}" for v, p in ps.items())
+                      for m, ps in shares.items()) + ".", ""]
     notes = []
     for metric, rows in r.a.comparisons.items():
         cells = []
@@ -162,6 +174,13 @@ def section_expectations(r: ReportInput) -> list[str]:
              "code versions. Every verdict here assumes roughly normal seed-to-seed variation; under strong skew "
              "the error rate is higher (docs/how-reports-decide.md in the repository).", "",
              md_table(["variant", "expected", "rule", "verdict", "numbers"], rows), ""]
+    for v in [v for v in r.a.expectations if v.rule is not None and v.rule.equivalence]:
+        m = f"±{v.rule.equivalence.margin:g}"
+        lines += [f"`{v.variant}`, {v.expectation}: **equivalent** when the seed-level 90% CI of the difference lies "
+                  f"inside {m} (two one-sided Welch tests at 5 % each, TOST), **differs** when the 95% CI excludes 0, "
+                  "**inconclusive** otherwise; both p are Holm-adjusted with the family, in which the two count once "
+                  "(no difference and a difference of at least the margin cannot both be true). Why "
+                  f"{m}: {v.rule.margin_reason}", ""]
     checks = r.a.plan_checks
     if checks:
         lines += ["### The original plan's checks", "",

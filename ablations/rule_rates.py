@@ -125,3 +125,18 @@ def pairing_rates(rng: np.random.Generator, tables: int, seeds: int, rho: float,
     y = rho**0.5 * z + (1 - rho) ** 0.5 * rng.normal(0, 1, (tables, seeds))
     return {"paired": rate(decided(paired_p(x, y))), "welch": rate(decided(welch_p(x, y)))}
 
+
+
+def equivalence_rates(rng: np.random.Generator, tables: int, seeds: int, shift: float, margin: float) -> dict:
+    """The equivalence rule as the report applies it, on simulated tables: normal seeds (SD 1) on both sides, the
+    variant ``shift`` SDs from the reference, margin ±``margin`` SDs. Each table is decided by the report's own
+    functions (verdicts.equivalence_tests -> decide_family -> equivalence_decision; its two tests alone in their
+    family, so within a larger family the rates can only fall). Returns the share called 'equivalent' (a false
+    equivalence when |shift| >= margin, power when shift = 0) and the share called 'differs', with their Monte
+    Carlo SEs."""
+    from . import verdicts  # the report's functions, not a copy (imported here: this module stays light)
+
+    x, y = rng.normal(shift, 1, (tables, seeds)), rng.normal(0, 1, (tables, seeds))
+    words = np.array([verdicts.equivalence_decision(verdicts.decide_family(verdicts.equivalence_tests(a, b, margin, "Δ")))
+                      for a, b in zip(x, y)])
+    return {"equivalent": rate(words == "equivalent"), "differs": rate(words == "differs")}

@@ -60,6 +60,15 @@ class Interval:
         return not (math.isnan(self.low) or math.isnan(self.high))
 
 
+def _welch_parts(x: np.ndarray, y: np.ndarray, floor_x: float, floor_y: float) -> tuple[float, float, float]:
+    """(difference, its SE, Welch's degrees of freedom); each side's seed SD at least its floor. df is NaN where
+    neither side has any spread."""
+    vx, vy = max(x.var(ddof=1), floor_x**2) / len(x), max(y.var(ddof=1), floor_y**2) / len(y)
+    se = math.sqrt(vx + vy)
+    df = (vx + vy) ** 2 / (vx**2 / (len(x) - 1) + vy**2 / (len(y) - 1)) if vx or vy else float("nan")
+    return float(x.mean() - y.mean()), se, df
+
+
 def welch(x: np.ndarray, y: np.ndarray, floor_x: float = 0.0, floor_y: float = 0.0) -> Interval:
     """mean(x) - mean(y) with a Welch 95% CI and p; each side's seed SD is at least its ``floor`` (the SE a
     run's mean has from its images alone). Zero spread and no floor gives a point CI and p = NaN
@@ -69,14 +78,49 @@ def welch(x: np.ndarray, y: np.ndarray, floor_x: float = 0.0, floor_y: float = 0
     n = min(len(x), len(y))
     if len(x) < 2 or len(y) < 2:
         return Interval(diff, float("nan"), float("nan"), float("nan"), n)
-    vx, vy = max(x.var(ddof=1), floor_x**2) / len(x), max(y.var(ddof=1), floor_y**2) / len(y)
-    se = math.sqrt(vx + vy)
+    diff, se, df = _welch_parts(x, y, floor_x, floor_y)
     if se <= 1e-12 * max(1.0, abs(float(y.mean()))):  # no spread (up to rounding): a point, p undefined
         return Interval(diff, diff, diff, 1.0 if diff == 0 else float("nan"), n)
-    df = (vx + vy) ** 2 / (vx**2 / (len(x) - 1) + vy**2 / (len(y) - 1))
     half = stats.t.ppf(1 - ALPHA / 2, df) * se
     p = float(2 * stats.t.sf(abs(diff) / se, df))
     return Interval(diff, diff - half, diff + half, p, n)
+
+
+def _tost(estimate: float, se: float, df: float, center: float, margin: float, n: int) -> Interval:
+    """Two one-sided t tests of |estimate - center| < margin at ALPHA each: the (1 - 2 ALPHA) = 90% CI, and p =
+    the larger one-sided p (both must reject; the CI lies inside center ± margin exactly when p < ALPHA)."""
+    half = stats.t.ppf(1 - ALPHA, df) * se
+    p_low = stats.t.sf((estimate - (center - margin)) / se, df)  # H0: estimate <= center - margin
+    p_high = stats.t.cdf((estimate - (center + margin)) / se, df)  # H0: estimate >= center + margin
+    return Interval(estimate, estimate - half, estimate + half, float(max(p_low, p_high)), n)
+
+
+def tost(x: np.ndarray, y: np.ndarray, margin: float, floor_x: float = 0.0, floor_y: float = 0.0) -> Interval:
+    """Equivalence of mean(x) and mean(y) within ±``margin`` over seeds: Welch's SE and degrees of freedom (each
+    side's SD floored as in ``welch``), two one-sided tests (TOST, Schuirmann 1987) at ALPHA each, returned as the
+    90% CI of the difference with p = the larger one-sided p. statsmodels' ttost_ind computes the same without
+    the floors; it is not a dependency. Zero spread gives p = NaN: no test decides on seeds without spread."""
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    n = min(len(x), len(y))
+    if len(x) < 2 or len(y) < 2:
+        diff = float(x.mean() - y.mean()) if len(x) and len(y) else float("nan")
+        return Interval(diff, float("nan"), float("nan"), float("nan"), n)
+    diff, se, df = _welch_parts(x, y, floor_x, floor_y)
+    if se <= 1e-12 * max(1.0, abs(float(y.mean()))):
+        return Interval(diff, diff, diff, float("nan"), n)
+    return _tost(diff, se, df, 0.0, margin, n)
+
+
+def tost_one_sample(values: np.ndarray, center: float, margin: float, floor: float = 0.0) -> Interval:
+    """The mean over seeds within ``center`` ± ``margin``: TOST with a one-sample t (seed SD at least ``floor``)."""
+    v = np.asarray(values, float)
+    mean = float(v.mean()) if len(v) else float("nan")
+    if len(v) < 2:
+        return Interval(mean, float("nan"), float("nan"), float("nan"), len(v))
+    se = max(v.std(ddof=1), floor) / math.sqrt(len(v))
+    if se <= 1e-12 * max(1.0, abs(mean)):
+        return Interval(mean, mean, mean, float("nan"), len(v))
+    return _tost(mean, se, len(v) - 1, center, margin, len(v))
 
 
 def one_sample(values: np.ndarray, bound: float = 0.0, limits: tuple[float, float] | None = None,
@@ -98,13 +142,24 @@ def one_sample(values: np.ndarray, bound: float = 0.0, limits: tuple[float, floa
     return Interval(mean, low, high, p, len(v))
 
 
-def decide(interval: Interval, bound: float, side: str, p: float | None = None) -> str:
+def decide(interval: Interval, bound: float, side: str, p: float | None = None, margin: float | None = None) -> str:
     """'held' when the whole CI lies on ``side`` ('below' / 'above') of ``bound``, 'not held' when it
     lies wholly on the other side, else 'inconclusive' (also with fewer than 2 seeds, or an undefined p).
     With ``p`` (a family-adjusted p-value of the same test), decided only when ``p`` < ALPHA, on the side
-    of the estimate: the unadjusted rule is the same as p < ALPHA for these t intervals."""
+    of the estimate: the unadjusted rule is the same as p < ALPHA for these t intervals.
+
+    Two sides decide only one way ('held' or 'inconclusive'): 'equivalent' (a TOST interval, ``tost``: its CI
+    inside ``bound`` ± ``margin``) and 'differs' (a 95% CI that excludes ``bound``)."""
     if not interval.decided or interval.high == interval.low or math.isnan(interval.p if p is None else p):
         return "inconclusive"  # (a zero-width CI comes from seeds without spread: it decides nothing alone)
+    if side in ("equivalent", "differs"):
+        if p is not None:
+            return "held" if p < ALPHA else "inconclusive"
+        if side == "equivalent":
+            inside = bound - margin < interval.low and interval.high < bound + margin
+        else:
+            inside = interval.high < bound or interval.low > bound
+        return "held" if inside else "inconclusive"
     if p is not None:
         if p >= ALPHA:
             return "inconclusive"
@@ -116,17 +171,25 @@ def decide(interval: Interval, bound: float, side: str, p: float | None = None) 
     return "held" if above else "not held" if below else "inconclusive"
 
 
-def holm(pvalues: list[float]) -> list[float]:
+def holm(pvalues: list[float], groups: list | None = None) -> list[float]:
     """Holm's step-down adjustment: reject p_adj < ALPHA and the family-wise error rate stays <= ALPHA
-    under any dependence between the tests. NaN (an undefined test) stays NaN and counts in the family."""
+    under any dependence between the tests. NaN (an undefined test) stays NaN and counts in the family.
+
+    ``groups``: tests with the same group can never be true nulls together (the two tests of an equivalence check:
+    Δ = 0 and |Δ| >= margin exclude each other), so a group counts once among the tests still to be decided
+    (Shaffer 1986's logical restriction). At the first true null rejected, every true null is still undecided and
+    each sits in a group of its own, so the multiplier is still at least their number and the Bonferroni bound of
+    Holm's proof holds. Without groups, each test is its own: plain Holm."""
     p = np.asarray(pvalues, float)
     m = len(p)
+    groups = list(range(m)) if groups is None else list(groups)
     order = np.argsort(np.where(np.isnan(p), np.inf, p))
     out, running = np.full(m, np.nan), 0.0
     for rank, k in enumerate(order):
         if np.isnan(p[k]):
             continue
-        running = max(running, min(1.0, (m - rank) * p[k]))
+        remaining = len({groups[i] for i in order[rank:]})  # m - rank without groups
+        running = max(running, min(1.0, remaining * p[k]))
         out[k] = running
     return out.tolist()
 
@@ -181,6 +244,22 @@ def seeds_needed(diff: float, sd_a: float, sd_b: float) -> int | None:
             return n
         crit = stats.t.ppf(1 - ALPHA / 2, df)
         if stats.nct.sf(crit, df, ncp) + stats.nct.cdf(-crit, df, ncp) >= POWER:
+            return n
+    return MAX_SEEDS + 1
+
+
+def seeds_for_equivalence(margin: float, sd_a: float, sd_b: float, difference: float = 0.0) -> int | None:
+    """Seeds per variant for TOST (ALPHA each side) to show equivalence within ±``margin`` with 80% power when
+    the true difference is ``difference``, at the given seed SDs (sd_b = 0: against a number): the least n with
+    (margin - |difference|) / SE >= t(1 - ALPHA) + t(power quantile), t on 2n - 2 degrees of freedom. An estimate
+    (rule_rates.equivalence_rates simulates the rule itself); None when nothing can be sized."""
+    if any(math.isnan(x) for x in (sd_a, sd_b)) or (sd_a == 0 and sd_b == 0) or margin - abs(difference) <= 0:
+        return None
+    beta = (1 - POWER) / (2 if difference == 0 else 1)  # at 0 either one-sided test can fail
+    for n in range(2, MAX_SEEDS + 1):
+        se = math.sqrt((sd_a**2 + sd_b**2) / n)
+        df = 2 * n - 2 if sd_b else n - 1
+        if (margin - abs(difference)) / se >= stats.t.ppf(1 - ALPHA, df) + stats.t.ppf(1 - beta, df):
             return n
     return MAX_SEEDS + 1
 

@@ -43,17 +43,22 @@ def _said(cell: dict) -> str:
 
 
 def _ablation(data, variant: str, claim_start: str, what: str, tables: tuple[str, ...]) -> Sentence | None:
+    """One sentence per ablation: its claim and verdict in each table (claims may differ by table, e.g. an
+    equivalence margin declared for one of them)."""
     parts, cites = [], []
     for t in tables:
         found = _cell(data, variant, t, claim_start)
         if found:
             claim, cell = found
-            parts.append(f"`{t}` {_said(cell)}")
+            parts.append((claim, f"`{t}` {_said(cell)}"))
             cites.append((variant, claim, t))
     if not parts:
         return None
-    expected = _cell(data, variant, next(t for _, _, t in cites), claim_start)[0]
-    return Sentence(f"{what}: {expected}? " + "; ".join(parts) + ".", cites)
+    text, last = f"{what}:", None
+    for claim, said in parts:
+        text += ("; " if last else " ") + (f"{claim}? " if claim != last else "") + said
+        last = claim
+    return Sentence(text + ".", cites)
 
 
 def target_sentence(targets: dict[str, list[dict]], table: str = "flickr8k") -> Sentence | None:
@@ -78,7 +83,7 @@ def readme_summary(data, targets: dict[str, list[dict]]) -> list[Sentence]:
     """3-6 sentences: the canonical real-data answers first, then where the pretrained LM and shapes differ."""
     real = ("flickr8k", "shapes", "flickr8k-smollm2")
     out = [target_sentence(targets),
-           _ablation(data, "meanpool", "CIDEr below", "Mean-pooling the patch features instead of the Q-Former", real),
+           _ablation(data, "meanpool", "CIDEr", "Mean-pooling the patch features instead of the Q-Former", real),
            _ablation(data, "no-lora", "uses the image less", "Freezing the LM without LoRA", real),
            _ablation(data, "frozen-qformer", "CIDEr below", "Leaving the Q-Former at its random init", real),
            _ablation(data, "seed-recipe", "collapses", "The original recipe (pad = EOS kept in the labels, "
@@ -102,3 +107,41 @@ def claim_of(sentence: Sentence, data) -> list[str]:
 
 def summary_markdown(sentences: list[Sentence]) -> str:
     return "\n".join(f"- {s.text}" for s in sentences)
+
+
+def _first_clause(text: str) -> str:
+    """The text up to its first '; ' outside parentheses (a verdict's numbers list one test per clause)."""
+    depth = 0
+    for k, ch in enumerate(text):
+        depth += (ch == "(") - (ch == ")")
+        if depth == 0 and text.startswith("; ", k):
+            return text[:k]
+    return text
+
+
+def report_answer(table, a) -> list[str]:
+    """A report's first section: each expectation's verdict in one line with its first number, then what
+    would decide the undecided ones. Built from the same verdicts as the 'Expected vs observed' table."""
+    lines = ["## Answer", "",
+             "Each expectation of the table, answered at seed level (details, every test and the rule: "
+             "\"Expected vs observed\" below; every run per variant: the strip beside each forest plot).", ""]
+    undecided = []
+    for v in a.expectations:
+        if v.verdict == "n/a":
+            continue
+        first = _first_clause(v.numbers or "")
+        lines.append(f"- `{v.variant}`: {v.expected}? **{PHRASE.get(v.verdict, v.verdict)}**"
+                     + (f" ({first})" if first else ""))
+        if v.verdict not in ("held", "not held", "equivalent", "differs"):
+            undecided.append(v)
+    for t in a.targets:
+        if t.get("interval") is not None:
+            lines.append(f"- target {t['key']} ≥ {t['goal']:g} for `{table.reference}`: **{t['decision']}** "
+                         f"({fmt_ci(t['interval'])})")
+    if undecided:
+        lines += ["", "What next: " + "; ".join(
+            f"`{v.variant}` ({v.verdict}): more seeds of `{v.variant}`"
+            + (f" and `{table.reference}`" if v.variant != table.reference else "")
+            + (" or a look at why its runs split (the strip plot shows each run)" if v.verdict == "seeds disagree" else "")
+            for v in undecided) + " (`seeds` in the table, then `ablate run-all`; runs already in the evidence are kept)."]
+    return lines + [""]

@@ -17,6 +17,7 @@ from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
+from vlm_core.caption_files import AUTO, FORMATS, SplitFiles, default_label
 from vlm_core.caption_lm import CAPTION_LM, CaptionLMConfig
 from vlm_core.device import AUTO_DEVICE, DEFAULT_PRECISION, check_precision
 from vlm_core.errors import UserError
@@ -24,25 +25,19 @@ from vlm_core.model import CaptionModelConfig
 from vlm_core.shapes import MAX_IMAGES, MIN_IMAGE_SIZE, ShapesConfig
 from vlm_core.train import TrainConfig
 
+from . import expectations as expect_rules
+from .expectations import EXPECTATIONS, Expectation  # noqa: F401  (EXPECTATIONS: the names and their words)
+from .scoring import OPT_IN_METRICS, TARGET_METRICS
+
 TABLES_DIR = Path(__file__).parent / "tables"
 
-# Expected outcomes the report can check; each is tested by the rule of the same name in
-# analysis.py, at the level of training runs (seeds). A variant may list several.
-EXPECTATIONS = {
-    "image_dependent": "captions depend on the image (generation-swap rate >= 0.9 and likelihood gap > 0, over seeds)",
-    "worse_than_reference": "CIDEr below the reference variant (seed-level 95% CI of the difference below 0)",
-    "loses_relations": "relation slot below the reference variant (seed-level 95% CI below 0; shapes only)",
-    "uses_image_less": "uses the image less than the reference (likelihood-swap gap lower, seed-level 95% CI)",
-    "floor": "language prior only: swap rate near 0 and CIDEr below every other working variant (seed-level CIs)",
-    "collapsed": "degenerate: >= 90% empty captions (over seeds)",
-}
-NEEDS_SLOTS = {"loses_relations"}
+# Expected outcomes the report can check: one rule type (expectations.py), the six shipped names among them.
 # A [[sweep]] over this key retrains a variant at other training budgets; those rows are compared with the
 # reference at the same budget (budgets.py), never with the table's own reference row.
 BUDGET_KEY = "train.epochs"
 
 # ``[targets]``: thresholds for the reference variant on the eval split (metric names), and ``minutes`` for the table.
-TARGET_KEYS = ["BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr", "SPICE", "minutes"]
+TARGET_KEYS = [*TARGET_METRICS, "minutes"]
 DATA_NAMES = ("shapes", "flickr8k")
 DEFAULT_REFERENCE = "full"  # table.reference unless set: the variant every other one is compared with
 DATA_WITH_SLOT_LABELS = ("shapes",)  # captions that parse into slots (colour, shape, relation); see slots.py
@@ -51,18 +46,54 @@ DATA_GENERATED = ("shapes",)  # images the project makes itself: a report may sh
 
 @dataclass
 class DataSpec:
-    name: str = "shapes"  # one of DATA_NAMES
-    path: str = "../shared/flickr8k"  # flickr8k only; --data-dir or ABLATE_FLICKR8K override it
+    """[data]: a named data set (``name``: shapes, flickr8k), or with ``format`` any caption file in a common layout
+    (vlm_core/caption_files.py), whose ``name`` is then only its label (default: the file's name)."""
+
+    name: str = "shapes"  # one of DATA_NAMES, or the label of a data set read with `format`
+    path: str = "../shared/flickr8k"  # flickr8k (--data-dir or ABLATE_FLICKR8K override it) or the data file of `format`
     eval_split: str = "test"  # captions, scores and probes are computed on this split
     eval_images: int = 0  # 0 = all images of eval_split
     train_images: int = 0  # 0 = all training images
     shapes: ShapesConfig = field(default_factory=ShapesConfig)  # [data.shapes]: the generator's settings
+    # Added with the file formats (DATA_KEYS_ADDED_LATER: in a config hash only when set).
+    format: str = ""  # "" = the named data set; auto (from the file) | karpathy | coco | jsonl | csv | flickr8k
+    images: str = ""  # the image root ("" = the data file's folder)
+    splits: SplitFiles = field(default_factory=SplitFiles)  # [data.splits]: a file of ids per split
+    split_seed: int = 0  # no splits in the file nor data.splits: a seeded random split, with these shares
+    dev_share: float = 0.1
+    test_share: float = 0.1
 
     def __post_init__(self):
-        if self.name not in DATA_NAMES:
-            raise UserError(f"data.name: must be one of {', '.join(DATA_NAMES)}, not {self.name!r}")
+        if self.format:
+            if self.format not in (AUTO, *FORMATS):
+                raise UserError(f"data.format: one of {AUTO}, {', '.join(FORMATS)}, not {self.format!r}")
+            if self.name == "shapes":  # the default: a file's data set is named after the file
+                self.name = default_label(Path(self.path))
+            check_name(self.name, "data.name")
+        elif self.name not in DATA_NAMES:
+            raise UserError(f"data.name: must be one of {', '.join(DATA_NAMES)}, not {self.name!r} (a data file: "
+                            "set data.format and data.path)")
+        elif (self.images or any(asdict(self.splits).values()) or self.split_seed
+              or (self.dev_share, self.test_share) != (0.1, 0.1)):
+            raise UserError("data.images, data.splits, data.split_seed, data.dev_share, data.test_share: only with "
+                            "data.format (a named data set has its own images and splits)")
         if self.eval_images == 1 or self.eval_images < 0:
             raise UserError("data.eval_images: 0 (all) or at least 2 (the swap probes pair images)")
+        if self.dev_share + self.test_share >= 1:
+            raise UserError(f"data.dev_share + data.test_share: must be below 1, not "
+                            f"{self.dev_share + self.test_share:g}")
+
+
+# [data] keys added with the file formats (issue 48): at their defaults they change nothing, so they enter a
+# config hash only when set and the runs of shapes and flickr8k made before them stay current (as
+# record.TRAIN_KEYS_ADDED_LATER does for [train]).
+DATA_KEYS_ADDED_LATER = ("format", "images", "splits", "split_seed", "dev_share", "test_share")
+
+
+def data_settings(values: dict) -> dict:
+    """A stored [data] section as it enters a config hash: the keys added later only when set."""
+    base = asdict(DataSpec())
+    return {k: v for k, v in values.items() if not (k in DATA_KEYS_ADDED_LATER and v == base[k])}
 
 
 EXECUTORS = ("serial", "local", "ray")
@@ -101,8 +132,24 @@ class BackboneSpec:
 @dataclass
 class ProbeSpec:
     swap_seed: int = 1234
-    spice: bool = False
+    spice: bool = False  # the SPICE metric: its switch from before probes.metrics (same as naming it there)
     nll_refs: int = 0  # likelihood swap: use the first N references of each image (0 = all); it is the costliest probe
+    # Opt-in metrics to compute as well (scoring.CAPTION_METRICS); in a config hash only when set (record.py).
+    metrics: list[str] = field(default_factory=list)
+
+    def __post_init__(self):
+        unknown = [m for m in self.metrics if m not in OPT_IN_METRICS]
+        if unknown:
+            raise UserError(f"probes.metrics: {unknown[0]!r} is not an opt-in metric; known: {', '.join(OPT_IN_METRICS)}")
+        # One spelling per setting, so that one setting has one config hash: SPICE keeps its older key, the
+        # others are listed once, in registry order.
+        self.spice = self.spice or "SPICE" in self.metrics
+        self.metrics = [m for m in OPT_IN_METRICS if m in self.metrics and m != "SPICE"]
+
+    @property
+    def opt_in_metrics(self) -> list[str]:
+        """The opt-in metrics its runs compute."""
+        return (["SPICE"] if self.spice else []) + self.metrics
 
 
 @dataclass
@@ -110,7 +157,7 @@ class Variant:
     name: str
     model: CaptionModelConfig
     train: TrainConfig
-    expect: list[str] = field(default_factory=list)  # keys of EXPECTATIONS
+    expectations: list[Expectation] = field(default_factory=list)  # what the row claims (expectations.py)
     expected: str = ""
     description: str = ""
     # A [[sweep]] row: the variant it varies, the key and this row's value (not part of the config hash).
@@ -122,6 +169,11 @@ class Variant:
     @property
     def is_budget_row(self) -> bool:
         return self.sweep_key == BUDGET_KEY
+
+    @property
+    def expect(self) -> list[str]:
+        """The expectations' names (a shipped name, or the label of one written in the table)."""
+        return [e.name for e in self.expectations]
 
 
 @dataclass
@@ -164,7 +216,8 @@ SEEDS = (0, 2**32 - 1)  # what numpy and torch take as a seed
 # The range of every number a table (or --set, or a stored run's config.json) may give, inclusive: generous, but a
 # typo such as num_queries = 9999999999 (a 1.28 TB tensor) or train = 10000000000 images is refused before any work.
 LIMITS: dict[type, dict[str, tuple[float, float]]] = {
-    DataSpec: {"eval_images": (0, MAX_IMAGES), "train_images": (0, MAX_IMAGES)},
+    DataSpec: {"eval_images": (0, MAX_IMAGES), "train_images": (0, MAX_IMAGES), "split_seed": SEEDS,
+               "dev_share": (0.0, 1.0), "test_share": (0.0, 1.0)},
     ShapesConfig: {"seed": SEEDS, "train": (1, MAX_IMAGES), "dev": (1, MAX_IMAGES), "test": (1, MAX_IMAGES),
                    "two_object_share": (0.0, 1.0), "image_size": (MIN_IMAGE_SIZE, 2048)},
     RunSpec: {"cpus_per_run": (0, 4096), "gpus_per_run": (0.0, 1024.0)},
@@ -488,9 +541,11 @@ def load_table(name_or_path: str) -> Table:
     for i, sweep in enumerate(sweeps):
         _expand_sweep(sweep, variants, rows, model_base, train_base, seeds, f"{where}: sweep[{i}]", reference)
     for v in variants.values():
-        if set(v.expect) & NEEDS_SLOTS and data.name not in DATA_WITH_SLOT_LABELS:
-            raise UserError(f"{where}: variants.{v.name}.expect: {', '.join(set(v.expect) & NEEDS_SLOTS)} needs "
+        slots = expect_rules.needs_slots(v.expectations)
+        if slots and data.name not in DATA_WITH_SLOT_LABELS:
+            raise UserError(f"{where}: variants.{v.name}.expect: {', '.join(slots)} needs "
                             "slot labels, which only the shapes data has")
+        expect_rules.check_against_table(v.expectations, v.name, list(variants), f"{where}: variants.{v.name}.expect")
     return Table(
         name=check_name(head.get("name", path.stem), f"{where}: table.name"), path=path, description=str(head.get("description", "")),
         seeds=list(seeds), data=data, backbones=backbones, caption_lm=caption_lm, probes=probes,
@@ -510,12 +565,8 @@ def _variant(vname: str, row: Any, model_base: dict, train_base: dict, table_see
             _check_type(row[key], VARIANT_KEYS[key], f"{where}.{key}")
     model, _ = _build(CaptionModelConfig, row.get("model", {}), f"{where}.model", copy.deepcopy(model_base))
     train, _ = _build(TrainConfig, row.get("train", {}), f"{where}.train", copy.deepcopy(train_base))
-    expect = row.get("expect", [])
-    expect = [expect] if isinstance(expect, str) else expect
-    if not isinstance(expect, list) or any(not isinstance(e, str) or e not in EXPECTATIONS for e in expect):
-        raise UserError(f"{where}.expect: unknown expectation {expect!r}; known: {', '.join(EXPECTATIONS)} "
-                        "(one name or a list)")
-    expected = row.get("expected", "; ".join(EXPECTATIONS[e] for e in expect) or "nothing checked")
+    expect = expect_rules.parse(row.get("expect", []), f"{where}.expect")
+    expected = row.get("expected", "; ".join(e.words for e in expect) or "nothing checked")
     seeds = _seeds(row.get("seeds", table_seeds), f"{where}.seeds")
     return Variant(vname, model, train, expect, str(expected), str(row.get("description", "")), seeds=seeds)
 

@@ -1,7 +1,9 @@
-"""Verdicts: one rule per expectation (tables.EXPECTATIONS), each a set of seed-level tests, decided
-together with the other tests of its family so that the family's error rate stays at 5 %.
+"""Verdicts: one rule type for every expectation (expectations.py: a quantity, what it is compared with and a
+direction), each check a seed-level test, decided together with the other tests of its family so that the
+family's error rate stays at 5 %.
 
-A test is an interval over seeds against a bound (stats.py). Its family (the expectations table, a
+A test is an interval over seeds against a bound (stats.py); an equivalence check is two tests, its TOST
+interval inside ±margin ("equivalent") and its 95% CI away from 0 ("differs"). Its family (the expectations table, a
 comparison table, the budget section, a section's claims) is Holm-adjusted, and a test is decided only
 when its adjusted p is below 0.05. Two guards keep a test from deciding at all: the variant's seeds
 disagree in kind (some collapsed to empty captions, some not: a mean over such seeds describes no
@@ -10,6 +12,7 @@ showed to give the same results (a confound).
 """
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass, field
 
@@ -17,10 +20,12 @@ import numpy as np
 import pandas as pd
 
 from .collect import TableRuns
+from .expectations import EVERY_WORKING, NAMED, Check, Expectation, label
 from .formatting import fmt, fmt_ci, fmt_p
-from .stats import Comparison, Interval, compare, decide, holm, image_floor, mean_std, one_sample, rate_floor
+from .stats import (Comparison, Interval, compare, decide, holm, image_floor, mean_std, one_sample, rate_floor,
+                    seeds_for_equivalence, tost, tost_one_sample, welch)
 
-COMPARED = {"CIDEr": "CIDEr", "nll_gap": "NLL gap", "slot_relation": "relation slot"}  # per-image quantities
+COMPARED = {q: label(q) for q in ("CIDEr", "nll_gap", "slot_relation")}  # per-image quantities with comparison tables
 RATES = {"swap_rate", "empty_rate", "eos_first_rate"}  # shares of images: CIs clipped to [0, 1], floored
 COLLAPSED = 0.5  # a run with at least this share of empty captions (or EOS first) has collapsed
 
@@ -90,26 +95,40 @@ class Test:
     label: str
     interval: Interval
     bound: float
-    side: str  # 'below' / 'above' the bound is what the claim says
+    side: str  # 'below' / 'above' the bound is what the claim says; 'equivalent' (within bound ± margin, a TOST
+    # interval) and 'differs' (a 95% CI away from the bound) are the two tests of an equivalence check
     guard: str | None = None  # why it must not decide at all
     note: str = ""  # what else to say about the numbers
     planning: str = ""  # what the seeds could detect: said only when the test stays inconclusive
     p_adjusted: float = float("nan")
     decision: str = "inconclusive"
+    margin: float | None = None  # side 'equivalent' only
+    group: object = None  # the equivalence check it belongs to: its two tests count once in Holm (stats.holm)
 
     def text(self) -> str:
         if self.guard:
             return f"{self.label} {fmt_ci(self.interval)} (not decided: {self.guard})"
-        return (f"{self.label} {fmt_ci(self.interval)} (need it {self.side} {self.bound:g}; Holm p = "
-                f"{fmt_p(self.p_adjusted)})" + self.note + (self.planning if self.decision == "inconclusive" else ""))
+        if self.side == "equivalent":
+            need = f"90% CI; equivalent if inside {_around(self.bound, self.margin)}: TOST"
+        elif self.side == "differs":
+            need = f"95% CI; differs if it excludes {self.bound:g}:"
+        else:
+            need = f"need it {self.side} {self.bound:g};"
+        return (f"{self.label} {fmt_ci(self.interval)} ({need} Holm p = {fmt_p(self.p_adjusted)})" + self.note
+                + (self.planning if self.decision == "inconclusive" else ""))
+
+
+def _around(center: float, margin: float | None) -> str:
+    return f"±{margin:g}" if center == 0 else f"{center:g} ± {margin:g}"
 
 
 def decide_family(tests: list[Test]) -> list[Test]:
     """Holm over the family's tests (guarded ones decide nothing and are left out), then each decision."""
     live = [t for t in tests if not t.guard]
-    for t, p in zip(live, holm([t.interval.p for t in live])):
+    groups = [k if t.group is None else t.group for k, t in enumerate(live)]
+    for t, p in zip(live, holm([t.interval.p for t in live], groups)):
         t.p_adjusted = p
-        t.decision = decide(t.interval, t.bound, t.side, p)
+        t.decision = decide(t.interval, t.bound, t.side, p, t.margin)
     for t in tests:
         if t.guard:
             t.decision = "seeds disagree" if t.guard.startswith("seeds") else "confounded"
@@ -125,6 +144,36 @@ def combine(decisions: list[str]) -> str:
         if special in decisions:
             return special
     return "inconclusive"
+
+
+def equivalence_decision(tests: list[Test]) -> str:
+    """The verdict of an equivalence check from its two decided tests (equivalence_tests): 'equivalent' when the
+    TOST test decides (also when the difference, smaller than the margin, is decided too), 'differs' when only the
+    difference test decides, else 'inconclusive' (or the guard's word)."""
+    same, differs = tests
+    if same.guard:
+        return same.decision
+    return "equivalent" if same.decision == "held" else "differs" if differs.decision == "held" else "inconclusive"
+
+
+def equivalence_tests(x: np.ndarray, y: np.ndarray | float, margin: float, label: str, floor_x: float = 0.0,
+                      floor_y: float = 0.0, guard: str | None = None) -> list[Test]:
+    """The two tests of an equivalence check on per-seed values ``x`` against ``y`` (per-seed values of the other
+    variant, or a number): TOST within ±margin and the two-sided difference, both members of the family. The
+    report and rule_rates.equivalence_rates (the simulated error rates) both build them here. The two count once
+    in the family's Holm adjustment (stats.holm, groups): their null hypotheses exclude each other."""
+    if isinstance(y, float):
+        same = tost_one_sample(x, y, margin, floor_x)
+        differs = one_sample(x, y, floor=floor_x)
+        center = y
+    else:
+        same, differs, center = tost(x, y, margin, floor_x, floor_y), welch(x, y, floor_x, floor_y), 0.0
+    pair = ("equivalence", next(_PAIRS))  # Δ = 0 and |Δ| >= margin cannot both be true: one slot in Holm
+    return [Test(label, same, center, "equivalent", guard, margin=margin, group=pair),
+            Test(label, differs, center, "differs", guard, group=pair)]
+
+
+_PAIRS = itertools.count()
 
 
 def rate_test(table_runs: TableRuns, v: str, column: str, bound: float, side: str, label: str) -> Test:
@@ -166,44 +215,97 @@ def comparison_test(table_runs: TableRuns, v: str, metric: str, side: str = "bel
         c = compare(table_runs.matrix(v, metric), table_runs.matrix(other, metric), (v, other), metric)
     if c is None or math.isnan(c.seed_level.estimate):
         return None
-    return Test(f"Δ{COMPARED.get(metric, metric)} {v} − {ref}", c.seed_level, 0.0, side, guard(table_runs, v, ref),
+    return Test(f"Δ{label(metric)} {v} − {ref}", c.seed_level, 0.0, side, guard(table_runs, v, ref),
                 planning=undecided_note(c))
 
 
-# ---- one rule per expectation: its tests
-def rule_image_dependent(table_runs: TableRuns, v: str) -> list[Test]:
-    return [rate_test(table_runs, v, "swap_rate", 0.9, "above", "swap rate"),
-            mean_test(table_runs, v, "nll_gap", 0.0, "above", "NLL gap")]
+# ---- one rule for every expectation: each check becomes seed-level tests
+def per_image(table_runs: TableRuns, quantity: str) -> bool:
+    """Whether the runs store ``quantity`` per image (compared as each run's mean, floored by its image-level SE);
+    otherwise it is one number per run (floored by its binomial SE when it is a rate)."""
+    return any(quantity in f for frames in table_runs.per_image.values() for f in frames.values())
 
 
-def rule_worse_than_reference(table_runs: TableRuns, v: str) -> list[Test]:
-    return [t for t in [comparison_test(table_runs, v, "CIDEr")] if t]
+def seed_values(table_runs: TableRuns, v: str, quantity: str) -> tuple[np.ndarray, float]:
+    """One value per run of ``v`` and the least spread a run's value has (image-level or binomial SE)."""
+    if per_image(table_runs, quantity):
+        m = table_runs.matrix(v, quantity)
+        return m.mean(axis=0).to_numpy(), image_floor(m) if not m.empty else 0.0
+    rows = table_runs.runs[table_runs.runs["variant"] == v]
+    values = rows[quantity].to_numpy(dtype=float) if quantity in rows else np.array([])
+    floor = rate_floor(values, rows["images"].to_numpy(dtype=float)) if quantity in RATES and len(values) else 0.0
+    return values, floor
 
 
-def rule_loses_relations(table_runs: TableRuns, v: str) -> list[Test]:
-    return [t for t in [comparison_test(table_runs, v, "slot_relation")] if t]
+def run_level_test(table_runs: TableRuns, v: str, quantity: str, side: str, other: str) -> Test | None:
+    """v − other on a quantity measured once per run (e.g. swap rate): Welch over seeds, binomial floors."""
+    (x, fx), (y, fy) = seed_values(table_runs, v, quantity), seed_values(table_runs, other, quantity)
+    if not len(x) or not len(y):
+        return None
+    return Test(f"Δ{label(quantity)} {v} − {other}", welch(x, y, fx, fy), 0.0, side, guard(table_runs, v, other))
 
 
-def rule_uses_image_less(table_runs: TableRuns, v: str) -> list[Test]:
-    return [t for t in [comparison_test(table_runs, v, "nll_gap")] if t]
+def check_tests(table_runs: TableRuns, v: str, c: Check) -> list[Test]:
+    """The seed-level tests of one check of variant ``v`` (none when there is nothing to compare with)."""
+    ref = table_runs.table.reference
+    if c.direction == "equivalent":
+        x, fx = seed_values(table_runs, v, c.quantity)
+        name = c.vs if isinstance(c.vs, str) else ref if c.vs is None else None
+        if not len(x) or (name is not None and name not in table_runs.order):
+            return []
+        y, fy = seed_values(table_runs, name, c.quantity) if name is not None else (float(c.vs), 0.0)
+        if not isinstance(y, float) and not len(y):
+            return []
+        title = f"Δ{label(c.quantity)} {v} − {name}" if name is not None else label(c.quantity)
+        tests = equivalence_tests(x, y, c.margin, title, fx, fy, guard(table_runs, v, *([name] if name else [])))
+        # a number has no spread: with sd_b = 0 the two-sample formula is the one-sample one
+        n = seeds_for_equivalence(c.margin, _spread(x, fx), 0.0 if name is None else _spread(y, fy))
+        if n is not None:
+            tests[0].planning = (f"; showing equivalence within {_around(tests[0].bound, c.margin)} if the true Δ were 0 "
+                                 f"would take roughly {n} seeds per variant (80% power at the seed SDs the test "
+                                 "uses, before Holm)")
+        return tests
+    if c.against_number:
+        t = (mean_test if per_image(table_runs, c.quantity) else rate_test)(
+            table_runs, v, c.quantity, c.vs, c.direction, label(c.quantity))
+        if c.quote:
+            t.note = f"; {label(c.quote)} {fmt(float(table_runs.seed_values(v, c.quote).mean()))}"
+        return [t]
+    if c.vs == EVERY_WORKING:  # the floor: each other variant whose runs did not collapse, the reference too
+        summary = summarize(table_runs)
+        others = [o for o in table_runs.order if o != v and summary.loc[o, "empty_rate"] < COLLAPSED]
+    else:
+        others = [ref if c.vs is None else c.vs]
+    tests = []
+    for o in [o for o in others if o in table_runs.order]:
+        if per_image(table_runs, c.quantity):  # against the reference: the comparison computed once per table
+            t = comparison_test(table_runs, v, c.quantity, c.direction, other=None if c.vs is None else o)
+        else:
+            t = run_level_test(table_runs, v, c.quantity, c.direction, o)
+        if t:
+            tests.append(t)
+    return tests
 
 
-def rule_floor(table_runs: TableRuns, v: str) -> list[Test]:
-    summary = summarize(table_runs)
-    others = [o for o in table_runs.order if o != v and summary.loc[o, "empty_rate"] < COLLAPSED]
-    tests = [rate_test(table_runs, v, "swap_rate", 0.05, "below", "swap rate")]
-    return tests + [t for t in (comparison_test(table_runs, v, "CIDEr", other=o) for o in others) if t]
+def _spread(values: np.ndarray, floor: float) -> float:
+    """The seed SD a test uses: the runs' own, never below their floor."""
+    return max(float(np.std(values, ddof=1)), floor) if len(values) > 1 else float("nan")
 
 
-def rule_collapsed(table_runs: TableRuns, v: str) -> list[Test]:
-    t = rate_test(table_runs, v, "empty_rate", 0.9, "above", "empty-caption rate")
-    t.note = f"; EOS first {fmt(float(table_runs.seed_values(v, 'eos_first_rate').mean()))}"
-    return [t]
+def expectation_tests(table_runs: TableRuns, v: str, e: Expectation) -> list[Test]:
+    """Every test of an expectation, its checks in order; all must hold."""
+    return [t for c in e.checks for t in check_tests(table_runs, v, c)]
 
 
-RULES = {"image_dependent": rule_image_dependent, "worse_than_reference": rule_worse_than_reference,
-         "loses_relations": rule_loses_relations, "uses_image_less": rule_uses_image_less, "floor": rule_floor,
-         "collapsed": rule_collapsed}
+def _named_rule(name: str):
+    return lambda table_runs, v: expectation_tests(table_runs, v, NAMED[name])
+
+
+# The shipped names as functions of (runs, variant) -> tests, as before the one rule type (tests call them).
+RULES = {name: _named_rule(name) for name in NAMED}
+rule_image_dependent, rule_worse_than_reference, rule_loses_relations = (RULES[n] for n in (
+    "image_dependent", "worse_than_reference", "loses_relations"))
+rule_uses_image_less, rule_floor, rule_collapsed = (RULES[n] for n in ("uses_image_less", "floor", "collapsed"))
 
 
 @dataclass
@@ -211,16 +313,34 @@ class Verdict:
     variant: str
     expectation: str
     expected: str
-    verdict: str  # held / not held / inconclusive / seeds disagree / confounded / n/a
+    verdict: str  # held / not held / inconclusive / seeds disagree / confounded / n/a; equivalent / differs
     numbers: str
     tests: list[Test] = field(default_factory=list)
+    rule: Expectation | None = None  # the expectation it decides (None: a claim of a report section)
+    comparison: Comparison | None = None  # the one seed-level difference behind it, where it has one (README cell)
 
 
-def _verdict(variant: str, expectation: str, expected: str, tests: list[Test]) -> Verdict:
+def _verdict(variant: str, expectation: str, expected: str, tests: list[Test], rule: Expectation | None = None,
+             comparison: Comparison | None = None) -> Verdict:
     if not tests:
-        return Verdict(variant, expectation, expected, "n/a", "nothing to compare with")
-    return Verdict(variant, expectation, expected, combine([t.decision for t in tests]),
-                   "; ".join(t.text() for t in tests), tests)
+        return Verdict(variant, expectation, expected, "n/a", "nothing to compare with", rule=rule)
+    word = equivalence_decision(tests) if rule is not None and rule.equivalence else combine([t.decision for t in tests])
+    if word == "differs":  # how many seeds equivalence would take no longer matters
+        tests[0].planning = ""
+    return Verdict(variant, expectation, expected, word, "; ".join(t.text() for t in tests), tests, rule, comparison)
+
+
+def headline(table_runs: TableRuns, v: str, e: Expectation) -> Comparison | None:
+    """The expectation's one difference with a variant on a per-image quantity, if it has exactly one."""
+    if len(e.checks) != 1 or e.checks[0].against_number or e.checks[0].vs == EVERY_WORKING:
+        return None
+    c = e.checks[0]
+    other = table_runs.table.reference if c.vs is None else c.vs
+    if v not in table_runs.order or other not in table_runs.order or not per_image(table_runs, c.quantity):
+        return None
+    if other == table_runs.table.reference:
+        return comparisons(table_runs, c.quantity).get(v)
+    return compare(table_runs.matrix(v, c.quantity), table_runs.matrix(other, c.quantity), (v, other), c.quantity)
 
 
 def expectations(table_runs: TableRuns) -> list[Verdict]:
@@ -229,19 +349,19 @@ def expectations(table_runs: TableRuns) -> list[Verdict]:
     for name, v in table_runs.table.variants.items():
         if v.is_budget_row:  # compared at their own budget in the budget section
             continue
-        for e in v.expect or ["none"]:
-            tests = RULES[e](table_runs, name) if e != "none" and name in table_runs.order else []
+        for e in v.expectations or [None]:
+            tests = expectation_tests(table_runs, name, e) if e is not None and name in table_runs.order else []
             planned.append((name, e, v.expected, tests))
             family += tests
     decide_family(family)
     out = []
     for name, e, expected, tests in planned:
-        if e == "none":
-            out.append(Verdict(name, e, expected, "n/a", "no expectation checked"))
+        if e is None:
+            out.append(Verdict(name, "none", expected, "n/a", "no expectation checked"))
         elif name not in table_runs.order:
-            out.append(Verdict(name, e, expected, "n/a", "no finished run"))
+            out.append(Verdict(name, e.name, expected, "n/a", "no finished run", rule=e))
         else:
-            out.append(_verdict(name, e, expected, tests))
+            out.append(_verdict(name, e.name, expected, tests, e, headline(table_runs, name, e)))
     return out
 
 

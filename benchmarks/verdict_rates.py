@@ -1,7 +1,9 @@
 """Print the error rates of the report's seed-level rule (ablations/rule_rates.py), each with its Monte Carlo
 standard error, and whether the seeds of a table pair up across variants (are per-seed outcomes correlated?).
+``--equivalence`` prints only the equivalence rule's rates as the markdown table of docs/how-reports-decide.md.
 
     python benchmarks/verdict_rates.py [--tables 100000] [--evidence reports/shapes/runs]
+    python benchmarks/verdict_rates.py --equivalence [--equivalence-tables 20000]
 """
 from __future__ import annotations
 
@@ -43,12 +45,38 @@ def pairing(evidence: Path) -> None:
               f"{np.tanh(mean + half):+.2f}]")
 
 
+MARGINS = (1.0, 2.0, 3.0)  # in seed SDs: flickr8k's meanpool margin (0.02 CIDEr) is about 1.1 of its floored SD
+SEEDS = (3, 5, 8)
+
+
+def equivalence_table(tables: int, rng: np.random.Generator) -> str:
+    """The equivalence rule's rates (rule_rates.equivalence_rates: the report's own functions), as markdown."""
+    rows = []
+    for margin in MARGINS:
+        cells = [rule_rates.equivalence_rates(rng, tables, n, margin, margin)["equivalent"] for n in SEEDS]
+        rows.append((f"false \"equivalent\" at \\|Δ\\| = margin = {margin:g} SD", cells))
+    for margin in MARGINS:
+        cells = [rule_rates.equivalence_rates(rng, tables, n, 0.0, margin)["equivalent"] for n in SEEDS]
+        rows.append((f"\"equivalent\" at Δ = 0 (power), margin {margin:g} SD", cells))
+    cells = [rule_rates.equivalence_rates(rng, tables, n, 0.0, 2.0)["differs"] for n in SEEDS]
+    rows.append(("false \"differs\" at Δ = 0, margin 2 SD", cells))
+    lines = ["| seeds per variant | " + " | ".join(map(str, SEEDS)) + " |", "|---|" + "---|" * len(SEEDS)]
+    lines += [f"| {label} | " + " | ".join(f"{r:.3f}" for r, _ in cells) + " |" for label, cells in rows]
+    se = max(s for _, cells in rows for _, s in cells)
+    return "\n".join(lines) + f"\n\n({tables:,} tables per cell; largest Monte Carlo SE {se:.4f})"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tables", type=int, default=100_000)
     ap.add_argument("--evidence", type=Path, default=Path("reports/shapes/runs"))
+    ap.add_argument("--equivalence", action="store_true", help="only the equivalence rule's table (docs)")
+    ap.add_argument("--equivalence-tables", type=int, default=20_000)
     args = ap.parse_args()
     rng = np.random.default_rng(0)
+    if args.equivalence:
+        print(equivalence_table(args.equivalence_tables, rng))
+        return
     print(f"share of {args.tables:,} simulated tables decided (a false positive, except under shift-4sd):")
     for name in ("normal", "sd-ratio-9", "bimodal", "lognormal", "shift-4sd"):
         for seeds in (3, 5, 8):
