@@ -26,6 +26,7 @@ from .analysis import Analysis, analyse, attention_gallery, run_rows
 from .budgets import QUANTITIES as BUDGET_QUANTITIES
 from .collect import collect
 from .evidence import add_runs
+from .summary import report_answer
 from .formatting import fmt, fmt_ci, md_table
 from .record import REPO_ROOT, ReferenceFile, child, code_label, code_version, evidence_dir
 from .table_data import load_data
@@ -180,8 +181,13 @@ def section_evidence(r: ReportInput) -> list[str]:
                              rows), ""]
 
 
-SECTIONS = [section_setup, section_targets, section_provenance, section_failed, section_parameters, section_loss,
-            section_main, section_likelihood, section_comparisons, section_expectations, section_budgets,
+def section_answer(r: ReportInput) -> list[str]:
+    return report_answer(r.table, r.a)
+
+
+# The answer first (each verdict in a line, then every test and the forest + strip plot), then how it was made.
+SECTIONS = [section_answer, section_expectations, section_comparisons, section_targets, section_setup, section_provenance,
+            section_failed, section_parameters, section_loss, section_main, section_likelihood, section_budgets,
             section_attention, section_reliance, section_diagnosis, section_gallery, section_timing, section_evidence]
 SECTIONS_WITHOUT_RUNS = [section_setup, section_targets, section_provenance, section_failed]  # only failed runs
 
