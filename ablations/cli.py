@@ -82,13 +82,16 @@ def run_all(
     keep_stale: bool = typer.Option(False, "--keep-stale", help="Keep finished runs whose settings differ from the "
                                     "table's now (default: redo them); the report flags them."),
     device: Optional[str] = DEVICE, precision: Optional[str] = PRECISION,
-    executor: Optional[str] = typer.Option(None, "--executor", help="serial | local (process pool) | ray "
+    executor: Optional[str] = typer.Option(None, "--executor", help="How the runs execute: serial, local (a process "
+                                           "pool), or another of executors.EXECUTORS; an unknown name lists them "
                                            "(default: the table's run.executor)."),
+    executor_option: Optional[list[str]] = typer.Option(None, "--executor-option", help="KEY=VALUE: an option of the "
+                                                        "executor ([run.options.<executor>]; repeatable)."),
     cpus_per_run: Optional[int] = typer.Option(None, "--cpus-per-run", help="Threads per run (0: all cores serial, "
-                                               "1 local/ray)."),
-    gpus_per_run: Optional[float] = typer.Option(None, "--gpus-per-run", help="GPUs per Ray task."),
+                                               "1 otherwise)."),
+    gpus_per_run: Optional[float] = typer.Option(None, "--gpus-per-run", help="GPUs per run on a cluster executor."),
     ray_address: Optional[str] = typer.Option(None, "--ray-address", help="An existing Ray cluster (default: start "
-                                              "a local one)."),
+                                              "a local one; run.options.ray.address)."),
     track: Optional[str] = TRACK, tracking_uri: Optional[str] = TRACKING_URI,
     runs_dir: Path = RUNS, reports_dir: Path = REPORTS, cache_dir: Path = CACHE, data_dir: Optional[str] = DATA_DIR,
 ):
@@ -99,7 +102,7 @@ def run_all(
     killed half-way is redone from scratch (a redo replaces the old run only once it finishes). A
     second run-all on the same --runs-dir and table is refused while the first holds the lock.
     """
-    from . import tracking
+    from . import executors, tracking
     from .planning import plan_runs
     from .preflight import preflight
     from .record import evidence_dir, table_lock
@@ -110,10 +113,14 @@ def run_all(
         tbl = load_table(table)
         _run_options(tbl, device=device, precision=precision, executor=executor, cpus_per_run=cpus_per_run,
                      gpus_per_run=gpus_per_run, track=track, tracking_uri=tracking_uri)
+        if ray_address is not None:
+            tbl.run.options = {**tbl.run.options, "ray": {**tbl.run.options.get("ray", {}), "address": ray_address}}
+        executors.set_executor_options(tbl, executor_option or [])
         if tbl.run.track:
             tracking.check_available()  # MLflow missing: say so before any training (its store is made later)
         seed_list = _chosen_seeds(tbl, seeds, seed)
-        preflight(tbl, runs_dir, cache_dir, data_dir, ray_address)  # before anything is created or trained
+        preflight(tbl, runs_dir, cache_dir, data_dir)  # before anything is created or trained
+        executors.check_executor(tbl)
         with table_lock(runs_dir, tbl.name):
             todo, notes = plan_runs(tbl, runs_dir, tbl.select(only), seed_list, force, keep_stale,
                                     evidence=evidence_dir(reports_dir, tbl.name))
@@ -123,10 +130,10 @@ def run_all(
                 console.print(f"[green]nothing to do[/green]: every selected run of '{tbl.name}' is finished "
                               f"and current; `ablate report {table}` writes the report")
                 return
-            lost = _execute(tbl, todo, runs_dir, cache_dir, data_dir, ray_address)
+            lost = _execute(tbl, todo, runs_dir, cache_dir, data_dir)
         console.print(f"next: `ablate report {table}`", highlight=False)
         if lost:
-            raise UserError(f"{lost} run(s) could not be finished (their Ray workers kept dying); "
+            raise UserError(f"{lost} run(s) could not be finished (their workers or jobs died first); "
                             "`ablate run-all` again redoes them")
     except BackboneUnavailable as err:
         _fail(err, f" (table '{tbl.name}' requires: {tbl.requires})" if tbl and tbl.requires else "")
@@ -146,7 +153,7 @@ def _chosen_seeds(tbl, first: Optional[int], chosen: Optional[list[int]]) -> lis
     return tbl.all_seeds[:first] if first else tbl.all_seeds
 
 
-def _execute(tbl, todo, runs_dir: Path, cache_dir: Path, data_dir: Optional[str], ray_address: Optional[str]) -> int:
+def _execute(tbl, todo, runs_dir: Path, cache_dir: Path, data_dir: Optional[str]) -> int:
     """Prepare once, run ``todo`` on the table's executor with progress, record the time after every run."""
     from . import executors, tracking
     from .record import TableTiming, child
@@ -182,7 +189,7 @@ def _execute(tbl, todo, runs_dir: Path, cache_dir: Path, data_dir: Optional[str]
             return lambda step, total, loss: progress.update(task, total=total, completed=step,
                                                              description=f"  {v.name} seed {s} loss {loss:.3f}")
 
-        runner = executors.executor(tbl.run.executor, workspace, runs_dir, cache_dir, data_dir, ray_address, on_step,
+        runner = executors.executor(tbl.run.executor, workspace, runs_dir, cache_dir, data_dir, on_step,
                                     log=progress.console.print)
         lost = runner.run(todo, done)
     console.print(f"[green]finished[/green] {len(todo) - lost} run(s) in {time.time() - timing.start:.0f} s")

@@ -11,11 +11,12 @@ import socket
 import subprocess
 from pathlib import Path
 
+from vlm_core.caption_files import check_source
 from vlm_core.device import resolve_device
 from vlm_core.errors import UserError
 from vlm_core.flickr8k import SPLIT_FILES
 
-from .table_data import resolve_data_dir
+from .table_data import data_source, resolve_data_dir
 from .tables import Table
 
 MIN_JAVA = 11  # pycocoevalcap's PTB tokenizer and METEOR jars; the README asks for 17
@@ -56,6 +57,13 @@ def writable(path: Path, what: str, flag: str) -> None:
 
 
 def data_folder(table: Table, data_dir: str | None) -> None:
+    """The files the table's data set is read from exist (a data file's are only read when the runs start)."""
+    if table.data.format:
+        try:
+            check_source(data_source(table.data), table.data.format)
+        except UserError as err:
+            raise UserError(f"{err}; fix it in {table.path}") from err
+        return
     if table.data.name != "flickr8k":
         return
     folder = resolve_data_dir(table.data, data_dir)
@@ -84,11 +92,9 @@ def ray_address(address: str | None) -> None:
                         "(`ray start --head`) or leave --ray-address out for a local one") from err
 
 
-def preflight(table: Table, runs_dir: Path, cache_dir: Path, data_dir: str | None, address: str | None) -> None:
+def preflight(table: Table, runs_dir: Path, cache_dir: Path, data_dir: str | None) -> None:
     java_version()
     data_folder(table, data_dir)
     writable(runs_dir, "runs folder", "--runs-dir")
     writable(cache_dir, "cache folder", "--cache-dir")
     resolve_device(table.run.device)
-    if table.run.executor == "ray":
-        ray_address(address)

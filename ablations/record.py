@@ -44,7 +44,7 @@ from vlm_core.errors import UserError
 from vlm_core.settings import without_unset
 from vlm_core.train import SCST_SETTINGS, TrainConfig
 
-from .tables import data_settings
+from .tables import ProbeSpec, data_settings
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DONE, FAILED = "DONE", "FAILED"
@@ -145,6 +145,7 @@ def check_record_name(name: str, weights: bool = True) -> None:
 TRAIN_KEYS_ADDED_LATER = ("length_penalty", "rerank", "rerank_samples", "rerank_temperature", "label_smoothing",
                           "scst_epochs", "scst_samples", "scst_lr", "scst_baseline", "scst_candidates",
                           "length_grouped", "dev_checks")
+PROBE_KEYS_ADDED_LATER = ("metrics",)  # the same for [probes]: opt-in metrics (scoring.CAPTION_METRICS)
 
 
 # What execute_run stores in config.json beside the settings (RunRecord.begin's ``extra`` and the hash).
@@ -166,6 +167,8 @@ def config_hash(config: dict) -> str:
         scst = settings["train"].get("scst_epochs", 0) > 0  # then its samples / rate count even at their defaults
         settings["train"] = without_unset(settings["train"], TrainConfig, TRAIN_KEYS_ADDED_LATER,
                                           keep=SCST_SETTINGS if scst else ())
+    if isinstance(settings.get("probes"), dict):
+        settings["probes"] = without_unset(settings["probes"], ProbeSpec, PROBE_KEYS_ADDED_LATER)
     return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

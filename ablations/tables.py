@@ -96,9 +96,6 @@ def data_settings(values: dict) -> dict:
     return {k: v for k, v in values.items() if not (k in DATA_KEYS_ADDED_LATER and v == base[k])}
 
 
-EXECUTORS = ("serial", "local", "ray")
-
-
 @dataclass
 class RunSpec:
     """Where and how the runs execute ([run]; each key also a `run-all` option). Only ``precision`` is
@@ -107,16 +104,16 @@ class RunSpec:
 
     device: str = AUTO_DEVICE  # auto (CUDA when present, else CPU) | cpu | cuda | cuda:N | mps
     precision: str = DEFAULT_PRECISION  # fp32 | bf16 | fp16 (autocast; fp32 measured fastest on these CPUs)
-    executor: str = "serial"  # serial | local (a process pool on this machine) | ray
-    cpus_per_run: int = 0  # torch threads per run; 0 = all cores (serial) or 1 (local, ray)
-    gpus_per_run: float = 0.0  # ray only
+    executor: str = "serial"  # a name of executors.EXECUTORS (serial: one run after another, here)
+    cpus_per_run: int = 0  # torch threads per run; 0 = all cores (serial) or 1 (the others)
+    gpus_per_run: float = 0.0  # what each run asks an executor that places runs on a cluster for
     track: str = ""  # "mlflow": log each finished run to MLflow (ablations/tracking.py); "" = no tracker
     tracking_uri: str = ""  # "" = sqlite:///runs/mlflow.db
+    # [run.options.<executor>]: that executor's own keys (executors.EXECUTORS), checked before the runs start.
+    options: dict = field(default_factory=dict)
 
     def __post_init__(self):
         check_precision(self.precision)
-        if self.executor not in EXECUTORS:
-            raise UserError(f"run.executor: one of {', '.join(EXECUTORS)}, not {self.executor!r}")
         if self.track not in ("", "mlflow"):
             raise UserError(f"run.track: 'mlflow' or '' (no tracker), not {self.track!r}")
         if self.cpus_per_run < 0 or self.gpus_per_run < 0:

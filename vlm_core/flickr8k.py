@@ -21,19 +21,24 @@ SPLIT_FILES = {s: f"Flickr_8k.{s}Images.txt" for s in SPLITS}
 IMAGE_DIRS = ("Images", "Flicker8k_Dataset", "Flickr8k_Dataset")
 
 
-def load_flickr8k(root: str | Path) -> CaptionData:
+def load_flickr8k(root: str | Path, images_dir: Path | None = None) -> CaptionData:
+    """``images_dir``: the images elsewhere than in the folder's own image folder."""
     root = Path(root)
     if not root.is_dir():
         raise UserError(f"{root}: Flickr8k data directory not found (set --data-dir or ABLATE_FLICKR8K)")
-    images_dir = next((root / d for d in IMAGE_DIRS if (root / d).is_dir()), None)
+    if images_dir is None:
+        images_dir = next((root / d for d in IMAGE_DIRS if (root / d).is_dir()), None)
     if images_dir is None:
         raise UserError(f"{root}: no image folder (expected one of {', '.join(IMAGE_DIRS)})")
+    if not images_dir.is_dir():
+        raise UserError(f"{images_dir}: image folder not found")
     present = {p.name for p in images_dir.iterdir()}
     problems: list[str] = []
+    where: dict[str, str] = {}
     if (root / TOKEN_FILE).exists():
-        captions = _parse_token_file(root / TOKEN_FILE, present, problems)
+        captions = _parse_token_file(root / TOKEN_FILE, present, problems, where)
     elif (root / KAGGLE_FILE).exists():
-        captions = _parse_kaggle_csv(root / KAGGLE_FILE, present, problems)
+        captions = _parse_kaggle_csv(root / KAGGLE_FILE, present, problems, where)
     else:
         raise UserError(f"{root}: no caption file ({TOKEN_FILE} or {KAGGLE_FILE})")
     splits = {}
@@ -53,10 +58,11 @@ def load_flickr8k(root: str | Path) -> CaptionData:
             if image_id in seen and seen[image_id] != split:
                 raise UserError(f"{root / SPLIT_FILES[split]}: image {image_id} is also in the {seen[image_id]} split")
             seen[image_id] = split
-    return CaptionData("flickr8k", captions, splits, images_dir=images_dir, problems=problems)
+    return CaptionData("flickr8k", captions, splits, images_dir=images_dir, problems=problems, where=where)
 
 
-def _add_caption(captions, seen_keys, key, image_id, caption, where, present, problems) -> None:
+def _add_caption(captions, seen_keys, key, image_id, caption, where, present, problems, first=None) -> None:
+    """``first``: image id -> the line of its first caption (filled)."""
     if not caption.strip():
         raise UserError(f"{where}: empty caption for {image_id}")
     if key in seen_keys:
@@ -68,9 +74,11 @@ def _add_caption(captions, seen_keys, key, image_id, caption, where, present, pr
             return
         raise UserError(f"{where}: caption for missing image {image_id}")
     captions.setdefault(image_id, []).append(normalize_caption(caption))
+    if first is not None:
+        first.setdefault(image_id, where)
 
 
-def _parse_token_file(path: Path, present: set[str], problems: list[str]) -> dict[str, list[str]]:
+def _parse_token_file(path: Path, present: set[str], problems: list[str], first=None) -> dict[str, list[str]]:
     captions: dict[str, list[str]] = {}
     seen_keys: dict[str, str] = {}
     for n, line in enumerate(read_lines(path), start=1):
@@ -80,13 +88,13 @@ def _parse_token_file(path: Path, present: set[str], problems: list[str]) -> dic
         image_id, hash_, idx = key.rpartition("#")
         if not tab or not hash_ or not idx.isdigit() or not image_id:
             raise UserError(f"{path}:{n}: malformed line (expected '<image>#<n><TAB><caption>'): {line[:60]!r}")
-        _add_caption(captions, seen_keys, key, image_id, caption, f"{path}:{n}", present, problems)
+        _add_caption(captions, seen_keys, key, image_id, caption, f"{path}:{n}", present, problems, first)
     if not captions:
         raise UserError(f"{path}: no captions")
     return captions
 
 
-def _parse_kaggle_csv(path: Path, present: set[str], problems: list[str]) -> dict[str, list[str]]:
+def _parse_kaggle_csv(path: Path, present: set[str], problems: list[str], first=None) -> dict[str, list[str]]:
     captions: dict[str, list[str]] = {}
     seen_keys: dict[str, str] = {}
     lines = read_lines(path)
@@ -101,7 +109,7 @@ def _parse_kaggle_csv(path: Path, present: set[str], problems: list[str]) -> dic
         image_id, caption = row[0].strip(), ",".join(row[1:])
         k = counts[image_id] = counts.get(image_id, -1) + 1
         key = f"{image_id}#{k}:{normalize_caption(caption)}"
-        _add_caption(captions, seen_keys, key, image_id, caption, f"{path}:{n}", present, problems)
+        _add_caption(captions, seen_keys, key, image_id, caption, f"{path}:{n}", present, problems, first)
     return captions
 
 
