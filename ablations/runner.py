@@ -25,7 +25,7 @@ from vlm_core.vision import VisionBackbone, load_vision_backbone
 from . import attention, probes
 from .planning import run_config
 from .record import STAGES, RunRecord, determinism, provenance
-from .scoring import score_tokenized, tokenize
+from .scoring import Captions, check_installed, chosen_metrics, score
 from .slots import slot_scores
 from .table_data import caption_corpus, load_data
 from .tables import Table, Variant
@@ -53,6 +53,7 @@ def prepare(table: Table, cache_dir: Path, data_dir: str | None = None, splits: 
             log: Callable[[str], None] = print) -> Workspace:
     """Data, frozen backbones (on the table's run.device) and cached features for every run of a table."""
     t0 = time.time()
+    check_installed(table.probes.opt_in_metrics)
     device = resolve_device(table.run.device)
     check_supported(device, table.run.precision)
     configure(device, table.run.precision)
@@ -130,7 +131,8 @@ def _execute(workspace: Workspace, variant: Variant, seed: int, record: RunRecor
         captions, first_ids = generate_captions(model, feats, variant.train.decoding(), with_first_token=True)
     record.write_captions(dict(zip(feats.ids, captions)))
     with watch(SCORE):
-        corpus, slots, per_image, gts, res = score_stage(workspace.data, feats.ids, captions, workspace.table.probes.spice)
+        corpus, slots, per_image, gts, res = score_stage(workspace.data, feats.ids, captions,
+                                                         workspace.table.probes.opt_in_metrics)
     with watch(PROBE):
         probe = probe_stage(workspace, model, feats, captions, first_ids, gts, res, per_image)
     shown = list(range(min(GALLERY_MAPS, len(feats.ids))))
@@ -154,7 +156,7 @@ def cross_entropy_stage(workspace: Workspace, model: CaptionModel, variant: Vari
     report shows per run what those epochs added. Last, because it loads those weights into ``model``."""
     model.load_trainable(record.xe_weights_dir)
     captions = generate_captions(model, feats, variant.train.decoding())
-    return score_stage(workspace.data, feats.ids, captions, spice=False)[0]
+    return score_stage(workspace.data, feats.ids, captions, opt_in=())[0]
 
 
 def train_stage(workspace: Workspace, variant: Variant, seed: int, record: RunRecord,
@@ -176,11 +178,12 @@ def train_stage(workspace: Workspace, variant: Variant, seed: int, record: RunRe
     return model
 
 
-def score_stage(data: CaptionData, ids: list[str], captions: list[str], spice: bool):
-    """Corpus metrics, slot accuracy (shapes), a per-image frame, and the tokenized captions."""
-    refs = {i: data.captions[i] for i in ids}
-    gts, res = tokenize(refs, dict(zip(ids, captions)))
-    corpus, per_image = score_tokenized(gts, res, spice=spice)
+def score_stage(data: CaptionData, ids: list[str], captions: list[str], opt_in: list[str]):
+    """Corpus metrics (every default one and the ``opt_in`` ones), slot accuracy (shapes), a per-image frame,
+    and the tokenized captions."""
+    scored = Captions({i: data.captions[i] for i in ids}, dict(zip(ids, captions))).tokenized()  # the probes need them
+    corpus, per_image = score(scored, chosen_metrics(opt_in))
+    gts, res = scored.gts, scored.res
     slots = {}
     if data.labels:
         slot_frame = pd.DataFrame([slot_scores(c, data.labels[i]) for i, c in zip(ids, captions)],

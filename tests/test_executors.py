@@ -1,7 +1,8 @@
-"""The local process pool and the Ray executor give the serial executor's results, and a Ray worker
-killed mid-run is redone: every run ends DONE, nothing half-written."""
+"""The local process pool, the Ray and the SLURM (submitit) executors give the serial executor's results, and a Ray
+worker killed mid-run is redone: every run ends DONE, nothing half-written."""
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -30,8 +31,8 @@ def serial(tmp_path_factory):
     return root, table
 
 
-def _same_results(a: Path, b: Path):
-    for v, s in RUNS:
+def _same_results(a: Path, b: Path, runs=RUNS):
+    for v, s in runs:
         ra, rb = a / "micro" / v / f"seed-{s}", b / "micro" / v / f"seed-{s}"
         assert (rb / "DONE").exists(), rb
         ma, mb = (json.loads((r / "metrics.json").read_text()) for r in (ra, rb))
@@ -49,6 +50,43 @@ def test_parallel_executors_equal_the_serial_one(serial, executor):
     _same_results(root / "serial", root / executor)
     cfg = json.loads((root / executor / "micro" / "full" / "seed-0" / "config.json").read_text())
     assert cfg["provenance"]["machine"].endswith("1 torch threads")
+
+
+def test_the_slurm_executor_equals_the_serial_one(serial):
+    """Through submitit's local cluster: the same jobs, shipping and write-back as on SLURM, as processes here."""
+    root, table = serial
+    result = runner.invoke(app, ["run-all", str(table), "--executor", "slurm", "--executor-option", "cluster=local",
+                                 "--seed", "0", "--runs-dir", str(root / "slurm"), "--cache-dir", str(root / "cache")])
+    assert result.exit_code == 0, result.output
+    _same_results(root / "serial", root / "slurm", runs=[("full", 0), ("blind", 0)])
+    assert not (root / "slurm" / "micro" / "blind" / "seed-1").exists()
+    jobs = root / "slurm" / ".submitit" / "micro"
+    assert list(jobs.glob("*_log.out")) and not list(jobs.glob("*.pkl"))  # logs kept; workspace and results gone
+
+
+def test_an_executor_and_its_options_are_checked_before_anything_runs(tmp_path):
+    from ablations.executors import EXECUTORS, check_executor, set_executor_options
+    from ablations.tables import load_table
+    from vlm_core.errors import UserError
+
+    table = load_table(str(write_micro(tmp_path / "m.toml")))
+    table.run.executor = "slurn"
+    with pytest.raises(UserError, match=f"run.executor: unknown executor 'slurn'; known: {', '.join(EXECUTORS)}$"):
+        check_executor(table)
+    table.run.executor = "slurm"
+    set_executor_options(table, ["partiton=gpu"])
+    with pytest.raises(UserError, match=r"run.options.slurm: unknown key 'partiton'; known: partition, account"):
+        check_executor(table)
+    table.run.options = {"local": {"workers": 2}}
+    with pytest.raises(UserError, match="run.options.local: the local executor takes no options"):
+        check_executor(table)
+    table.run.options = {}
+    if shutil.which("sbatch") is None:  # not a SLURM login node: said before anything runs
+        with pytest.raises(UserError, match="no sbatch on the PATH"):
+            check_executor(table)
+    set_executor_options(table, ["cluster=local", "timeout_min=30"])
+    assert table.run.options == {"slurm": {"cluster": "local", "timeout_min": 30}}
+    check_executor(table)
 
 
 def _ray_task_pids() -> list[int]:

@@ -1,6 +1,7 @@
 """Which parts learn: gradients after one backward pass, per trainability setting.
 
 Runs the tiny random CLIP + tiny GPT-2 + real GPT-2 tokenizer path end to end."""
+import pytest
 import torch
 from PIL import Image
 
@@ -79,6 +80,42 @@ def test_frozen_qformer_keeps_connector_at_init(gpt2_tiny):
     g = _grad_norms(model)
     assert sum(g["qformer"]) == 0 and sum(g["query_tokens"]) == 0
     assert sum(g["projection"]) > 0 and sum(g["lora"]) > 0
+
+
+def test_the_mlp_connector_reads_every_patch_and_trains(gpt2_tiny):
+    vision, model = _setup(gpt2_tiny, connector="mlp")
+    feats = vision.encode_images(_images())
+    model.connector.fit_feature_stats(feats)
+    assert model.visual_tokens(feats).shape == (2, vision.num_tokens, gpt2_tiny.hidden_size)  # a token per patch
+    layers = [type(m).__name__ for m in (*model.connector.children(), model.projection)]
+    assert layers == ["FeatureStandardizer", "Linear", "GELU", "Linear"]  # LLaVA-1.5's MLP, then the LM
+    model.train_trainable_parts()
+    step = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    losses = []
+    for _ in range(4):
+        step.zero_grad()
+        loss = model(feats, CAPTIONS)
+        loss.backward()
+        trained = {n: float(p.grad.abs().sum()) for n, p in model.named_parameters()
+                   if n.startswith(("connector.", "projection."))}
+        assert sorted(trained) == ["connector.fc.bias", "connector.fc.weight", "projection.bias", "projection.weight"]
+        assert all(g > 0 for g in trained.values()), trained
+        step.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0]
+
+
+def test_an_unknown_connector_is_one_line_naming_the_known_ones(tmp_path):
+    from ablations.tables import load_table
+    from vlm_core.errors import UserError
+
+    from .micro import write_micro
+
+    table = write_micro(tmp_path / "m.toml", variants=("full",), extra='[variants.mpl]\nmodel = { connector = "mpl" }\n')
+    with pytest.raises(UserError) as err:
+        load_table(str(table))
+    assert str(err.value) == (f"{table}: variants.mpl.model: model.connector: unknown connector 'mpl'; "
+                              "known: qformer, meanpool, mlp")
 
 
 def test_generate_returns_only_new_decoded_tokens(gpt2_tiny):

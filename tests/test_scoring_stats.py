@@ -43,6 +43,70 @@ def test_wrapper_matches_direct_pycocoevalcap():
     assert per.loc["3"].eq(0).all()  # the empty caption scores zero everywhere
 
 
+def test_sacrebleu_is_sacrebleus_own_score_and_needs_no_java(tmp_path, monkeypatch):
+    import sacrebleu
+
+    from ablations.scoring import Captions, score
+
+    (tmp_path / "bin").mkdir()
+    monkeypatch.setenv("PATH", str(tmp_path / "bin"))  # no java: a Java metric would fail here
+    refs = {k: [c.capitalize() for c in v] for k, v in REFS.items()}  # sacreBLEU is case-sensitive unless told
+    captions = Captions(refs, HYPS)
+    corpus, per = score(captions, ["sacreBLEU"])
+    assert captions.gts is None  # not tokenized: no JVM started
+    hyps, refs = list(HYPS.values()), list(refs.values())
+    direct = sacrebleu.corpus_bleu(hyps, [list(r) for r in zip(*refs)], lowercase=True).score / 100
+    assert corpus == {"sacreBLEU": pytest.approx(direct)} and 0 < direct < 1
+    assert per["sacreBLEU"].tolist() == pytest.approx([sacrebleu.sentence_bleu(h, r, lowercase=True).score / 100
+                                                       for h, r in zip(hyps, refs)])
+    assert per.loc["3", "sacreBLEU"] == 0 and list(per.index) == list(REFS)
+
+
+def test_an_opt_in_metric_runs_only_when_named_and_changes_nothing_else():
+    corpus, per = score_captions(REFS, HYPS, opt_in=["sacreBLEU"])
+    default, default_per = score_captions(REFS, HYPS)
+    assert list(per.columns) == METRICS + ["sacreBLEU"] and list(default_per.columns) == METRICS
+    assert {k: v for k, v in corpus.items() if k != "sacreBLEU"} == default
+
+
+def test_a_table_opts_in_by_name_and_its_other_runs_keep_their_hash(tmp_path):
+    from ablations.planning import expected_hash, run_config
+    from ablations.record import config_hash
+    from ablations.tables import TARGET_KEYS, load_table
+    from vlm_core.errors import UserError
+
+    from .micro import write_micro
+
+    def cell_hash(probes: str) -> str:
+        table = load_table(str(write_micro(tmp_path / "m.toml", variants=("full",), extra=probes)))
+        return expected_hash(table, table.variants["full"], 0)
+
+    plain = cell_hash("")
+    table = load_table(str(write_micro(tmp_path / "m.toml", variants=("full",))))
+    before = run_config(table, table.variants["full"], 0, "test")
+    del before["probes"]["metrics"]  # a run stored before the key existed
+    assert config_hash(before) == plain == cell_hash("[probes]\nmetrics = []\n")  # at its default: not in the hash
+    assert cell_hash('[probes]\nmetrics = ["sacreBLEU"]\n') != plain
+    assert cell_hash('[probes]\nmetrics = ["SPICE"]\n') == cell_hash("[probes]\nspice = true\n")  # one setting, one hash
+    table = load_table(str(write_micro(tmp_path / "m.toml", extra='[probes]\nmetrics = ["sacreBLEU", "SPICE"]\n')))
+    assert table.probes.opt_in_metrics == ["SPICE", "sacreBLEU"] and "sacreBLEU" in TARGET_KEYS
+    with pytest.raises(UserError, match="probes.metrics: 'BLUE' is not an opt-in metric; known: SPICE, sacreBLEU"):
+        load_table(str(write_micro(tmp_path / "m.toml", extra='[probes]\nmetrics = ["BLUE"]\n')))
+
+
+def test_a_metric_whose_package_is_missing_is_refused_before_training(monkeypatch):
+    import importlib.util
+
+    from ablations.scoring import check_installed
+    from vlm_core.errors import UserError
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "sacrebleu" else real(name, *a))
+    check_installed(["SPICE"])
+    with pytest.raises(UserError, match=r"sacreBLEU needs the sacrebleu package: pip install -e '.\[sacrebleu\]'"):
+        check_installed(["sacreBLEU"])
+
+
 def test_paired_difference_detects_known_shift():
     rng = np.random.default_rng(0)
     ref = rng.normal(1.0, 0.3, 400)

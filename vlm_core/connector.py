@@ -1,17 +1,26 @@
-"""Connectors from frozen patch tokens [B, N, D] to a few visual tokens [B, Q, H].
+"""Connectors from frozen patch tokens [B, N, D] to visual tokens [B, Q, H]; CONNECTORS (at the end) names each.
 
 ``qformer``: learned queries cross-attend to the patch tokens (transformers' Blip2QFormerModel).
 ``meanpool``: the patch tokens averaged into one token (the "no Q-Former" ablation).
+``mlp``: each patch token through a GELU MLP (LLaVA-1.5): as many visual tokens as patches.
+
+Each is built by ``from_config(cfg, feature_dim, grid, lm_hidden)`` from the model's config, and has
+``fit_feature_stats`` (called once on training features) and ``out_dim``; the model's projection follows it.
 """
 from __future__ import annotations
 
 import contextlib
 import math
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from .device import full_precision
+from .errors import UserError
+
+if TYPE_CHECKING:
+    from .model import CaptionModelConfig
 
 
 @contextlib.contextmanager
@@ -64,6 +73,13 @@ class FeatureStandardizer(nn.Module):
 
 
 class QFormerConnector(nn.Module):
+    @classmethod
+    def from_config(cls, cfg: CaptionModelConfig, feature_dim: int, grid: tuple[int, int] | None,
+                    lm_hidden: int) -> QFormerConnector:
+        return cls(feature_dim, grid, cfg.num_queries, cfg.qformer_hidden, cfg.qformer_layers, cfg.qformer_heads,
+                   cfg.qformer_intermediate, cfg.qformer_cross_attention_frequency, cfg.qformer_dropout,
+                   cfg.qformer_init_std)
+
     def __init__(self, feature_dim: int, grid: tuple[int, int] | None, num_queries: int, hidden: int,
                  layers: int, heads: int, intermediate: int, cross_attention_frequency: int, dropout: float,
                  init_std: float = 0.0):
@@ -125,6 +141,11 @@ class QFormerConnector(nn.Module):
 
 
 class MeanPoolConnector(nn.Module):
+    @classmethod
+    def from_config(cls, cfg: CaptionModelConfig, feature_dim: int, grid: tuple[int, int] | None,
+                    lm_hidden: int) -> MeanPoolConnector:
+        return cls(feature_dim)
+
     def __init__(self, feature_dim: int):
         super().__init__()
         self.vision_norm = FeatureStandardizer(feature_dim)
@@ -136,3 +157,36 @@ class MeanPoolConnector(nn.Module):
     def fit_feature_stats(self, train_features: torch.Tensor) -> None:
         # Statistics of the pooled vector: per-token ones would shrink the object's signal 49-fold.
         self.vision_norm.fit(train_features[:512].float().mean(dim=1))
+
+
+class MLPConnector(nn.Module):
+    """Each patch token through Linear(D, H) and GELU, H the LM's width: with the model's projection after it, the
+    two-layer GELU MLP of LLaVA-1.5 (mlp2x_gelu). No queries and no pooling: the LM reads every patch."""
+
+    @classmethod
+    def from_config(cls, cfg: CaptionModelConfig, feature_dim: int, grid: tuple[int, int] | None,
+                    lm_hidden: int) -> MLPConnector:
+        return cls(feature_dim, lm_hidden)
+
+    def __init__(self, feature_dim: int, hidden: int):
+        super().__init__()
+        self.vision_norm = FeatureStandardizer(feature_dim)  # CNN channels differ in scale by orders of magnitude
+        self.fc = nn.Linear(feature_dim, hidden)
+        self.act = nn.GELU()
+        self.out_dim = hidden
+
+    def fit_feature_stats(self, train_features: torch.Tensor) -> None:
+        self.vision_norm.fit(train_features[:512])
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.act(self.fc(self.vision_norm(features)))
+
+
+# Every connector by the name model.connector gives: adding one is one entry.
+CONNECTORS: dict[str, type[nn.Module]] = {"qformer": QFormerConnector, "meanpool": MeanPoolConnector,
+                                          "mlp": MLPConnector}
+
+
+def check_connector(name: str) -> None:
+    if name not in CONNECTORS:
+        raise UserError(f"model.connector: unknown connector {name!r}; known: {', '.join(CONNECTORS)}")

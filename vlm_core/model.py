@@ -1,6 +1,6 @@
 """The caption model, top to bottom.
 
-    cached patch tokens [B, N, D] -> connector (Q-Former or mean-pool) -> linear projection
+    cached patch tokens [B, N, D] -> connector (Q-Former, mean-pool, ...) -> linear projection
     -> [visual tokens][BOS][caption][EOS] -> frozen causal LM (+ LoRA) -> next-token loss
 
 Label masking follows LAVIS: visual, prompt (BOS) and padding positions are -100, so the loss
@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .atomic import atomic_dir, atomic_write, atomic_write_json
-from .connector import MeanPoolConnector, QFormerConnector, eager_attention
+from .connector import CONNECTORS, QFormerConnector, check_connector, eager_attention
 from .device import DEFAULT_PRECISION, autocast, full_precision
 from .errors import UserError
 from .language import LanguageBackbone, caption_token_ids, pad_batch, start_given_labels
@@ -31,7 +31,7 @@ from .seed_recipe import SeedRecipeText
 
 @dataclass
 class CaptionModelConfig:
-    connector: str = "qformer"  # "qformer" | "meanpool"
+    connector: str = "qformer"  # a name of connector.CONNECTORS ("meanpool": the no-Q-Former ablation)
     num_queries: int = 16
     qformer_hidden: int = 256
     qformer_layers: int = 2
@@ -51,8 +51,7 @@ class CaptionModelConfig:
     seed_pad_length: int = 40  # the seed recipe pads every caption to this many tokens
 
     def __post_init__(self):
-        if self.connector not in ("qformer", "meanpool"):
-            raise UserError(f"model.connector must be 'qformer' or 'meanpool', not {self.connector!r}")
+        check_connector(self.connector)
         if self.recipe not in ("fixed", "seed"):
             raise UserError(f"model.recipe must be 'fixed' or 'seed', not {self.recipe!r}")
         if self.lora_rank < 0 or self.num_queries < 1:
@@ -88,14 +87,7 @@ class CaptionModel(nn.Module):
         self.lm_bos_id = lm.bos_id  # the LM's own start token (what the correct recipe starts from)
         self.precision = DEFAULT_PRECISION  # "bf16" / "fp16": autocast around every forward (see device.py)
 
-        if cfg.connector == "qformer":
-            self.connector = QFormerConnector(
-                feature_dim, grid, cfg.num_queries, cfg.qformer_hidden, cfg.qformer_layers, cfg.qformer_heads,
-                cfg.qformer_intermediate, cfg.qformer_cross_attention_frequency, cfg.qformer_dropout,
-                cfg.qformer_init_std,
-            )
-        else:
-            self.connector = MeanPoolConnector(feature_dim)
+        self.connector = CONNECTORS[cfg.connector].from_config(cfg, feature_dim, grid, lm.hidden_size)
         self.projection = nn.Linear(self.connector.out_dim, lm.hidden_size)
 
         base = copy.deepcopy(lm.model)  # LoRA injects layers in place; the shared backbone stays clean

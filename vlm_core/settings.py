@@ -3,12 +3,12 @@ results existed changes nothing at its default, so leaving it out at its default
 The one place that rule lives."""
 from __future__ import annotations
 
-from dataclasses import fields
+from dataclasses import MISSING, fields
 
 
 def defaults(cls) -> dict:
-    """A dataclass's field defaults, by name."""
-    return {f.name: f.default for f in fields(cls)}
+    """A dataclass's field defaults, by name (a list's default too: its ``default_factory``'s value)."""
+    return {f.name: f.default if f.default_factory is MISSING else f.default_factory() for f in fields(cls)}
 
 
 def without_unset(values: dict, cls, added_later: tuple[str, ...], keep: tuple[str, ...] = ()) -> dict:
