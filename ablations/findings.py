@@ -108,7 +108,8 @@ def findings(reports_dir: Path, data: Findings | None = None) -> str:
     data = findings_data(reports_dir) if data is None else data
     header = ["variant", "expected"] + list(HEADLINE.values())
     body = [[f"`{v}`", claim] + [cells[t]["cell"] for t in HEADLINE] for v, claim, cells in data.rows]
-    legend = ("– : not tested in that table (relation slots and object masks exist only in `shapes`); "
+    legend = ("– : not asked in that table (relation slots and object masks exist only in `shapes`; a table may ask "
+              "another question of the same variant, e.g. `flickr8k`'s equivalence row for `meanpool`); "
               "not run yet: the table is not complete (its report says which runs exist).")
     summary = summary_markdown(readme_summary(data, data.targets))
     return "\n".join([START, "", "What the evidence says (sentences built from the verdicts below):", "", summary, "",

@@ -271,9 +271,10 @@ def check_tests(table_runs: TableRuns, v: str, c: Check) -> list[Test]:
         if c.quote:
             t.note = f"; {label(c.quote)} {fmt(float(table_runs.seed_values(v, c.quote).mean()))}"
         return [t]
-    if c.vs == EVERY_WORKING:  # the floor: each other variant whose runs did not collapse, the reference too
-        summary = summarize(table_runs)
-        others = [o for o in table_runs.order if o != v and summary.loc[o, "empty_rate"] < COLLAPSED]
+    if c.vs == EVERY_WORKING:  # the floor: each other variant none of whose runs collapsed, the reference too
+        summary = summarize(table_runs)  # (a partner with some collapsed runs would lend the floor its guard)
+        others = [o for o in table_runs.order if o != v and summary.loc[o, "empty_rate"] < COLLAPSED
+                  and not seeds_disagree(table_runs, o)]
     else:
         others = [ref if c.vs is None else c.vs]
     tests = []

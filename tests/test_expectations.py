@@ -221,3 +221,24 @@ def test_equivalence_power_grows_with_seeds_and_a_zero_difference_rarely_differs
     assert all(p["differs"][0] <= 0.065 for p in power), power
     n = stats.seeds_for_equivalence(2.0, 1.0, 1.0)
     assert n == 6 and rule_rates.equivalence_rates(rng, TABLES, n, 0.0, 2.0)["equivalent"][0] >= 0.75
+
+
+def test_a_partners_split_seeds_do_not_relabel_the_floor():
+    """Issue 50: flickr8k-tiny's `blind` (no empty caption in any run) was shown "seeds disagree" because one of
+    the variants it is compared with (`seed-recipe`: 1 of 3 runs collapsed) split; a guard belongs to the variant
+    that shows it, and the floor compares only with variants none of whose runs collapsed."""
+    from pathlib import Path
+
+    from ablations.analysis import analyse
+    from ablations.collect import collect
+    from ablations.tables import load_table
+    from ablations.verdicts import seeds_disagree
+
+    root = Path(__file__).resolve().parents[1]
+    table = load_table("flickr8k-tiny")
+    a = analyse(collect(table, root / "reports" / "flickr8k-tiny" / "runs"))
+    assert seeds_disagree(a.runs, "seed-recipe") and not seeds_disagree(a.runs, "blind")
+    blind = next(v for v in a.expectations if v.variant == "blind")
+    assert blind.verdict != "seeds disagree" and not any("seed-recipe" in t.label for t in blind.tests)
+    recipe = next(v for v in a.expectations if v.variant == "seed-recipe")
+    assert recipe.verdict == "seeds disagree"  # the variant that shows it keeps it
