@@ -75,7 +75,7 @@ def test_a_renamed_reference_is_the_sweeps_default_base_and_must_exist(tmp_path)
     (GOOD.replace("num_queries = 4", "num_querys = 4"), "model: unknown key 'num_querys'"),
     (GOOD.replace("epochs = 1", "epochs = 'one'"), r"train.epochs: expected int, got str"),
     (GOOD.replace('model = { connector = "meanpool" }', 'model = { connector = "median" }'),
-     "variants.meanpool.model.*connector must be"),
+     "variants.meanpool.model.*unknown connector .median.; known: qformer, meanpool"),
     (GOOD.replace('expect = "worse_than_reference"', 'expect = "better"'), "variants.meanpool.expect: unknown expectation"),
     (GOOD.replace("[data]", "[dataa]"), "unknown key 'dataa'"),
     (GOOD.replace('name = "shapes"', 'name = "coco"'), "data.name: must be"),
