@@ -220,7 +220,9 @@ def report(
         tbl = load_table(table)
         committed, evidence = evidence_dir(REPORTS_DIR, tbl.name), evidence_dir(out_dir, tbl.name)
         if not evidence.exists() and committed.is_dir() and committed.resolve() != evidence.resolve():
-            shutil.copytree(committed, evidence, symlinks=True)  # a report elsewhere starts from the committed evidence
+            from vlm_core.atomic import atomic_dir  # whole or not at all: a partial copy would never be redone
+
+            atomic_dir(evidence, lambda tmp: shutil.copytree(committed, tmp, symlinks=True, dirs_exist_ok=True))
             console.print(f"evidence: {committed} copied to {evidence}", highlight=False, markup=False)
         path = write_report(tbl, runs_dir, out_dir, data_dir=data_dir, thumbnails=thumbnails,
                             log=lambda m: console.print(m, highlight=False, markup=False))

@@ -8,9 +8,6 @@ settings, and two different results for one cell are both kept visible instead o
 """
 from __future__ import annotations
 
-import contextlib
-import io
-import json
 import math
 import shutil
 from dataclasses import dataclass, field
@@ -35,56 +32,49 @@ class Merge:
     notes: list[str] = field(default_factory=list)  # records whose metrics could not be recomputed, and why
 
 
-RECOMPUTED = ("BLEU-4", "CIDEr")  # Java's PTB tokenizer and these two scorers: seconds per record
+RECOMPUTED = ("BLEU", "CIDEr")  # the scorers (scoring.CAPTION_METRICS) run again: seconds per record
 
 
 class References:
-    """The reference captions a record was scored against: those stored with the evidence where they cover its
-    images (only the gallery's are: the data set's text is not republished), else the data set the record's
-    own config names, read once per data section (the shapes are generated; Flickr8k read where it is)."""
+    """The reference captions a record from elsewhere is scored against: never the incoming folder's own (it
+    could be edited with the metrics), but the evidence's stored ones where they cover its images, else the
+    table's own data set (read once, where it is readable here) for a record made with the table's settings."""
 
-    def __init__(self, stored: dict[str, list[str]], data_dir: str | None):
-        self.stored, self.data_dir, self.read = stored, data_dir, {}
+    def __init__(self, table: Table, evidence: Path, data_dir: str | None):
+        self.table, self.stored, self.data_dir, self._data = table, ReferenceFile(evidence).read(), data_dir, None
 
-    def of(self, record: RunRecord, images: set[str]) -> dict[str, list[str]] | None:
+    def of(self, images: set[str], current: bool) -> dict[str, list[str]] | None:
         if images <= set(self.stored):
             return self.stored
-        config = record.config()
-        key = json.dumps(config.get("data"), sort_keys=True, default=str)
-        if key not in self.read:
-            from .table_data import run_data
+        if not current:  # its data settings are not the table's: never read a path a record names
+            return None
+        if self._data is None:
+            from .table_data import load_data
 
             try:
-                self.read[key] = run_data(config, self.data_dir).captions
-            except (UserError, OSError, KeyError, TypeError, ValueError):
-                self.read[key] = None  # the data set is not here: the metrics cannot be scored again
-        found = self.read[key]
-        return found if found is not None and images <= set(found) else None
+                self._data = load_data(self.table.data, self.data_dir).captions
+            except (UserError, OSError):
+                self._data = {}
+        return self._data if images <= set(self._data) else None
 
 
-def check_metrics(record: RunRecord, references: References) -> str:
-    """Score the record's stored captions again against the eval references and refuse stored metrics that
-    differ (an edited number with a recomputed hash passes every other check). Returns why it could not
-    (no references here, no Java), or ''."""
+def check_metrics(record: RunRecord, references: References, current: bool) -> str:
+    """Score the record's stored captions again (the scorers of the report, `scoring.score`) and refuse stored
+    metrics that differ: an edited number with a recomputed hash passes every other check. Returns why it could
+    not (no references here, no Java), or ''."""
     if not record.has("metrics.json"):
         return ""  # a failed run has no metrics
     captions = record.captions()
-    refs = references.of(record, set(captions))
+    refs = references.of(set(captions), current)
     if refs is None:
         return "metrics not recomputed: its data set's references are not readable here (--data-dir)"
-    references = refs
     if shutil.which("java") is None:
         return "metrics not recomputed: no Java here for the PTB tokenizer"
-    from pycocoevalcap.bleu.bleu import Bleu
+    from .scoring import Captions, score
 
-    from .scoring import cider, tokenize
-
-    gts, res = tokenize({i: references[i] for i in captions}, captions)
-    with contextlib.redirect_stdout(io.StringIO()):
-        bleu = float(Bleu(4).compute_score(gts, res, verbose=0)[0][3])
-    again = {"BLEU-4": bleu, "CIDEr": cider(gts, res)[0]}
+    again, _ = score(Captions({i: refs[i] for i in captions}, captions), RECOMPUTED)
     stored = record.metrics()["metrics"]
-    for name in RECOMPUTED:
+    for name in ("BLEU-4", "CIDEr"):
         if name in stored and not math.isclose(stored[name], again[name], rel_tol=1e-6, abs_tol=1e-9):
             raise UserError(f"{record.path / 'metrics.json'}: {name} {stored[name]:.6g} is not what its captions "
                             f"score ({again[name]:.6g}); refused")
@@ -107,7 +97,7 @@ def add_runs(table: Table, source_dir: Path, evidence: Path, replace: bool = Fal
     the same settings and another result it is a conflict (both stay, an error lists them) unless ``replace``."""
     merge = Merge()
     TableTiming.at(source_dir).read()  # checked before anything is added: a bad one must not arrive half-way
-    references = References(ReferenceFile(source_dir).read() or ReferenceFile(evidence).read(), data_dir)
+    references = References(table, evidence, data_dir)
     for v in table.variants.values():
         for seed in v.seeds:
             src = RunRecord(cell_path(source_dir, v.name, seed))
@@ -134,7 +124,7 @@ def add_runs(table: Table, source_dir: Path, evidence: Path, replace: bool = Fal
                 elif src.config_hash() != want:
                     merge.kept.append(f"{label}: neither record is current; the evidence's is kept")
                     continue
-            note = check_metrics(src, references)
+            note = check_metrics(src, references, current=src.config_hash() == want)
             if note:
                 merge.notes.append(f"{label}: {note}")
             dest.write_files(src.evidence_files(), weights=False)

@@ -27,7 +27,6 @@ import signal
 import tempfile
 import threading
 import time
-import tomllib
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, replace
 from multiprocessing import get_context
@@ -45,7 +44,7 @@ from .console import quiet_libraries
 from .preflight import ray_address
 from .record import RunRecord, provenance, read_folder, run_path
 from .runner import Workspace, execute_run, prepare
-from .tables import Table, Variant, checked_section
+from .tables import Table, Variant, checked_section, toml_value
 
 Done = Callable[[Variant, int, str, list[str]], None]  # (variant, seed, state, log lines) after each run
 
@@ -105,10 +104,7 @@ def set_executor_options(table: Table, settings: list[str]) -> None:
         key, sep, text = setting.partition("=")
         if not sep or not key.strip():
             raise UserError(f"--executor-option {setting[:200]!r}: expected KEY=VALUE")
-        try:
-            chosen[key.strip()] = tomllib.loads(f"v = {text.strip()}")["v"]
-        except tomllib.TOMLDecodeError:
-            chosen[key.strip()] = text.strip()
+        chosen[key.strip()] = toml_value(text, f"--executor-option {key.strip()}")
     table.run = replace(table.run, options={**table.run.options, table.run.executor: chosen})
 
 
@@ -404,7 +400,7 @@ class SlurmExecutor:
 
     def run(self, todo: list[tuple[Variant, int]], done: Done) -> int:
         import submitit
-        from submitit.core.utils import UncompletedJobError
+        from submitit.core.utils import FailedJobError, UncompletedJobError
 
         d, o = self.driver, self.options
         table, threads = d.workspace.table, threads_per_run(d.workspace.table)
@@ -426,6 +422,8 @@ class SlurmExecutor:
                 v, s = cells[id(job)]
                 try:
                     state, files, lines = job.result()  # a run's own error is raised here, as in the serial executor
+                except FailedJobError:  # (a subclass of the next one) the run itself raised: stop, as serial does
+                    raise
                 except UncompletedJobError as err:
                     lost += 1
                     d.log(f"{v.name} seed {s}: lost, its job {job.job_id} ended without a result "

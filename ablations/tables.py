@@ -118,6 +118,8 @@ class RunSpec:
             raise UserError(f"run.track: 'mlflow' or '' (no tracker), not {self.track!r}")
         if self.cpus_per_run < 0 or self.gpus_per_run < 0:
             raise UserError("run.cpus_per_run and run.gpus_per_run must be >= 0")
+        if not isinstance(self.options, dict) or not all(isinstance(v, dict) for v in self.options.values()):
+            raise UserError("run.options: expected one table per executor ([run.options.<executor>] with its keys)")
 
 
 @dataclass
@@ -623,6 +625,20 @@ def variant_config(table: Table, variant: Variant) -> dict:
     }
 
 
+def toml_value(text: str, where: str) -> Any:
+    """A command-line value as TOML (``3``, ``1e-3``, ``true``, ``["a"]``), anything else as a string; bounded
+    like a table (length, nesting)."""
+    if len(text) > MAX_TABLE_BYTES:
+        raise UserError(f"{where}: the value is longer than {MAX_TABLE_BYTES:_} characters")
+    check_nesting(f"v = {text.strip()}", where, lines=False)
+    try:
+        return tomllib.loads(f"v = {text.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text.strip()
+    except RecursionError as err:
+        raise UserError(f"{where}: the value is nested too deeply") from err
+
+
 def apply_settings(table: Table, variant: Variant | None, settings: list[str]) -> None:
     """One-off ``section.key=value`` overrides (``--set`` of `ablate train`, and the `run-all` options
     for ``run``), checked like table keys.
@@ -637,15 +653,7 @@ def apply_settings(table: Table, variant: Variant | None, settings: list[str]) -
         if not sep or not dot or section not in owners or owners[section] is None:
             raise UserError(f"--set {setting[:200]!r}: expected SECTION.KEY=VALUE with SECTION one of "
                             f"{', '.join(owners)}")
-        if len(text) > MAX_TABLE_BYTES:
-            raise UserError(f"--set {name.strip()}: the value is longer than {MAX_TABLE_BYTES:_} characters")
-        check_nesting(f"v = {text.strip()}", f"--set {name.strip()}", lines=False)
-        try:
-            value = tomllib.loads(f"v = {text.strip()}")["v"]
-        except tomllib.TOMLDecodeError:
-            value = text.strip()
-        except RecursionError as err:
-            raise UserError(f"--set {name.strip()}: the value is nested too deeply") from err
+        value = toml_value(text, f"--set {name.strip()}")
         current = getattr(owners[section], section)
         updated, _ = _build(type(current), {key: value}, f"--set {section}", base=asdict(current))
         setattr(owners[section], section, updated)

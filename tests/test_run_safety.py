@@ -217,12 +217,16 @@ def test_a_killed_feature_build_leaves_nothing_behind_the_next_build(tmp_path):
 
     target = tmp_path / "feats.npy"
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    orphan = tmp_path / f".feats.npy.{int(dead.stdout)}.partial"
-    live = tmp_path / f".feats.npy.{os.getpid()}.partial"
-    orphan.write_bytes(b"x")
-    live.write_bytes(b"x")
+    import socket
+
+    host = socket.gethostname()
+    orphan = tmp_path / f".feats.npy.{host}-{int(dead.stdout)}.partial"
+    live = tmp_path / f".feats.npy.{host}-{os.getpid()}.partial"
+    elsewhere = tmp_path / f".feats.npy.other-host-{int(dead.stdout)}.partial"  # another host's writer: never ours to judge
+    for p in (orphan, live, elsewhere):
+        p.write_bytes(b"x")
     remove_dead_partials(target)
-    assert not orphan.exists() and live.exists()
+    assert not orphan.exists() and live.exists() and elsewhere.exists()
 
 
 # 5. Hub backbones can be pinned (`repo@revision`) and the commit loaded is recorded

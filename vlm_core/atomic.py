@@ -6,8 +6,8 @@ import fcntl
 import json
 import os
 import shutil
+import socket
 import tempfile
-import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -146,18 +146,20 @@ def owner_alive(pid: int) -> bool:
     return True
 
 
-STALE_PARTIAL_SECONDS = 24 * 3600
+def partial_owner() -> str:
+    """Who writes a ``.<name>.<owner>.partial`` file: this host and process (a cache may be shared by hosts)."""
+    return f"{socket.gethostname()}-{os.getpid()}"
 
 
 def remove_dead_partials(path: str | Path) -> None:
-    """Remove ``.<name>.<pid>.partial`` files beside ``path`` whose writer is dead (or that are older than a
-    day: a pid of another host or a reused one): a build killed with -9 leaves one behind."""
+    """Remove ``.<name>.<host>-<pid>.partial`` files beside ``path`` written on this host by a process that is
+    gone (a build killed with -9 leaves one behind); another host's are never touched, whatever their age."""
     path = Path(path)
+    host = socket.gethostname()
     for p in path.parent.glob(f".{path.name}.*.partial"):
-        pid = p.name[len(path.name) + 2 : -len(".partial")]
+        owner_host, _, pid = p.name[len(path.name) + 2 : -len(".partial")].rpartition("-")
         try:
-            dead = not pid.isdigit() or not owner_alive(int(pid)) or time.time() - p.stat().st_mtime > STALE_PARTIAL_SECONDS
-            if dead and p.is_file():
+            if owner_host == host and pid.isdigit() and not owner_alive(int(pid)) and p.is_file():
                 p.unlink()
         except OSError:
             pass

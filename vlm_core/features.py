@@ -16,7 +16,7 @@ from urllib.parse import quote
 import numpy as np
 import torch
 
-from .atomic import atomic_write_json, remove_dead_partials
+from .atomic import atomic_write_json, partial_owner, remove_dead_partials
 from .data import CaptionData
 from .vision import VisionBackbone
 
@@ -80,7 +80,7 @@ def cached_features(backbone: VisionBackbone, data: CaptionData, split: str, cac
     start = time.time()
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_dead_partials(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    tmp = path.with_name(f".{path.name}.{partial_owner()}.partial")
     arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16,
                                     shape=(len(ids), backbone.num_tokens, backbone.feature_dim))
     from rich.progress import Progress
