@@ -69,17 +69,23 @@ def test_a_second_writer_of_a_cell_is_refused_and_the_first_one_publishes_a_comp
     _release(rerun)
 
 
+def _redo_over_a_finished_run(tmp_path: Path) -> tuple[Path, dict, RunRecord]:
+    """A finished cell, its bytes, and a second run of it begun (its work folder beside the cell)."""
+    cell = tmp_path / "runs" / "t" / "full" / "seed-0"
+    _finished(cell)
+    before = snapshot(cell)
+    writer = RunRecord(cell)
+    writer.begin({"seed": 0, "train": {}}, {})
+    return cell, before, writer
+
+
 # 1b. A writer whose work folder was removed under it never re-creates it, and never publishes: the
 #     finished record stays byte-identical. Before: the folder came back with only the later files and
 #     replaced the finished run.
 def test_a_writer_whose_folder_was_removed_never_replaces_the_finished_run(tmp_path):
     import shutil
 
-    cell = tmp_path / "runs" / "t" / "full" / "seed-0"
-    _finished(cell)
-    before = snapshot(cell)
-    writer = RunRecord(cell)
-    writer.begin({"seed": 0, "train": {}}, {})
+    cell, before, writer = _redo_over_a_finished_run(tmp_path)
     shutil.rmtree(writer.path)  # what a rerun's clean-up did to an orphan's folder
     with pytest.raises(FileNotFoundError):
         writer.write_params({"trainable": 1})
@@ -90,11 +96,7 @@ def test_a_writer_whose_folder_was_removed_never_replaces_the_finished_run(tmp_p
 
 
 def test_an_incomplete_record_is_never_published(tmp_path):
-    cell = tmp_path / "runs" / "t" / "full" / "seed-0"
-    _finished(cell)
-    before = snapshot(cell)
-    writer = RunRecord(cell)
-    writer.begin({"seed": 0, "train": {}}, {})
+    cell, before, writer = _redo_over_a_finished_run(tmp_path)
     (writer.path / "config.json").unlink()  # a record without its settings
     with pytest.raises(UserError, match="lacks config.json"):
         writer.finish(pd.DataFrame({"CIDEr": [1.0]}), {"metrics": {"CIDEr": 1.0}, "timings": {}})
