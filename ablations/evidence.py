@@ -150,8 +150,8 @@ def _merge_timing(source_dir: Path, evidence: Path) -> None:
     """The run-all invocations of both folders, each once (they are the report's wall time)."""
     ours, theirs = TableTiming.at(evidence), TableTiming.at(source_dir)
     merged = {}
-    for e in ours.read() + theirs.read():  # one invocation = (host, start); a later snapshot has more runs
-        key = (e.get("host"), e.get("when"))
+    for e in ours.read() + theirs.read():  # one invocation = (host, start, id); a later snapshot has more runs
+        key = (e.get("host"), e.get("when"), e.get("id"))
         if key not in merged or e.get("runs", 0) >= merged[key].get("runs", 0):
             merged[key] = e
     entries = sorted(merged.values(), key=lambda e: e.get("when", ""))

@@ -576,7 +576,9 @@ class TableTiming:
         return entries
 
     def begin(self, prepare_seconds: float, parts: dict[str, float]) -> None:
+        # "id" tells apart two invocations on one host in the same second (a fast machine does that)
         entries = self.read() + [{"when": time.strftime("%Y-%m-%d %H:%M:%S"), "host": platform.node(),
+                                  "id": f"{os.getpid()}-{time.time_ns()}",
                                   "prepare_seconds": round(prepare_seconds, 1),
                                   "prepare_parts": {k: round(v, 1) for k, v in parts.items()}, "runs": 0,
                                   "total_seconds": round(time.time() - self.start, 1)}]

@@ -97,6 +97,22 @@ def test_a_table_split_over_two_machines_merges_into_the_same_report(two_machine
     assert snapshot(merged) == before and not (tmp_path / "fresh" / "micro" / "full").exists()
 
 
+def test_two_invocations_in_the_same_second_on_one_host_both_count(tmp_path, monkeypatch):
+    """A fast machine starts the two halves of a table within one second: both are kept when merged."""
+    import time as time_module
+
+    from ablations.evidence import _merge_timing
+    from ablations.record import TableTiming
+    monkeypatch.setattr(time_module, "strftime", lambda fmt, *a: "2026-01-01 00:00:00")
+    for half in ("m1", "m2"):
+        timing = TableTiming(tmp_path / half, "micro")
+        timing.path.parent.mkdir(parents=True)
+        timing.begin(0.0, {})
+        timing.run_finished()
+    _merge_timing(tmp_path / "m2" / "micro", tmp_path / "m1" / "micro")
+    assert len(TableTiming.at(tmp_path / "m1" / "micro").read()) == 2
+
+
 def test_two_different_results_for_one_cell_are_both_kept_and_refused(two_machines, tmp_path):
     root, table = two_machines["root"], two_machines["table"]
     ev = tmp_path / "reports"
