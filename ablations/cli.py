@@ -18,7 +18,7 @@ from rich.table import Table as RichTable
 
 from vlm_core.errors import BackboneUnavailable, UserError
 
-from .console import console, err_console, quiet_libraries
+from ablations.console import console, err_console, quiet_libraries
 
 # Option defaults, spelled here so that building the commands imports nothing heavy; the same values as
 # record.RUNS_DIR / CACHE_DIR / REPORTS_DIR and vlm_core.device.AUTO_DEVICE (a test checks that they agree).
@@ -55,7 +55,7 @@ PRECISION = typer.Option(None, "--precision", help="fp32 | bf16 | fp16 autocast 
 
 def _run_options(tbl, **options) -> None:
     """`run-all` / `train` options over the table's [run] section, checked like table keys."""
-    from .tables import apply_settings
+    from ablations.tables import apply_settings
 
     given = [f"run.{k}={v!r}" if isinstance(v, str) else f"run.{k}={v}" for k, v in options.items() if v is not None]
     apply_settings(tbl, None, given)
@@ -102,11 +102,12 @@ def run_all(
     killed half-way is redone from scratch (a redo replaces the old run only once it finishes). A
     second run-all on the same --runs-dir and table is refused while the first holds the lock.
     """
-    from . import executors, tracking
-    from .planning import plan_runs
-    from .preflight import preflight
-    from .record import evidence_dir, table_lock
-    from .tables import load_table
+    from ablations.run import executors
+    from ablations.run import tracking
+    from ablations.run.planning import plan_runs
+    from ablations.run.preflight import preflight
+    from ablations.run.record import evidence_dir, table_lock
+    from ablations.tables import load_table
 
     tbl = None
     try:
@@ -155,9 +156,10 @@ def _chosen_seeds(tbl, first: Optional[int], chosen: Optional[list[int]]) -> lis
 
 def _execute(tbl, todo, runs_dir: Path, cache_dir: Path, data_dir: Optional[str]) -> int:
     """Prepare once, run ``todo`` on the table's executor with progress, record the time after every run."""
-    from . import executors, tracking
-    from .record import TableTiming, child
-    from .runner import prepare
+    from ablations.run import executors
+    from ablations.run import tracking
+    from ablations.run.record import TableTiming, child
+    from ablations.run.runner import prepare
 
     timing = TableTiming(runs_dir, tbl.name)
     workspace = prepare(tbl, cache_dir, data_dir, log=console.print)
@@ -212,9 +214,9 @@ def report(
     numbers) from the evidence alone: no retraining, no weights."""
     import shutil
 
-    from .record import evidence_dir
-    from .report import write_report
-    from .tables import load_table
+    from ablations.run.record import evidence_dir
+    from ablations.report.write import write_report
+    from ablations.tables import load_table
 
     try:
         tbl = load_table(table)
@@ -245,9 +247,9 @@ def evidence_add(
     from and `run-all` resumes from. Records are checked: format file names only, regular files of bounded
     size, each JSON of its expected shape, a stored hash equal to the hash of the stored settings, and the
     metrics scored again from the stored captions where the data set is readable."""
-    from .evidence import add_runs, table_folder
-    from .record import evidence_dir
-    from .tables import load_table
+    from ablations.report.evidence import add_runs, table_folder
+    from ablations.run.record import evidence_dir
+    from ablations.tables import load_table
 
     try:
         tbl = load_table(table)
@@ -272,7 +274,7 @@ def readme(
     """Rewrite the README's findings block (each ablation's verdict per headline table) from the committed
     evidence, and write its cells with their numbers to <reports-dir>/findings.csv; a test fails when the
     committed block is stale."""
-    from .findings import write_readme_block
+    from ablations.report.findings import write_readme_block
 
     try:
         changed = write_readme_block(path, reports_dir)
@@ -295,7 +297,7 @@ def verify(
     """Retrain chosen cells of TABLE with the code as it is now and compare them with the evidence:
     'exact', or the largest difference in the variant's seed SDs with what differed (threads, CPU,
     libraries, code). Checks are stored with the evidence and listed in the report."""
-    from .verify import verify_cells
+    from ablations.run.verify import verify_cells
 
     try:
         verify_cells(table, cells, reports_dir, cache_dir, data_dir, set_ or [], log=console.print, named=cell)
@@ -312,10 +314,10 @@ def track_command(
 ):
     """Log a table's finished runs to MLflow (backfill: browse the shipped tables without retraining); each
     record once, so running it again adds only new runs."""
-    from . import tracking
-    from .evidence import table_folder
-    from .record import evidence_dir
-    from .tables import load_table
+    from ablations.run import tracking
+    from ablations.report.evidence import table_folder
+    from ablations.run.record import evidence_dir
+    from ablations.tables import load_table
 
     try:
         tbl = load_table(table)
@@ -331,9 +333,9 @@ def track_command(
 def list_tables(runs_dir: Path = RUNS, reports_dir: Path = REPORTS):
     """Show the shipped tables, their variants and which runs exist, locally or in the committed evidence
     (`done` = in the evidence or finished here; `local` marks a run that is only in the runs folder)."""
-    from .planning import expected_hash
-    from .record import RunRecord, cell_path, evidence_dir, run_path
-    from .tables import load_table, shipped_tables
+    from ablations.run.planning import expected_hash
+    from ablations.run.record import RunRecord, cell_path, evidence_dir, run_path
+    from ablations.tables import load_table, shipped_tables
 
     def state(tbl, v, s) -> str:
         want = expected_hash(tbl, v, s)
@@ -386,9 +388,9 @@ def train(
     cache_dir: Path = CACHE, data_dir: Optional[str] = DATA_DIR,
 ):
     """Train one configuration, print train/dev loss per epoch, save trainable weights and dev captions."""
-    from .record import RunRecord
-    from .runner import execute_run, prepare
-    from .tables import apply_settings, check_seed, load_table
+    from ablations.run.record import RunRecord
+    from ablations.run.runner import execute_run, prepare
+    from ablations.tables import apply_settings, check_seed, load_table
 
     try:
         if data not in DEFAULT_TABLE:
@@ -442,8 +444,8 @@ def caption(
 
     from vlm_core.train import TrainConfig, decode
 
-    from .tables import check_range
-    from .trained import load_run_model, run_decoding
+    from ablations.tables import check_range
+    from ablations.run.trained import load_run_model, run_decoding
 
     try:
         overrides = {"max_new_tokens": max_new_tokens, "num_beams": beams, "no_repeat_ngram_size": no_repeat_ngram_size}
@@ -471,8 +473,8 @@ def attention_maps(
 ):
     """Where each query of the run's Q-Former looks: per image, each query's cross-attention map (per
     layer, mean over heads, upsampled and overlaid on the image) and one grid of all queries."""
-    from .attention import maps_for_images, render_maps
-    from .trained import load_run_model
+    from ablations.measure.attention import maps_for_images, render_maps
+    from ablations.run.trained import load_run_model
 
     try:
         model, vision = load_run_model(run, cache_dir, device, data_dir)

@@ -13,8 +13,8 @@ from vlm_core.data import CaptionData
 from vlm_core.errors import UserError
 from vlm_core.shapes import ShapesConfig, load_shapes
 
-from .record import REPO_ROOT
-from .tables import DataSpec
+from ablations.run.record import REPO_ROOT
+from ablations.tables import DataSpec
 
 
 def resolve_path(chosen: str) -> Path:

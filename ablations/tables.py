@@ -25,9 +25,9 @@ from vlm_core.model import CaptionModelConfig
 from vlm_core.shapes import MAX_IMAGES, MIN_IMAGE_SIZE, ShapesConfig
 from vlm_core.train import TrainConfig
 
-from . import expectations as expect_rules
-from .expectations import EXPECTATIONS, Expectation  # noqa: F401  (EXPECTATIONS: the names and their words)
-from .scoring import OPT_IN_METRICS, TARGET_METRICS
+from ablations.decide import expectations as expect_rules
+from ablations.decide.expectations import EXPECTATIONS, Expectation  # noqa: F401  (EXPECTATIONS: the names and their words)
+from ablations.measure.scoring import OPT_IN_METRICS, TARGET_METRICS
 
 TABLES_DIR = Path(__file__).parent / "tables"
 
@@ -107,7 +107,7 @@ class RunSpec:
     executor: str = "serial"  # a name of executors.EXECUTORS (serial: one run after another, here)
     cpus_per_run: int = 0  # torch threads per run; 0 = all cores (serial) or 1 (the others)
     gpus_per_run: float = 0.0  # what each run asks an executor that places runs on a cluster for
-    track: str = ""  # "mlflow": log each finished run to MLflow (ablations/tracking.py); "" = no tracker
+    track: str = ""  # "mlflow": log each finished run to MLflow (ablations/run/tracking.py); "" = no tracker
     tracking_uri: str = ""  # "" = sqlite:///runs/mlflow.db
     # [run.options.<executor>]: that executor's own keys (executors.EXECUTORS), checked before the runs start.
     options: dict = field(default_factory=dict)

@@ -17,7 +17,7 @@ from pathlib import Path
 from typer.testing import CliRunner
 
 from ablations.cli import app
-from ablations.runner import prepare
+from ablations.run.runner import prepare
 from ablations.tables import load_table
 
 

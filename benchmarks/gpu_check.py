@@ -28,10 +28,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))  # its sibling benchmark, run as a script
 from throughput import samples_per_second  # noqa: E402
 
-from ablations import executors
+from ablations.run import executors
 from ablations.console import quiet_libraries
-from ablations.record import CACHE_DIR, RunRecord, run_path
-from ablations.runner import prepare
+from ablations.run.record import CACHE_DIR, RunRecord, run_path
+from ablations.run.runner import prepare
 from ablations.tables import apply_settings, load_table
 
 CIDER_TOL, GAP_TOL = 0.25, 0.05

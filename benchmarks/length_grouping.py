@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from ablations.runner import build_model, prepare
+from ablations.run.runner import build_model, prepare
 from ablations.tables import load_table
 from vlm_core.train import _image_batches, token_length
 

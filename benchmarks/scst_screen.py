@@ -21,10 +21,10 @@ from pathlib import Path
 import torch
 import typer
 
-from ablations.record import CACHE_DIR, RunRecord
+from ablations.run.record import CACHE_DIR, RunRecord
 from ablations.table_data import run_data
-from ablations.trained import load_run_model, run_decoding
-from ablations.scoring import score_captions
+from ablations.run.trained import load_run_model, run_decoding
+from ablations.measure.scoring import score_captions
 from vlm_core.errors import UserError
 from vlm_core.features import cached_features
 from vlm_core.train import TrainConfig, generate_captions, self_critical

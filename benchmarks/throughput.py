@@ -11,8 +11,8 @@ from pathlib import Path
 
 import torch
 
-from ablations.collect import collect
-from ablations.runner import build_model, prepare
+from ablations.report.collect import collect
+from ablations.run.runner import build_model, prepare
 from ablations.tables import load_table
 from vlm_core.device import synchronize
 from vlm_core.errors import UserError

@@ -1,4 +1,4 @@
-"""Print the error rates of the report's seed-level rule (ablations/rule_rates.py), each with its Monte Carlo
+"""Print the error rates of the report's seed-level rule (ablations/decide/rule_rates.py), each with its Monte Carlo
 standard error, and whether the seeds of a table pair up across variants (are per-seed outcomes correlated?).
 ``--equivalence`` prints only the equivalence rule's rates as the markdown table of docs/how-reports-decide.md.
 
@@ -14,9 +14,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from ablations import rule_rates
-
-
+from ablations.decide import rule_rates
 def show(label: str, r: tuple[float, float]) -> str:
     return f"{label}: {r[0]:.4f} ± {r[1]:.4f}"
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from ablations import attention
+from ablations.measure import attention
 from ablations.cli import app
 from vlm_core.model import CaptionModel, CaptionModelConfig
 from vlm_core.shapes import object_masks

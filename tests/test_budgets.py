@@ -7,10 +7,10 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from ablations import budgets
+from ablations.decide import budgets
 from ablations.cli import app
-from ablations.collect import TableRuns
-from ablations.report_sections import _budget_sentence
+from ablations.report.collect import TableRuns
+from ablations.report.sections import _budget_sentence
 from ablations.tables import load_table
 
 from .micro import write_micro

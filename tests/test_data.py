@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ablations.slots import slot_scores
+from ablations.measure.slots import slot_scores
 from vlm_core.data import normalize_caption
 from vlm_core.flickr8k import load_flickr8k
 from vlm_core.shapes import ShapesConfig, load_shapes, parse_shapes_caption, render_shapes

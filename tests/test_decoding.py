@@ -125,7 +125,7 @@ def test_sampled_evidence_is_drawn_per_image_and_repeatable(gpt2_tiny, monkeypat
 def test_decoding_keys_at_their_defaults_keep_earlier_runs_current():
     from dataclasses import asdict
 
-    from ablations.record import TRAIN_KEYS_ADDED_LATER, config_hash
+    from ablations.run.record import TRAIN_KEYS_ADDED_LATER, config_hash
 
     train = asdict(TrainConfig(num_beams=3))
     before = {k: v for k, v in train.items() if k not in TRAIN_KEYS_ADDED_LATER}  # a run made before the keys

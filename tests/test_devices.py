@@ -10,7 +10,7 @@ import torch
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_leaves
 
-from ablations import probes
+from ablations.measure import probes
 from vlm_core.device import autocast, resolve_device
 from vlm_core.errors import UserError
 from vlm_core.features import FeatureSet
@@ -87,7 +87,7 @@ def test_vision_encoding_makes_no_tensor_off_the_encoder_device():
 def test_every_parameter_and_buffer_follows_the_workspace_device(gpt2_tiny):
     from dataclasses import dataclass
 
-    from ablations.runner import build_model
+    from ablations.run.runner import build_model
 
     @dataclass
     class Vision:
@@ -180,7 +180,7 @@ def test_the_fixed_order_row_sums_equal_index_add_and_carry_gradients():
 def test_a_cuda_run_is_configured_for_repeatable_numbers(monkeypatch):
     """Set for CUDA only (the CPU needs nothing): deterministic algorithms, the cuBLAS workspace, no cuDNN
     autotuning, TF32 only for low-precision runs; the run's provenance records them."""
-    from ablations.record import determinism
+    from ablations.run.record import determinism
     from vlm_core.device import configure
 
     monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
@@ -227,8 +227,8 @@ def test_the_nll_of_captions_is_the_same_with_the_fixed_order_sum_at_its_call_si
 def test_every_run_records_its_determinism_after_the_device_is_configured(monkeypatch, tmp_path):
     """The determinism record is written after configure() in each process (a Ray worker's first run said
     'default algorithms' before), and records warn-only."""
-    import ablations.runner as runner_module
-    from ablations.record import determinism
+    import ablations.run.runner as runner_module
+    from ablations.run.record import determinism
 
     order = []
     monkeypatch.setattr(runner_module, "configure", lambda *a: order.append("configure"))

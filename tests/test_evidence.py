@@ -10,8 +10,8 @@ import pytest
 from typer.testing import CliRunner
 
 from ablations.cli import app
-from ablations.record import RunRecord, check_record_name, code_fingerprint
-from ablations.report import WRITER_LINE
+from ablations.run.record import RunRecord, check_record_name, code_fingerprint
+from ablations.report.write import WRITER_LINE
 from vlm_core.errors import UserError
 
 from .micro import snapshot, write_micro
@@ -101,8 +101,8 @@ def test_two_invocations_in_the_same_second_on_one_host_both_count(tmp_path, mon
     """A fast machine starts the two halves of a table within one second: both are kept when merged."""
     import time as time_module
 
-    from ablations.evidence import _merge_timing
-    from ablations.record import TableTiming
+    from ablations.report.evidence import _merge_timing
+    from ablations.run.record import TableTiming
     monkeypatch.setattr(time_module, "strftime", lambda fmt, *a: "2026-01-01 00:00:00")
     for half in ("m1", "m2"):
         timing = TableTiming(tmp_path / half, "micro")
@@ -171,7 +171,7 @@ def test_worker_results_name_only_record_files(tmp_path, name):
 
 
 def test_worker_results_have_a_size_bound(tmp_path, monkeypatch):
-    import ablations.record as record
+    import ablations.run.record as record
 
     monkeypatch.setattr(record, "MAX_FILE_BYTES", 10)
     with pytest.raises(UserError, match="bound"):

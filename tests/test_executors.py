@@ -65,7 +65,7 @@ def test_the_slurm_executor_equals_the_serial_one(serial):
 
 
 def test_an_executor_and_its_options_are_checked_before_anything_runs(tmp_path):
-    from ablations.executors import EXECUTORS, check_executor, set_executor_options
+    from ablations.run.executors import EXECUTORS, check_executor, set_executor_options
     from ablations.tables import load_table
     from vlm_core.errors import UserError
 
@@ -127,7 +127,7 @@ def test_a_killed_ray_worker_is_redone_and_nothing_is_half_written(serial):
 
 # ---- the GPU path, decided by functions that run without a GPU
 def test_ray_tasks_ask_for_a_gpu_when_the_runs_are_meant_for_one():
-    from ablations.executors import gpus_per_task, task_device
+    from ablations.run.executors import gpus_per_task, task_device
     from ablations.tables import RunSpec
     from vlm_core.errors import UserError
 
@@ -143,7 +143,7 @@ def test_ray_tasks_ask_for_a_gpu_when_the_runs_are_meant_for_one():
 def test_the_local_pool_runs_one_worker_per_gpu(tmp_path):
     from dataclasses import replace
 
-    from ablations.executors import local_workers
+    from ablations.run.executors import local_workers
     from ablations.tables import load_table
 
     table = load_table(str(write_micro(tmp_path / "m.toml")))

@@ -10,9 +10,15 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from ablations import expectations, rule_rates, stats, verdicts
-from ablations.expectations import NAMED, Check, known_quantity, parse_custom
-from ablations.planning import expected_hash
+from ablations.decide import expectations
+
+from ablations.decide import rule_rates
+
+from ablations.decide import stats
+
+from ablations.decide import verdicts
+from ablations.decide.expectations import NAMED, Check, known_quantity, parse_custom
+from ablations.run.planning import expected_hash
 from ablations.tables import EXPECTATIONS, load_table, shipped_tables
 from vlm_core.errors import UserError
 
@@ -229,10 +235,10 @@ def test_a_partners_split_seeds_do_not_relabel_the_floor():
     that shows it, and the floor compares only with variants none of whose runs collapsed."""
     from pathlib import Path
 
-    from ablations.analysis import analyse
-    from ablations.collect import collect
+    from ablations.report.analysis import analyse
+    from ablations.report.collect import collect
     from ablations.tables import load_table
-    from ablations.verdicts import seeds_disagree
+    from ablations.decide.verdicts import seeds_disagree
 
     root = Path(__file__).resolve().parents[1]
     table = load_table("flickr8k-tiny")

@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from ablations import report as report_module
+from ablations.report import write as report_module
 from ablations.cli import app
-from ablations.findings import END, HEADLINE, START, write_readme_block
-from ablations.formatting import fmt_p
+from ablations.report.findings import END, HEADLINE, START, write_readme_block
+from ablations.report.formatting import fmt_p
 
 ROOT = Path(__file__).resolve().parents[1]
 HEAVY = ("torch", "transformers", "pandas", "scipy", "matplotlib")
@@ -53,7 +53,8 @@ def test_help_of_every_command_imports_no_heavy_library():
 
 
 def test_the_cli_defaults_are_the_libraries_values():
-    from ablations import cli, record
+    from ablations import cli
+    from ablations.run import record
     from vlm_core import device
 
     assert (cli.RUNS_DIR, cli.CACHE_DIR, cli.REPORTS_DIR) == (record.RUNS_DIR, record.CACHE_DIR, record.REPORTS_DIR)

@@ -10,11 +10,11 @@ import pytest
 from matplotlib.colors import to_rgba
 from PIL import Image
 
-from ablations import figures
-from ablations.collect import collect
-from ablations.stats import Interval
+from ablations.report import figures
+from ablations.report.collect import collect
+from ablations.decide.stats import Interval
 from ablations.tables import load_table
-from ablations.verdicts import COLLAPSED, comparison_rows
+from ablations.decide.verdicts import COLLAPSED, comparison_rows
 
 EVIDENCE = Path(__file__).resolve().parents[1] / "reports"
 TABLE = "flickr8k-smollm2"  # 2 of 3 seed-recipe seeds collapsed, the other did not: a guarded (hollow) mark

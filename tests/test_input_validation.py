@@ -8,10 +8,10 @@ from dataclasses import fields
 
 import pytest
 
-from ablations.planning import run_config
-from ablations.record import DONE
+from ablations.run.planning import run_config
+from ablations.run.record import DONE
 from ablations.tables import LIMITS, MAX_NESTING, MAX_TABLE_BYTES, apply_settings, load_table
-from ablations.trained import load_run_model, run_decoding
+from ablations.run.trained import load_run_model, run_decoding
 from vlm_core.errors import UserError
 
 from .micro import write_micro

@@ -5,27 +5,39 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _imports(path: Path, package: str) -> set[str]:
+MODULES = {".".join(p.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
+           for pkg in ("ablations", "vlm_core") for p in (ROOT / pkg).rglob("*.py") if "__pycache__" not in p.parts}
+
+
+def _imports(path: Path, module: str) -> set[str]:
     """Modules of our two packages that ``path`` imports at run time (TYPE_CHECKING blocks left out)."""
     tree, out = ast.parse(path.read_text()), set()
+    package = module if path.name == "__init__.py" else module.rsplit(".", 1)[0]
     for node in ast.walk(tree):
         if isinstance(node, ast.If) and getattr(node.test, "id", "") == "TYPE_CHECKING":
             node.body = []
     for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom):
+            base = node.module or ""
             if node.level:  # relative: from .x import y / from . import x
-                names = [f"{package}.{node.module}"] if node.module else [f"{package}.{a.name}" for a in node.names]
-            else:
-                names = [node.module or ""]
-            out |= {n for n in names if n.split(".")[0] in ("ablations", "vlm_core")}
+                up = package.split(".")[: len(package.split(".")) - (node.level - 1)]
+                base = ".".join(up + ([node.module] if node.module else []))
+            for a in node.names:  # "from pkg import module" imports the module
+                out.add(f"{base}.{a.name}" if f"{base}.{a.name}" in MODULES else base)
         elif isinstance(node, ast.Import):
-            out |= {a.name for a in node.names if a.name.split(".")[0] in ("ablations", "vlm_core")}
-    return {".".join(n.split(".")[:2]) for n in out}
+            out |= {a.name for a in node.names}
+    return {n for n in out if n in MODULES and n != module}
 
 
 def _graph() -> dict[str, set[str]]:
-    return {f"{pkg}.{p.stem}": _imports(p, pkg) for pkg in ("ablations", "vlm_core")
-            for p in sorted((ROOT / pkg).glob("*.py")) if p.stem != "__init__"}
+    graph = {}
+    for pkg in ("ablations", "vlm_core"):
+        for p in sorted((ROOT / pkg).rglob("*.py")):
+            if "__pycache__" in p.parts:
+                continue
+            module = ".".join(p.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
+            graph[module] = _imports(p, module)
+    return graph
 
 
 def test_vlm_core_never_imports_the_harness():

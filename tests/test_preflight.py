@@ -6,7 +6,7 @@ import pytest
 from typer.testing import CliRunner
 
 from ablations.cli import app
-from ablations.preflight import java_version
+from ablations.run.preflight import java_version
 
 from .micro import write_micro
 from .test_data import make_flickr

@@ -1,7 +1,7 @@
 """The README's findings block is what `ablate readme` writes from the committed evidence: never stale."""
 from pathlib import Path
 
-from ablations.findings import END, START, findings
+from ablations.report.findings import END, START, findings
 
 ROOT = Path(__file__).resolve().parents[1]
 

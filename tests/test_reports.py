@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from ablations.report import WRITER_LINE, write_report
+from ablations.report.write import WRITER_LINE, write_report
 from ablations.tables import load_table
 
 REPORTS = Path(__file__).resolve().parents[1] / "reports"

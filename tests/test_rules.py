@@ -4,8 +4,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ablations import analysis, verdicts
-from ablations.collect import TableRuns
+from ablations.report import analysis
+
+from ablations.decide import verdicts
+from ablations.report.collect import TableRuns
 from ablations.tables import load_table
 
 from .micro import write_micro
@@ -124,7 +126,7 @@ def test_grounding_and_reliance_claims_have_sides(tmp_path):
 
 def test_a_family_is_holm_adjusted(tmp_path):
     """Two weak effects that each pass alone (p < 0.05) but not after Holm over the family."""
-    from ablations.stats import Interval
+    from ablations.decide.stats import Interval
 
     tests = [verdicts.Test(f"t{k}", Interval(-0.1, -0.2, -0.01, p, 5), 0.0, "below") for k, p in enumerate([0.03, 0.04])]
     assert [t.decision for t in verdicts.decide_family(tests)] == ["inconclusive", "inconclusive"]

@@ -13,7 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 from ablations.cli import app
-from ablations.record import RunRecord
+from ablations.run.record import RunRecord
 from vlm_core.errors import UserError
 
 from .micro import snapshot, write_micro

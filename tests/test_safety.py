@@ -9,9 +9,9 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-import ablations.runner as runner_module
+import ablations.run.runner as runner_module
 from ablations.cli import app
-from ablations.record import RunRecord, child
+from ablations.run.record import RunRecord, child
 from ablations.tables import load_table
 from vlm_core.atomic import atomic_write_text
 from vlm_core.caption_lm import CaptionCorpus, CaptionLMConfig, build_caption_lm

@@ -3,8 +3,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ablations.scoring import METRICS, score_captions
-from ablations.stats import mean_std, paired_difference
+from ablations.measure.scoring import METRICS, score_captions
+from ablations.decide.stats import mean_std, paired_difference
 
 REFS = {
     "1": ["a dog runs on the grass", "the brown dog is running", "a dog plays outside"],
@@ -46,7 +46,7 @@ def test_wrapper_matches_direct_pycocoevalcap():
 def test_sacrebleu_is_sacrebleus_own_score_and_needs_no_java(tmp_path, monkeypatch):
     import sacrebleu
 
-    from ablations.scoring import Captions, score
+    from ablations.measure.scoring import Captions, score
 
     (tmp_path / "bin").mkdir()
     monkeypatch.setenv("PATH", str(tmp_path / "bin"))  # no java: a Java metric would fail here
@@ -70,8 +70,8 @@ def test_an_opt_in_metric_runs_only_when_named_and_changes_nothing_else():
 
 
 def test_a_table_opts_in_by_name_and_its_other_runs_keep_their_hash(tmp_path):
-    from ablations.planning import expected_hash, run_config
-    from ablations.record import config_hash
+    from ablations.run.planning import expected_hash, run_config
+    from ablations.run.record import config_hash
     from ablations.tables import TARGET_KEYS, load_table
     from vlm_core.errors import UserError
 
@@ -97,7 +97,7 @@ def test_a_table_opts_in_by_name_and_its_other_runs_keep_their_hash(tmp_path):
 def test_a_metric_whose_package_is_missing_is_refused_before_training(monkeypatch):
     import importlib.util
 
-    from ablations.scoring import check_installed
+    from ablations.measure.scoring import check_installed
     from vlm_core.errors import UserError
 
     real = importlib.util.find_spec

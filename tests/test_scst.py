@@ -150,7 +150,7 @@ def test_a_table_with_self_critical_epochs_runs_records_them_and_reports_them(tm
     assert [h["epoch"] for h in history] == [1, 2, 3, 4]
     assert "train_loss" not in history[2] and all(np.isfinite(h["reward"]) for h in history[2:])
     # the cross-entropy model is kept beside the final one, and they differ by the self-critical updates
-    from ablations.trained import load_run_model
+    from ablations.run.trained import load_run_model
     run = runs / "micro" / "full" / "seed-0"
     final, _ = load_run_model(run, tmp_path / "cache")
     xe, _ = load_run_model(run, tmp_path / "cache", weights="xe")
@@ -158,7 +158,7 @@ def test_a_table_with_self_critical_epochs_runs_records_them_and_reports_them(tm
     assert trained(final).keys() == trained(xe).keys() and trained(final)
     assert any(not torch.equal(v, trained(xe)[k]) for k, v in trained(final).items())
     # saved at the right moments: each gives the dev loss the history logged after its last epoch
-    from ablations.runner import prepare
+    from ablations.run.runner import prepare
     from ablations.tables import load_table
     from vlm_core.train import _dev_loss_images, dev_loss
     workspace = prepare(load_table(tmp_path / "micro.toml"), tmp_path / "cache", log=lambda *_: None)
@@ -167,7 +167,7 @@ def test_a_table_with_self_critical_epochs_runs_records_them_and_reports_them(tm
     for model, logged in ((xe, history[1]["dev_loss"]), (final, history[3]["dev_loss"])):
         assert dev_loss(model, dev_x, workspace.data, dev_ids, cfg.batch_size) == pytest.approx(logged, abs=1e-4)
     # the cross-entropy model is also scored on the eval split, like the final one
-    from ablations.runner import score_stage
+    from ablations.run.runner import score_stage
     from vlm_core.train import generate_captions
     metrics = json.loads((run / "metrics.json").read_text())
     feats = workspace.features[workspace.table.data.eval_split]
@@ -282,7 +282,7 @@ def test_beam_candidates_replace_samples_and_are_weighed_against_the_other_beams
 def test_beam_candidates_enter_the_run_hash_only_when_chosen():
     from dataclasses import asdict
 
-    from ablations.record import config_hash
+    from ablations.run.record import config_hash
 
     scst = asdict(TrainConfig(scst_epochs=2, scst_baseline="greedy"))
     before = {k: v for k, v in scst.items() if k != "scst_candidates"}  # a self-critical run made before the key
@@ -295,7 +295,7 @@ def test_a_run_without_self_critical_epochs_has_no_cross_entropy_copy(tmp_path):
     from typer.testing import CliRunner
 
     from ablations.cli import app
-    from ablations.trained import load_run_model
+    from ablations.run.trained import load_run_model
 
     from .micro import write_micro
 

@@ -2,8 +2,8 @@
 import copy
 from pathlib import Path
 
-from ablations.findings import findings_data
-from ablations.summary import PHRASE, claim_of, readme_summary
+from ablations.report.findings import findings_data
+from ablations.report.summary import PHRASE, claim_of, readme_summary
 
 import pytest
 

@@ -12,7 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from ablations.cli import app
-from ablations.record import RunRecord, run_path
+from ablations.run.record import RunRecord, run_path
 from ablations.tables import load_table
 from .micro import write_micro
 

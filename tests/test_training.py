@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from ablations import probes
+from ablations.measure import probes
 from vlm_core.data import CaptionData
 from vlm_core.features import cached_features
 from vlm_core.model import CaptionModel, CaptionModelConfig
@@ -64,7 +64,7 @@ def test_seed_recipe_collapses_to_empty_captions(shapes_small, feats, caption_lm
 
 
 def test_probes_see_a_model_that_ignores_the_image(shapes_small, feats, caption_lm):
-    from ablations.scoring import tokenize
+    from ablations.measure.scoring import tokenize
 
     torch.manual_seed(0)
     model = CaptionModel(CaptionModelConfig(**SMALL_MODEL, blind=True), caption_lm, 1280, (7, 7))

@@ -1,10 +1,10 @@
-"""The seed-level rule's error rates by simulation (ablations/rule_rates.py; benchmarks/verdict_rates.py
+"""The seed-level rule's error rates by simulation (ablations/decide/rule_rates.py; benchmarks/verdict_rates.py
 prints the full table). Bounds are tight enough that 90 % CIs (alpha 0.10) fail them."""
 import numpy as np
 import pytest
 
-from ablations import rule_rates
-from ablations.stats import holm
+from ablations.decide import rule_rates
+from ablations.decide.stats import holm
 
 TABLES = 40_000  # Monte Carlo SE of a 5 % rate: 0.0011
 

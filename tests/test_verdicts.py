@@ -6,9 +6,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ablations import analysis, probes, verdicts
-from ablations.collect import TableRuns
-from ablations.stats import decide, one_sample, paired_difference, seeds_needed, welch
+from ablations.report import analysis
+
+from ablations.measure import probes
+
+from ablations.decide import verdicts
+from ablations.report.collect import TableRuns
+from ablations.decide.stats import decide, one_sample, paired_difference, seeds_needed, welch
 from ablations.tables import load_table
 
 from .micro import write_micro

@@ -20,9 +20,9 @@ from pathlib import Path
 
 from vlm_core.errors import UserError
 
-from .planning import expected_hash
-from .record import RUNS_DIR, RunRecord, cell_path, settings_of
-from .tables import Table
+from ablations.run.planning import expected_hash
+from ablations.run.record import RUNS_DIR, RunRecord, cell_path, settings_of
+from ablations.tables import Table
 
 DEFAULT_URI = f"sqlite:///{RUNS_DIR / 'mlflow.db'}"  # a file beside the runs; any MLflow tracking URI works
 HISTORY_METRICS = ("train_loss", "dev_loss", "reward", "scst_loss")

@@ -40,11 +40,11 @@ from vlm_core.device import AUTO_DEVICE, describe, resolve_device
 from vlm_core.errors import UserError
 from vlm_core.features import FeatureSet
 
-from .console import quiet_libraries
-from .preflight import ray_address
-from .record import RunRecord, provenance, read_folder, run_path
-from .runner import Workspace, execute_run, prepare
-from .tables import Table, Variant, checked_section, toml_value
+from ablations.console import quiet_libraries
+from ablations.run.preflight import ray_address
+from ablations.run.record import RunRecord, provenance, read_folder, run_path
+from ablations.run.runner import Workspace, execute_run, prepare
+from ablations.tables import Table, Variant, checked_section, toml_value
 
 Done = Callable[[Variant, int, str, list[str]], None]  # (variant, seed, state, log lines) after each run
 

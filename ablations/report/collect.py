@@ -9,9 +9,9 @@ import pandas as pd
 
 from vlm_core.errors import UserError
 
-from .record import ReferenceFile, RunRecord, TableTiming, VerifyLog, cell_path, code_label
-from .planning import expected_hash
-from .tables import Table
+from ablations.run.record import ReferenceFile, RunRecord, TableTiming, VerifyLog, cell_path, code_label
+from ablations.run.planning import expected_hash
+from ablations.tables import Table
 
 
 @dataclass

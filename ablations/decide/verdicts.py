@@ -19,10 +19,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from .collect import TableRuns
-from .expectations import EVERY_WORKING, NAMED, Check, Expectation, label
-from .formatting import fmt, fmt_ci, fmt_p
-from .stats import (Comparison, Interval, compare, decide, holm, image_floor, mean_std, one_sample, rate_floor,
+from ablations.report.collect import TableRuns
+from ablations.decide.expectations import EVERY_WORKING, NAMED, Check, Expectation, label
+from ablations.report.formatting import fmt, fmt_ci, fmt_p
+from ablations.decide.stats import (Comparison, Interval, compare, decide, holm, image_floor, mean_std, one_sample, rate_floor,
                     seeds_for_equivalence, tost, tost_one_sample, welch)
 
 COMPARED = {q: label(q) for q in ("CIDEr", "nll_gap", "slot_relation")}  # per-image quantities with comparison tables

@@ -16,9 +16,9 @@ from pathlib import Path
 from vlm_core.atomic import atomic_write_json
 from vlm_core.errors import UserError
 
-from .record import ReferenceFile, RunRecord, TableTiming, cell_path
-from .planning import expected_hash
-from .tables import Table
+from ablations.run.record import ReferenceFile, RunRecord, TableTiming, cell_path
+from ablations.run.planning import expected_hash
+from ablations.tables import Table
 
 
 @dataclass
@@ -49,7 +49,7 @@ class References:
         if not current:  # its data settings are not the table's: never read a path a record names
             return None
         if self._data is None:
-            from .table_data import load_data
+            from ablations.table_data import load_data
 
             try:
                 self._data = load_data(self.table.data, self.data_dir).captions
@@ -70,7 +70,7 @@ def check_metrics(record: RunRecord, references: References, current: bool) -> s
         return "metrics not recomputed: its data set's references are not readable here (--data-dir)"
     if shutil.which("java") is None:
         return "metrics not recomputed: no Java here for the PTB tokenizer"
-    from .scoring import Captions, score
+    from ablations.measure.scoring import Captions, score
 
     again, _ = score(Captions({i: refs[i] for i in captions}, captions), RECOMPUTED)
     stored = record.metrics()["metrics"]

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .record import RunRecord, cell_path, child, config_hash
-from .tables import Table, Variant, variant_config
+from ablations.run.record import RunRecord, cell_path, child, config_hash
+from ablations.tables import Table, Variant, variant_config
 
 
 def run_config(table: Table, variant: Variant, seed: int, eval_split: str) -> dict:

@@ -44,9 +44,9 @@ from vlm_core.errors import UserError
 from vlm_core.settings import without_unset
 from vlm_core.train import SCST_SETTINGS, TrainConfig
 
-from .tables import ProbeSpec, data_settings
+from ablations.tables import ProbeSpec, data_settings
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 DONE, FAILED = "DONE", "FAILED"
 LIBRARIES = ("torch", "transformers", "peft", "pycocoevalcap", "numpy", "scipy")
 
@@ -682,8 +682,8 @@ def _git(*args: str) -> str | None:
 # The code a run's result depends on: the model, data, training and the run stages that caption, score and
 # probe. The report writer, the CLI, tests and docs are left out, so a commit that changes only those
 # keeps the fingerprint, and runs made before and after it count as one code version.
-RESULT_CODE = ("vlm_core", "ablations/runner.py", "ablations/table_data.py", "ablations/probes.py",
-               "ablations/scoring.py", "ablations/slots.py", "ablations/attention.py")
+RESULT_CODE = ("vlm_core", "ablations/run/runner.py", "ablations/table_data.py", "ablations/measure/probes.py",
+               "ablations/measure/scoring.py", "ablations/measure/slots.py", "ablations/measure/attention.py")
 
 
 def _code_tree(source: str) -> str:

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .budgets import family_size as budget_family_size
-from .formatting import fmt, fmt_ci, fmt_p, md_table, mean_sd
-from .record import STAGES
-from .scoring import METRIC_COLUMNS, METRICS
-from .verdicts import COMPARED, family_size
+from ablations.decide.budgets import family_size as budget_family_size
+from ablations.report.formatting import fmt, fmt_ci, fmt_p, md_table, mean_sd
+from ablations.run.record import STAGES
+from ablations.measure.scoring import METRIC_COLUMNS, METRICS
+from ablations.decide.verdicts import COMPARED, family_size
 
 if TYPE_CHECKING:
-    from .report import ReportInput
+    from ablations.report.write import ReportInput
 
 PROBE_COLUMNS = ["swap_rate", "swap_mutual_bleu4", "nll_gap", "perceptual_score", "empty_rate",
                  "eos_first_rate", "unique_share", "distinct_1", "distinct_2", "mean_length"]
@@ -125,7 +125,7 @@ def section_comparisons(r: ReportInput) -> list[str]:
              "bootstrap 95% CI over images and Wilcoxon p; it says whether these particular models differ, not "
              "whether the architectures do. Planning numbers are estimates from 2-4 degrees of freedom.", ""]
     if "comparisons" in r.pictures:
-        from .figures import run_values, seed_pair_shares
+        from ablations.report.figures import run_values, seed_pair_shares
 
         shares = seed_pair_shares(run_values(r.a.runs, r.a.comparisons))
         lines += [f"![every comparison with {r.ref}]({r.pictures['comparisons']})", "",

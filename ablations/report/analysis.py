@@ -9,11 +9,11 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
-from .collect import XE_PREFIX, TableRuns
-from .formatting import fmt
-from .record import STAGES
-from .stats import Interval, one_sample
-from .verdicts import (COMPARED, Verdict, comparison_rows, expectations, grounding_verdicts, plan_swap,
+from ablations.report.collect import XE_PREFIX, TableRuns
+from ablations.report.formatting import fmt
+from ablations.run.record import STAGES
+from ablations.decide.stats import Interval, one_sample
+from ablations.decide.verdicts import (COMPARED, Verdict, comparison_rows, expectations, grounding_verdicts, plan_swap,
                        reliance_verdicts, summarize, target_test, variants_where, verified_fingerprints)
 
 
@@ -363,8 +363,7 @@ def attention_gallery(table_runs: TableRuns) -> dict[str, dict[str, np.ndarray]]
 
 
 def analyse(table_runs: TableRuns) -> Analysis:
-    from . import budgets
-
+    from ablations.decide import budgets
     summary = summarize(table_runs)
     spent = time_spent(table_runs)
     loss, scst = loss_rows(table_runs) if table_runs.order else ([], [])

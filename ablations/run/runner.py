@@ -22,13 +22,15 @@ from vlm_core.model import CaptionModel, CaptionModelConfig
 from vlm_core.train import TrainingDiverged, generate_captions, train_model
 from vlm_core.vision import VisionBackbone, load_vision_backbone
 
-from . import attention, probes
-from .planning import run_config
-from .record import STAGES, RunRecord, determinism, provenance
-from .scoring import Captions, check_installed, chosen_metrics, score
-from .slots import slot_scores
-from .table_data import caption_corpus, load_data
-from .tables import Table, Variant
+from ablations.measure import attention
+
+from ablations.measure import probes
+from ablations.run.planning import run_config
+from ablations.run.record import STAGES, RunRecord, determinism, provenance
+from ablations.measure.scoring import Captions, check_installed, chosen_metrics, score
+from ablations.measure.slots import slot_scores
+from ablations.table_data import caption_corpus, load_data
+from ablations.tables import Table, Variant
 
 TRAIN, GENERATE, SCORE, PROBE = STAGES
 CROSS_ENTROPY_MODEL = "score_cross_entropy_model"  # self-critical runs: their model before those epochs, scored

@@ -11,10 +11,10 @@ import torch
 
 from vlm_core.atomic import atomic_write
 
-from .analysis import COMPARED
-from .attention import patch_maps
-from .stats import Interval
-from .verdicts import COLLAPSED
+from ablations.report.analysis import COMPARED
+from ablations.measure.attention import patch_maps
+from ablations.decide.stats import Interval
+from ablations.decide.verdicts import COLLAPSED
 
 # The unit of each compared quantity (per-image values averaged over a run's images), for axis labels.
 UNITS = {"CIDEr": "CIDEr-D units", "nll_gap": "nats/token", "slot_relation": "share correct on two-object images"}

@@ -16,8 +16,8 @@ from vlm_core.device import resolve_device
 from vlm_core.errors import UserError
 from vlm_core.flickr8k import SPLIT_FILES
 
-from .table_data import data_source, resolve_data_dir
-from .tables import Table
+from ablations.table_data import data_source, resolve_data_dir
+from ablations.tables import Table
 
 MIN_JAVA = 11  # pycocoevalcap's PTB tokenizer and METEOR jars; the README asks for 17
 

@@ -17,11 +17,11 @@ import torch
 
 from vlm_core.errors import UserError
 
-from .collect import collect
-from .planning import expected_hash
-from .record import RunRecord, VerifyLog, cell_path, code_label, code_version, evidence_dir
-from .runner import execute_run, prepare
-from .tables import Table, apply_settings, load_table
+from ablations.report.collect import collect
+from ablations.run.planning import expected_hash
+from ablations.run.record import RunRecord, VerifyLog, cell_path, code_label, code_version, evidence_dir
+from ablations.run.runner import execute_run, prepare
+from ablations.tables import Table, apply_settings, load_table
 
 
 def chosen_cells(table: Table, evidence: Path, n: int) -> list[tuple[str, int]]:

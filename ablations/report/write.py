@@ -21,20 +21,20 @@ from pathlib import Path
 from vlm_core.atomic import atomic_write, atomic_write_text
 from vlm_core.errors import UserError
 
-from . import figures
-from .analysis import Analysis, analyse, attention_gallery, run_rows
-from .budgets import QUANTITIES as BUDGET_QUANTITIES
-from .collect import collect
-from .evidence import add_runs
-from .summary import report_answer
-from .formatting import fmt, fmt_ci, md_table
-from .record import REPO_ROOT, ReferenceFile, child, code_label, code_version, evidence_dir
-from .table_data import load_data
-from .report_sections import (section_attention, section_budgets, section_comparisons, section_diagnosis,
+from ablations.report import figures
+from ablations.report.analysis import Analysis, analyse, attention_gallery, run_rows
+from ablations.decide.budgets import QUANTITIES as BUDGET_QUANTITIES
+from ablations.report.collect import collect
+from ablations.report.evidence import add_runs
+from ablations.report.summary import report_answer
+from ablations.report.formatting import fmt, fmt_ci, md_table
+from ablations.run.record import REPO_ROOT, ReferenceFile, child, code_label, code_version, evidence_dir
+from ablations.table_data import load_data
+from ablations.report.sections import (section_attention, section_budgets, section_comparisons, section_diagnosis,
                               section_expectations, section_gallery, section_likelihood, section_loss, section_main,
                               section_parameters, section_reliance, section_timing, _budget_sentence)
-from .tables import Table
-from .verdicts import COMPARED
+from ablations.tables import Table
+from ablations.decide.verdicts import COMPARED
 
 WRITER_LINE = "This report was written by code"  # the one line that names the writing code's version
 

@@ -24,7 +24,7 @@ from typing import Any
 
 from vlm_core.errors import UserError
 
-from .scoring import TARGET_METRICS
+from ablations.measure.scoring import TARGET_METRICS
 
 DIRECTIONS = ("below", "above", "equivalent")
 EXPECT_KEYS = ("quantity", "vs", "direction", "margin", "margin_reason", "words")

@@ -18,7 +18,7 @@ from scipy import stats
 from vlm_core.model import CaptionModel
 from vlm_core.train import reference_nll
 
-from .scoring import cider
+from ablations.measure.scoring import cider
 
 
 def derangement(n: int, seed: int) -> list[int]:

@@ -11,9 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 
-from .collect import TableRuns
-from .stats import Interval, decide, holm, image_floor, one_sample, welch
-from .verdicts import guard
+from ablations.report.collect import TableRuns
+from ablations.decide.stats import Interval, decide, holm, image_floor, one_sample, welch
+from ablations.decide.verdicts import guard
 
 # The quantities plotted and tested at every budget, and the direction each ablation is expected to
 # move them in (from the variant's expectations; other pairs are shown without an expected direction).

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .formatting import fmt_ci
+from ablations.report.formatting import fmt_ci
 
 # Published frozen-encoder Flickr8k captioners (test split, BLEU-4 / CIDEr) that the real-data targets come from:
 # numbers outside this study, quoted so a reader can place ours.

@@ -14,13 +14,13 @@ from pathlib import Path
 from vlm_core.atomic import atomic_write_text
 from vlm_core.errors import UserError
 
-from .analysis import analyse
-from .expectations import NAMED, label
-from .collect import collect
-from .formatting import fmt_ci, md_table
-from .record import RunRecord, evidence_dir
-from .summary import readme_summary, summary_markdown
-from .tables import DATA_WITH_SLOT_LABELS, load_table
+from ablations.report.analysis import analyse
+from ablations.decide.expectations import NAMED, label
+from ablations.report.collect import collect
+from ablations.report.formatting import fmt_ci, md_table
+from ablations.run.record import RunRecord, evidence_dir
+from ablations.report.summary import readme_summary, summary_markdown
+from ablations.tables import DATA_WITH_SLOT_LABELS, load_table
 
 # The headline tables, in the order a reader should meet them: synthetic data, the small real-data
 # table, the canonical real-data table, the pretrained-LM table.

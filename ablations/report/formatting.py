@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from .stats import Interval
+from ablations.decide.stats import Interval
 
 
 def fmt(x, digits: int = 3) -> str:

@@ -13,9 +13,9 @@ from vlm_core.model import CaptionModel, CaptionModelConfig
 from vlm_core.train import Decoding, TrainConfig
 from vlm_core.vision import VisionBackbone, load_vision_backbone
 
-from .record import RunRecord
-from .table_data import caption_corpus, run_data
-from .tables import BackboneSpec, DataSpec, checked_section
+from ablations.run.record import RunRecord
+from ablations.table_data import caption_corpus, run_data
+from ablations.tables import BackboneSpec, DataSpec, checked_section
 
 # The sections of a run's config.json that rebuild its model, each checked as the table's section was.
 RUN_SECTIONS = {"data": DataSpec, "backbones": BackboneSpec, "caption_lm": CaptionLMConfig, "model": CaptionModelConfig,
