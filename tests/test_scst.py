@@ -228,6 +228,33 @@ def test_a_greedy_baseline_weighs_each_sample_by_its_reward_minus_the_greedy_cap
     assert min(expected) < 0 < max(expected)
 
 
+def test_scst_images_draws_that_many_training_images_each_epoch(gpt2_tiny, monkeypatch):
+    """A self-critical epoch on a share of the images (what makes it affordable with a large LM): each epoch
+    trains on scst_images of them, a fresh seeded draw, and the progress total counts only those steps."""
+    model, data, feats, x = _two_image_setup(gpt2_tiny)
+    seen = []
+
+    def fixed_samples(features, max_new_tokens, num_samples, temperature=1.0):
+        keys = [next(k for r, k in zip(x, data.splits["train"]) if torch.equal(r, f)) for f in features.float()]
+        seen.append(keys)
+        texts = [c for k in keys for c in ("a red square", "a blue circle")]
+        return texts, _token_rows(model, texts)
+
+    monkeypatch.setattr(model, "sample_with_ids", fixed_samples)
+    totals = []
+    cfg = TrainConfig(epochs=1, batch_size=1, dev_images=2, max_new_tokens=6, scst_epochs=6, scst_samples=2,
+                      scst_lr=1e-3, scst_images=1)
+    self_critical(model, data, feats, feats, cfg, random.Random(0), log=lambda *_: None,
+                  on_step=lambda step, total, loss: totals.append(total))
+    assert [len(keys) for keys in seen] == [1] * 6  # one image an epoch, not both
+    assert len({keys[0] for keys in seen}) == 2  # drawn afresh: both images appear over six epochs
+    assert set(totals) == {6}
+    with pytest.raises(UserError, match="scst_images"):
+        TrainConfig(scst_epochs=1, scst_images=-1)
+    with pytest.raises(UserError, match="only with train.scst_epochs"):
+        TrainConfig(scst_images=100)
+
+
 def test_beam_candidates_are_the_beams_that_decoding_chooses_among(gpt2_tiny):
     model, _, _, x = _two_image_setup(gpt2_tiny)
     texts, ids = model.beams_with_ids(x, max_new_tokens=6, num_beams=3, no_repeat_ngram_size=2)

@@ -73,6 +73,9 @@ class TrainConfig:
     # scst_samples beams of a beam search of that width (the table's no_repeat_ngram_size, length_penalty), so that the
     # captions trained on are the kind that beam decoding outputs (Cornia et al. 2020, M2 Transformer)
     scst_candidates: str = "sample"
+    # images per self-critical epoch (0: every training image): a fresh seeded draw each epoch, so that a screen
+    # can afford the self-critical step with a large LM, whose beam search costs more than its training step
+    scst_images: int = 0
     generate_batch_size: int = 100
     debug_nan_at_step: int = 0  # fault injection for tests: force a NaN loss from this step (0 = never)
 
@@ -104,11 +107,13 @@ class TrainConfig:
                             f"{self.scst_baseline!r}) and train.scst_lr > 0")
         if self.scst_candidates not in SCST_CANDIDATES:
             raise UserError(f"train.scst_candidates must be one of {', '.join(SCST_CANDIDATES)}, not {self.scst_candidates!r}")
+        if self.scst_images < 0:
+            raise UserError(f"train.scst_images must be >= 0 (0: every training image), not {self.scst_images}")
         if self.scst_candidates == "beam" and self.scst_samples < 2:
             raise UserError("train.scst_candidates = 'beam' needs train.scst_samples >= 2 (the beam width)")
         unset = defaults(TrainConfig)
         if not self.scst_epochs and any(getattr(self, k) != unset[k] for k in SCST_SETTINGS + ("scst_candidates",)):
-            raise UserError("train.scst_samples / scst_lr / scst_baseline / scst_candidates act only with "
+            raise UserError("train.scst_samples / scst_lr / scst_baseline / scst_images / scst_candidates act only with "
                             "train.scst_epochs >= 1")
 
     def decoding(self) -> "Decoding":
@@ -118,7 +123,7 @@ class TrainConfig:
 RERANKS = ("none", "consensus")
 SCST_BASELINES = ("others", "greedy")
 SCST_CANDIDATES = ("sample", "beam")
-SCST_SETTINGS = ("scst_samples", "scst_lr", "scst_baseline")  # what acts only with scst_epochs >= 1
+SCST_SETTINGS = ("scst_samples", "scst_lr", "scst_baseline", "scst_images")  # what acts only with scst_epochs >= 1
 
 
 @dataclass(frozen=True)
@@ -278,7 +283,7 @@ def train_model(model: CaptionModel, data: CaptionData, train_feats: FeatureSet,
     dev_x, dev_ids = _dev_loss_images(dev_feats, cfg)
     model.connector.fit_feature_stats(train_x)
     params, opt, sched, total, warmup = _optimizer(model, cfg, len(train_feats.ids))
-    scst_steps = math.ceil(len(train_feats.ids) / cfg.batch_size) * cfg.scst_epochs
+    scst_steps = math.ceil(_scst_images(cfg, len(train_feats.ids)) / cfg.batch_size) * cfg.scst_epochs
     scaler = torch.amp.GradScaler(model.device.type, enabled=model.precision == "fp16")  # fp16 only: loss scaling
     history = [] if history is None else history
     step, first_loss = 0, None
@@ -351,12 +356,13 @@ def self_critical(model: CaptionModel, data: CaptionData, train_feats: FeatureSe
     params, groups = _trainable_groups(model, cfg.scst_lr, cfg.scst_lr * (cfg.connector_lr or cfg.lr) / cfg.lr)
     opt = _adamw(groups, cfg)
     scaler = torch.amp.GradScaler(model.device.type, enabled=model.precision == "fp16")
-    per_epoch = math.ceil(len(ids) / cfg.batch_size)
+    per_epoch = math.ceil(_scst_images(cfg, len(ids)) / cfg.batch_size)
     total, step, first = per_epoch * cfg.scst_epochs, 0, len(history)
     for epoch in range(1, cfg.scst_epochs + 1):
         start = time.time()
         order = list(range(len(ids)))
         rng.shuffle(order)
+        order = order[: _scst_images(cfg, len(ids))]
         losses, rewards = [], []
         for i in range(0, len(order), cfg.batch_size):
             rows = order[i : i + cfg.batch_size]
@@ -379,6 +385,10 @@ def self_critical(model: CaptionModel, data: CaptionData, train_feats: FeatureSe
             after_epoch(epoch)
     model.eval()
     return history[first:]
+
+
+def _scst_images(cfg: TrainConfig, available: int) -> int:
+    return min(cfg.scst_images, available) if cfg.scst_images else available
 
 
 def _self_critical_loss(model: CaptionModel, x: torch.Tensor, image_ids: list[str], reward: CiderD,

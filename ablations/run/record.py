@@ -144,7 +144,7 @@ def check_record_name(name: str, weights: bool = True) -> None:
 # when set, and the runs made before them stay current (the caption LM's cache key does the same).
 TRAIN_KEYS_ADDED_LATER = ("length_penalty", "rerank", "rerank_samples", "rerank_temperature", "label_smoothing",
                           "scst_epochs", "scst_samples", "scst_lr", "scst_baseline", "scst_candidates",
-                          "length_grouped", "dev_checks")
+                          "length_grouped", "dev_checks", "scst_images")
 PROBE_KEYS_ADDED_LATER = ("metrics",)  # the same for [probes]: opt-in metrics (scoring.CAPTION_METRICS)
 
 
