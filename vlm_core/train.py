@@ -112,7 +112,7 @@ class TrainConfig:
         if self.scst_candidates == "beam" and self.scst_samples < 2:
             raise UserError("train.scst_candidates = 'beam' needs train.scst_samples >= 2 (the beam width)")
         unset = defaults(TrainConfig)
-        if not self.scst_epochs and any(getattr(self, k) != unset[k] for k in SCST_SETTINGS + ("scst_candidates",)):
+        if not self.scst_epochs and any(getattr(self, k) != unset[k] for k in SCST_SETTINGS + ("scst_candidates", "scst_images")):
             raise UserError("train.scst_samples / scst_lr / scst_baseline / scst_images / scst_candidates act only with "
                             "train.scst_epochs >= 1")
 
@@ -123,7 +123,7 @@ class TrainConfig:
 RERANKS = ("none", "consensus")
 SCST_BASELINES = ("others", "greedy")
 SCST_CANDIDATES = ("sample", "beam")
-SCST_SETTINGS = ("scst_samples", "scst_lr", "scst_baseline", "scst_images")  # what acts only with scst_epochs >= 1
+SCST_SETTINGS = ("scst_samples", "scst_lr", "scst_baseline")  # what acts only with scst_epochs >= 1
 
 
 @dataclass(frozen=True)
