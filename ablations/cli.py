@@ -12,13 +12,12 @@ from typing import Optional
 
 import typer
 from rich.markup import escape
-from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn,
-                           track)
+from rich.progress import track
 from rich.table import Table as RichTable
 
 from vlm_core.errors import BackboneUnavailable, UserError
 
-from ablations.console import console, err_console, quiet_libraries
+from ablations.console import console, err_console, progress_bars, quiet_libraries
 
 # Option defaults, spelled here so that building the commands imports nothing heavy; the same values as
 # record.RUNS_DIR / CACHE_DIR / REPORTS_DIR and vlm_core.device.AUTO_DEVICE (a test checks that they agree).
@@ -66,11 +65,6 @@ def _fail(err: Exception, hint: str = "") -> None:
     raise typer.Exit(2)
 
 
-def _progress() -> Progress:
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    TextColumn("ETA"), TimeRemainingColumn(), console=console, transient=False)
-
-
 @app.command("run-all")
 def run_all(
     table: str = typer.Argument("shapes", help="A shipped table name (see `ablate list`) or a .toml path."),
@@ -103,10 +97,7 @@ def run_all(
     second run-all on the same --runs-dir and table is refused while the first holds the lock.
     """
     from ablations.run import executors
-    from ablations.run import tracking
-    from ablations.run.planning import plan_runs
-    from ablations.run.preflight import preflight
-    from ablations.run.record import evidence_dir, table_lock
+    from ablations.run.run_all import run_table
     from ablations.tables import load_table
 
     tbl = None
@@ -117,24 +108,15 @@ def run_all(
         if ray_address is not None:
             tbl.run.options = {**tbl.run.options, "ray": {**tbl.run.options.get("ray", {}), "address": ray_address}}
         executors.set_executor_options(tbl, executor_option or [])
-        if tbl.run.track:
-            tracking.check_available()  # MLflow missing: say so before any training (its store is made later)
-        seed_list = _chosen_seeds(tbl, seeds, seed)
-        preflight(tbl, runs_dir, cache_dir, data_dir)  # before anything is created or trained
-        executors.check_executor(tbl)
-        with table_lock(runs_dir, tbl.name):
-            todo, notes = plan_runs(tbl, runs_dir, tbl.select(only), seed_list, force, keep_stale,
-                                    evidence=evidence_dir(reports_dir, tbl.name))
-            for line in notes:
-                console.print(line, highlight=False)
-            if not todo:
-                console.print(f"[green]nothing to do[/green]: every selected run of '{tbl.name}' is finished "
-                              f"and current; `ablate report {table}` writes the report")
-                return
-            lost = _execute(tbl, todo, runs_dir, cache_dir, data_dir)
+        done = run_table(tbl, runs_dir, cache_dir, reports_dir, data_dir, variants=tbl.select(only),
+                         seeds=_chosen_seeds(tbl, seeds, seed), force=force, keep_stale=keep_stale)
+        if not done.cells:
+            console.print(f"[green]nothing to do[/green]: every selected run of '{tbl.name}' is finished "
+                          f"and current; `ablate report {table}` writes the report")
+            return
         console.print(f"next: `ablate report {table}`", highlight=False)
-        if lost:
-            raise UserError(f"{lost} run(s) could not be finished (their workers or jobs died first); "
+        if done.lost:
+            raise UserError(f"{done.lost} run(s) could not be finished (their workers or jobs died first); "
                             "`ablate run-all` again redoes them")
     except BackboneUnavailable as err:
         _fail(err, f" (table '{tbl.name}' requires: {tbl.requires})" if tbl and tbl.requires else "")
@@ -152,50 +134,6 @@ def _chosen_seeds(tbl, first: Optional[int], chosen: Optional[list[int]]) -> lis
                             f"{', '.join(map(str, tbl.all_seeds))}; add it to table.seeds to run it)")
         return [k for k in tbl.all_seeds if k in chosen]
     return tbl.all_seeds[:first] if first else tbl.all_seeds
-
-
-def _execute(tbl, todo, runs_dir: Path, cache_dir: Path, data_dir: Optional[str]) -> int:
-    """Prepare once, run ``todo`` on the table's executor with progress, record the time after every run."""
-    from ablations.run import executors
-    from ablations.run import tracking
-    from ablations.run.record import TableTiming, child
-    from ablations.run.runner import prepare
-
-    timing = TableTiming(runs_dir, tbl.name)
-    workspace = prepare(tbl, cache_dir, data_dir, log=console.print)
-    timing.begin(time.time() - timing.start, workspace.seconds)
-    console.print(f"{len(todo)} run(s) on {workspace.provenance['device']}, executor {tbl.run.executor}, "
-                  f"{executors.threads_per_run(tbl)} thread(s) per run", highlight=False)
-    with _progress() as progress:
-        overall = progress.add_task(f"[bold]{tbl.name}[/bold] runs", total=len(todo))
-        tasks = {}
-
-        def done(v, s, state, lines):
-            for line in lines:
-                progress.console.print(line, highlight=False)
-            timing.run_finished()
-            if tbl.run.track and state == "done":  # from the driver, as each record comes back
-                try:
-                    tracking.track_table(tbl, child(runs_dir, tbl.name), tbl.run.tracking_uri or None, log=lambda *_: None)
-                except Exception as err:  # noqa: BLE001: a tracker's trouble must not stop the table
-                    progress.console.print(f"[yellow]MLflow: not logged ({type(err).__name__}: {err}); "
-                                           f"`ablate track {tbl.name} --from {runs_dir}` adds it later[/yellow]")
-            if (v.name, s) in tasks:
-                progress.update(tasks[(v.name, s)], description=f"  {v.name} seed {s}: {state}")
-            else:
-                progress.console.print(f"{v.name} seed {s}: {state}", highlight=False)
-            progress.advance(overall)
-
-        def on_step(v, s):
-            tasks[(v.name, s)] = task = progress.add_task(f"  {v.name} seed {s}", total=None)
-            return lambda step, total, loss: progress.update(task, total=total, completed=step,
-                                                             description=f"  {v.name} seed {s} loss {loss:.3f}")
-
-        runner = executors.executor(tbl.run.executor, workspace, runs_dir, cache_dir, data_dir, on_step,
-                                    log=progress.console.print)
-        lost = runner.run(todo, done)
-    console.print(f"[green]finished[/green] {len(todo) - lost} run(s) in {time.time() - timing.start:.0f} s")
-    return lost
 
 
 @app.command()
@@ -407,7 +345,7 @@ def train(
         RunRecord(out).check_target()  # before loading anything: a folder of other files is never touched
         start = time.time()
         workspace = prepare(tbl, cache_dir, data_dir, splits=("train", "dev"), log=console.print)
-        with _progress() as progress:
+        with progress_bars() as progress:
             task = progress.add_task(f"training {variant}", total=None)
             state = execute_run(workspace, v, seed, out, eval_split="dev", log=progress.console.print,
                                 on_step=lambda s, n, loss: progress.update(task, total=n, completed=s))

@@ -26,3 +26,12 @@ def quiet_libraries() -> None:
     else:  # not loaded yet (importing it costs ~1 s): the same two settings, read by them when they load
         os.environ["TRANSFORMERS_VERBOSITY"] = "error"
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # an explicit 0 wins, as it does over the call
+
+
+def progress_bars():
+    """The bars of `run-all` and `train`: description, bar, done of total, elapsed, ETA."""
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                               TimeRemainingColumn)
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    TextColumn("ETA"), TimeRemainingColumn(), console=console, transient=False)

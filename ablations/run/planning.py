@@ -18,15 +18,17 @@ def expected_hash(table: Table, variant: Variant, seed: int) -> str:
 
 
 def plan_runs(table: Table, runs_dir: Path, variants: list[Variant], seeds: list[int], force: bool = False,
-              keep_stale: bool = False, evidence: Path | None = None) -> tuple[list[tuple[Variant, int]], list[str]]:
+              keep_stale: bool = False, evidence: Path | None = None,
+              any_seed: bool = False) -> tuple[list[tuple[Variant, int]], list[str]]:
     """Which (variant, seed) runs to do, and one line for each run left as it is or redone for a reason.
 
     A finished run is kept only when its stored config hash equals the table's now, in the local runs
     folder or in the evidence (``evidence``: the table's reports/<table>/runs); a stale one (settings
-    changed since, or made before runs recorded their hash) is redone unless ``keep_stale``."""
+    changed since, or made before runs recorded their hash) is redone unless ``keep_stale``. A row runs
+    the ``seeds`` it lists; with ``any_seed``, every one of ``seeds`` (a replication beyond the table's)."""
     todo, notes = [], []
     for v in variants:
-        for s in [s for s in v.seeds if s in seeds]:
+        for s in [s for s in v.seeds if s in seeds] + [s for s in seeds if any_seed and s not in v.seeds]:
             want = expected_hash(table, v, s)
             local = RunRecord(cell_path(child(runs_dir, table.name), v.name, s))
             state = local.status(want)
