@@ -124,6 +124,46 @@ def run_all(
         _fail(err)
 
 
+@app.command()
+def replicate(
+    table: str = typer.Argument(..., help="A shipped table name or a .toml path."),
+    seeds: str = typer.Option(..., "--seeds", help="The replication's seeds: a range (5-9) or a list (5,6,7); new "
+                              "seeds, or the table's own on another machine."),
+    name: Optional[str] = typer.Option(None, "--name", help="The replication's name (default: seeds-5-9)."),
+    only: Optional[list[str]] = typer.Option(None, "--only", help="Replicate only this variant (repeatable)."),
+    runs_dir: Path = RUNS, reports_dir: Path = REPORTS, cache_dir: Path = CACHE, data_dir: Optional[str] = DATA_DIR,
+):
+    """Run the table's variants again on other seeds (or the same seeds on another machine) into separate evidence
+    (reports/<table>/replications/<name>/runs), then rewrite the table's report with a section that puts the
+    replication's verdicts beside its own ("k of n verdicts replicate"). The table's verdicts never use them.
+    Budget rows ([[sweep]]) are not replicated."""
+    from ablations.report.evidence import add_runs
+    from ablations.report.replication import REPLICATIONS, parse_seeds, with_seeds
+    from ablations.report.write import write_report
+    from ablations.run.record import child
+    from ablations.run.run_all import run_table
+    from ablations.tables import load_table
+
+    try:
+        tbl = load_table(table)
+        chosen = parse_seeds(seeds)
+        name = name or f"seeds-{seeds.replace(',', '-')}"
+        copy = with_seeds(tbl, chosen)
+        rows = [v for v in copy.select(only) if not v.sweep_of]
+        root = child(child(child(reports_dir, tbl.name), REPLICATIONS), name)
+        local = child(child(runs_dir, REPLICATIONS), name)
+        done = run_table(copy, local, cache_dir, reports_dir, data_dir, variants=rows, seeds=chosen,
+                         evidence=root / "runs")
+        merge = add_runs(copy, child(local, tbl.name), root / "runs", data_dir=data_dir)
+        path = write_report(tbl, None, reports_dir, data_dir)
+        console.print(f"replication '{name}': {len(done.cells)} run(s) made, {len(merge.added)} added to "
+                      f"{root / 'runs'}; report: {path}", highlight=False)
+        if done.lost:
+            raise UserError(f"{done.lost} run(s) could not be finished; `ablate replicate` again redoes them")
+    except UserError as err:
+        _fail(err)
+
+
 def _chosen_seeds(tbl, first: Optional[int], chosen: Optional[list[int]]) -> list[int]:
     if first and chosen:
         raise UserError("--seeds N and --seed K: give one of them")

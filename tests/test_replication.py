@@ -38,3 +38,31 @@ def test_budget_verdicts_are_left_out_and_identical_evidence_replicates_whole():
     rows = compare(original, copy.deepcopy(original))
     assert rows and all(r["same"] for r in rows)
     assert not any(r["section"] == "budgets" for r in rows)
+
+
+def test_replicate_runs_new_seeds_into_their_own_evidence_and_the_report_compares(tmp_path):
+    from typer.testing import CliRunner
+
+    from ablations.cli import app
+
+    from .micro import write_micro
+    table = write_micro(tmp_path / "micro.toml", seeds=(0, 1), variants=("full", "blind"))
+    common = ["--runs-dir", tmp_path / "runs", "--reports-dir", tmp_path / "reports", "--cache-dir", tmp_path / "cache"]
+    run = lambda *a: CliRunner().invoke(app, [str(x) for x in a])  # noqa: E731
+    assert run("run-all", table, *common).exit_code == 0
+    assert run("report", table, "--runs-dir", tmp_path / "runs", "--out", tmp_path / "reports").exit_code == 0
+    before = sorted(p.name for p in (tmp_path / "reports" / "micro" / "runs" / "full").iterdir())
+    result = run("replicate", table, "--seeds", "2-3", *common)
+    assert result.exit_code == 0, result.output
+    evidence = tmp_path / "reports" / "micro" / "replications" / "seeds-2-3" / "runs"
+    assert sorted(p.name for p in (evidence / "full").iterdir()) == ["seed-2", "seed-3"]
+    # the table's own evidence and verdicts are untouched by the replication
+    assert sorted(p.name for p in (tmp_path / "reports" / "micro" / "runs" / "full").iterdir()) == before
+    text = (tmp_path / "reports" / "micro" / "README.md").read_text()
+    assert "## Replications" in text and "### Replication `seeds-2-3`: seeds 2, 3" in text
+    assert "verdicts replicate" in text
+    # again: nothing to run, the same section
+    again = run("replicate", table, "--seeds", "2-3", *common)
+    assert again.exit_code == 0 and "0 run(s) made" in again.output
+    bad = run("replicate", table, "--seeds", "2-x", *common)
+    assert bad.exit_code == 2 and "--seeds '2-x'" in bad.output

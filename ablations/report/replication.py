@@ -18,6 +18,25 @@ def with_seeds(table: Table, seeds: list[int]) -> Table:
     return replace(table, seeds=list(seeds), variants={n: replace(v, seeds=list(seeds)) for n, v in table.variants.items()})
 
 
+def parse_seeds(text: str) -> list[int]:
+    """'5-9' or '5,6,7' (or one seed) -> the seeds, each once, in order; anything else is one clear line."""
+    from ablations.tables import check_seed
+    from vlm_core.errors import UserError
+    try:
+        if "-" in text.strip("-") and "," not in text:
+            first, last = (int(x) for x in text.split("-"))
+            seeds = list(range(first, last + 1))
+        else:
+            seeds = [int(x) for x in text.split(",")]
+    except ValueError:
+        raise UserError(f"--seeds {text!r}: give a range (5-9) or a list (5,6,7) of whole numbers") from None
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise UserError(f"--seeds {text!r}: give at least one seed, each once")
+    for s in seeds:
+        check_seed(s, "--seeds")
+    return seeds
+
+
 def replication_evidence(out_dir: Path) -> list[Path]:
     """The replications' evidence folders of a report folder (reports/<table>/), by name."""
     root = Path(out_dir) / REPLICATIONS

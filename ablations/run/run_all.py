@@ -22,12 +22,13 @@ class TableRun:
 
 def run_table(table: Table, runs_dir: Path, cache_dir: Path, reports_dir: Path, data_dir: str | None = None,
               variants: list[Variant] | None = None, seeds: list[int] | None = None, force: bool = False,
-              keep_stale: bool = False, any_seed: bool = False) -> TableRun:
+              keep_stale: bool = False, any_seed: bool = False, evidence: Path | None = None) -> TableRun:
     """Run the (variant, seed) cells of ``table`` that are not finished and current, here or in the evidence
     (reports_dir/<table>/runs). ``variants`` default to all rows, ``seeds`` to the table's; a row runs only
     its own seeds unless ``any_seed`` (then every seed given, listed in the table or not: a replication).
     Everything is checked (preflight, executor, tracker) before anything is created or trained; a second
-    call on the same runs_dir and table is refused while the first holds the lock."""
+    call on the same runs_dir and table is refused while the first holds the lock. ``evidence``: where finished
+    runs count as done besides runs_dir (default reports_dir/<table>/runs; a replication keeps its own)."""
     from ablations.run import executors, tracking
     from ablations.run.planning import plan_runs
     from ablations.run.preflight import preflight
@@ -40,7 +41,7 @@ def run_table(table: Table, runs_dir: Path, cache_dir: Path, reports_dir: Path, 
     with table_lock(runs_dir, table.name):
         todo, notes = plan_runs(table, runs_dir, variants or list(table.variants.values()),
                                 table.all_seeds if seeds is None else seeds, force, keep_stale,
-                                evidence=evidence_dir(reports_dir, table.name), any_seed=any_seed)
+                                evidence=evidence or evidence_dir(reports_dir, table.name), any_seed=any_seed)
         for line in notes:
             console.print(line, highlight=False)
         if not todo:
