@@ -53,16 +53,16 @@ def null_table(tables: int, plan: sequential.Plan, rng: np.random.Generator) -> 
 
 
 def power_table(tables: int, max_seeds: int, rng: np.random.Generator) -> list[str]:
-    lines = ["| shift (seed SDs) | boundary | sequential: held | fixed 5 seeds: held | seeds per arm used (mean) |",
-             "|---|---|---|---|---|"]
+    lines = [f"| shift (seed SDs) | boundary | sequential: held | seeds per arm used (mean) | fixed 5 seeds: held | "
+             f"fixed {max_seeds} seeds: held |", "|---|---|---|---|---|---|"]
     one = [Claim("x", "y", "below")]
     for effect in EFFECTS:
         x, y = rng.normal(-effect, 1, (tables, max_seeds)), rng.normal(0, 1, (tables, max_seeds))
-        fixed = rate(fixed_decided(x[:, :5], y[:, :5], "below"))
+        fixed = f"{rate(fixed_decided(x[:, :5], y[:, :5], 'below'))} | {rate(fixed_decided(x, y, 'below'))}"
         for name, shape in SHAPES.items():
             sim = simulate({"x": x, "y": y}, one, sequential.Plan(max_seeds=max_seeds, shape=shape))
-            lines.append(f"| {effect:g} | {name} | {rate(sim.words[one[0].key] == 'held')} | {fixed} | "
-                         f"{seeds_used(sim)} |")
+            lines.append(f"| {effect:g} | {name} | {rate(sim.words[one[0].key] == 'held')} | {seeds_used(sim)} | "
+                         f"{fixed} |")
     return lines
 
 
