@@ -47,7 +47,8 @@ GUARDS = ("seeds disagree", "confounded")  # more seeds decide nothing there: th
 
 @dataclass(frozen=True)
 class Plan:
-    """Planned looks (seeds per arm), capped by ``max_seeds`` (the cap is the last look), and the boundary's shape."""
+    """Planned looks (seeds per arm), capped by ``max_seeds`` (the cap is the last look; a cap above the last planned
+    look changes nothing: more looks are planned in ``looks``), and the boundary's shape."""
 
     looks: tuple[int, ...] = LOOKS
     max_seeds: int = LOOKS[-1]
@@ -364,8 +365,9 @@ def next_look(table_runs: TableRuns, plan: Plan = Plan()) -> LookResult:
 def next_seeds(table_runs: TableRuns, variant: str, count: int) -> list[int]:
     """Seed numbers for ``count`` new runs of ``variant``: the next ones after every seed the table has used
     (a later look then takes them after the earlier ones, in seed order)."""
-    used = set(table_runs.runs["seed"]) | set(table_runs.table.all_seeds()) if not table_runs.runs.empty else set(
-        table_runs.table.all_seeds())
+    used = set(table_runs.table.all_seeds)
+    if not table_runs.runs.empty:
+        used |= {int(s) for s in table_runs.runs["seed"]}
     start = max(used, default=-1) + 1
     return list(range(start, start + count))
 
