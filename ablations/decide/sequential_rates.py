@@ -118,7 +118,8 @@ def holm_adjusted(p: np.ndarray, groups: list[int], live: np.ndarray) -> np.ndar
     out, running = np.full_like(p, np.nan), np.zeros(tables)
     for r in range(m):
         usable = alive[:, r] & ~np.isnan(ranked[:, r])
-        running = np.where(usable, np.maximum(running, np.minimum(1.0, remaining[:, r] * ranked[:, r])), running)
+        step = np.maximum(running, np.minimum(1.0, remaining[:, r] * ranked[:, r]))
+        running = np.where(usable, step, running)
         np.put_along_axis(out, order[:, r:r + 1], np.where(usable, running, np.nan)[:, None], axis=1)
     return out
 
@@ -131,7 +132,8 @@ def simulate(data: dict[str, np.ndarray], claims: list[Claim], plan: sequential.
     arms = sorted({x for c in claims for x in (c.a, c.b)})
     count = {a: np.full(tables, schedule[0]) for a in arms}
     # per claim: its tests (kind, group) — directional: one; equivalence: TOST then the difference
-    tests = [(k, kind) for k, c in enumerate(claims) for kind in (("tost", "diff") if c.side == "equivalent" else ("dir",))]
+    tests = [(k, kind) for k, c in enumerate(claims)
+             for kind in (("tost", "diff") if c.side == "equivalent" else ("dir",))]
     groups = [k for k, _ in tests]
     test_dec = np.zeros((tables, len(tests)), int)  # 0 undecided, 1 held, -1 not held (directional on the other side)
     word = {c.key: np.full(tables, "inconclusive", dtype=object) for c in claims}
@@ -140,7 +142,8 @@ def simulate(data: dict[str, np.ndarray], claims: list[Claim], plan: sequential.
     for j in range(len(schedule)):
         active = ~stopped
         mom = {a: _moments(data[a], count[a]) for a in arms}
-        p, est, guard = np.full((tables, len(tests)), np.nan), np.zeros((tables, len(tests))), np.zeros((tables, len(tests)), bool)
+        shape = (tables, len(tests))
+        p, est, guard = np.full(shape, np.nan), np.zeros(shape), np.zeros(shape, bool)
         for i, (k, kind) in enumerate(tests):
             c = claims[k]
             (mx, vx), (my, vy), nx, ny = mom[c.a], mom[c.b], count[c.a], count[c.b]
@@ -178,9 +181,11 @@ def simulate(data: dict[str, np.ndarray], claims: list[Claim], plan: sequential.
             open_ = active & (word[c.key] == "inconclusive")
             g = guard[:, idx].any(1)
             if c.side == "equivalent":
-                w = np.where(test_dec[:, idx[0]] == 1, "equivalent", np.where(test_dec[:, idx[1]] == 1, "differs", "inconclusive"))
+                w = np.where(test_dec[:, idx[0]] == 1, "equivalent",
+                             np.where(test_dec[:, idx[1]] == 1, "differs", "inconclusive"))
             else:
-                w = np.where(test_dec[:, idx[0]] == 1, "held", np.where(test_dec[:, idx[0]] == -1, "not held", "inconclusive"))
+                w = np.where(test_dec[:, idx[0]] == 1, "held",
+                             np.where(test_dec[:, idx[0]] == -1, "not held", "inconclusive"))
             w = np.where(g & (w == "inconclusive"), "seeds disagree", w)
             word[c.key] = np.where(open_, w, word[c.key])
             still = open_ & (word[c.key] == "inconclusive")
