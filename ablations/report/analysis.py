@@ -14,7 +14,7 @@ from ablations.report.formatting import fmt
 from ablations.run.record import STAGES
 from ablations.decide.stats import Interval, one_sample
 from ablations.decide.verdicts import (COMPARED, Verdict, comparison_rows, expectations, grounding_verdicts, plan_swap,
-                       reliance_verdicts, summarize, target_test, variants_where, verified_fingerprints)
+                       reliance_verdicts, seed_interval, summarize, target_test, variants_where, verified_fingerprints)
 
 
 # ---- measured descriptions of what variants produce
@@ -52,7 +52,7 @@ def likelihood_rows(table_runs: TableRuns) -> list[dict]:
         gap = m.mean(axis=1).dropna().to_numpy()
         p = 1.0 if np.allclose(gap, 0) else float(sps.wilcoxon(gap).pvalue)
         caption, share, n = pooled_mode(table_runs, v)
-        rows.append({"variant": v, "seed": one_sample(table_runs.run_means(v, "nll_gap")), "positive": float((gap > 0).mean()),
+        rows.append({"variant": v, "seed": seed_interval(table_runs, v, "nll_gap"), "positive": float((gap > 0).mean()),
                      "p_images": p, "images": len(gap), "mode": caption, "mode_share": share, "captions": n})
     return rows
 
@@ -105,18 +105,14 @@ def falls_every_epoch(history: list[pd.DataFrame], column: str) -> bool:
 
 
 # ---- inside the model: grounding of the queries, the LM's reading of the visual tokens
-def _seed_interval(table_runs: TableRuns, v: str, column: str) -> Interval:
-    return one_sample(table_runs.run_means(v, column))
-
-
 def grounding_rows(table_runs: TableRuns) -> list[dict]:
     rows = []
     for v in table_runs.order:
         if table_runs.matrix(v, "grounding_mass").empty:
             continue
         s = table_runs.runs[table_runs.runs["variant"] == v]
-        rows.append({"variant": v, "mass": _seed_interval(table_runs, v, "grounding_mass"),
-                     "chance": float(s["grounding_chance"].mean()), "excess": _seed_interval(table_runs, v, "grounding_excess"),
+        rows.append({"variant": v, "mass": seed_interval(table_runs, v, "grounding_mass"),
+                     "chance": float(s["grounding_chance"].mean()), "excess": seed_interval(table_runs, v, "grounding_excess"),
                      "ratio": float(s["grounding_ratio"].mean()), "entropy": float(s["query_entropy"].mean()),
                      "entropy_max": float(s["query_entropy_max"].mean()), "overlap": float(s["query_overlap"].mean())})
     return rows
@@ -129,7 +125,7 @@ def reliance_rows(table_runs: TableRuns) -> list[dict]:
             continue
         s = table_runs.runs[table_runs.runs["variant"] == v]
         layers = sorted(c for c in s.columns if c.startswith("visual_reliance_layer_") and s[c].notna().any())
-        rows.append({"variant": v, "share": _seed_interval(table_runs, v, "visual_reliance"),
+        rows.append({"variant": v, "share": seed_interval(table_runs, v, "visual_reliance"),
                      "layers": [float(s[c].mean()) for c in sorted(layers, key=lambda c: int(c.rsplit("_", 1)[1]))]})
     return rows
 
