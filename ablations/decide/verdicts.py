@@ -125,10 +125,21 @@ def machine_confound(table_runs: TableRuns, *variants: str) -> str | None:
     setups = set(rows["numerics"])
     if len(setups) <= 1 or setups <= verified_numerics(table_runs):
         return None
-    where = "; ".join(f"{v}: " + ", ".join(f"{n} run(s) on {s}" for s, n in g["numerics"].value_counts(sort=False).items())
-                      for v, g in rows.groupby("variant", sort=False))
-    return (f"machines differ ({where}): a confound, not verified to stay within the seed spread (`ablate verify "
-            "--cell` on the other machine)")
+    short = _what_differs(sorted(setups))
+    where = "; ".join(f"{v} on {_setups(g['numerics'], short)}" for v, g in rows.groupby("variant", sort=False))
+    return f"machines differ, a named confound ({where}; no verify showed it within the seed spread)"
+
+
+def _setups(numerics: pd.Series, short: dict[str, str]) -> str:
+    counts = numerics.value_counts(sort=False)
+    return " and ".join(f"{short[s]} ({n} runs)" if len(counts) > 1 else short[s] for s, n in counts.items())
+
+
+def _what_differs(labels: list[str]) -> dict[str, str]:
+    """Each numerics label cut to the parts that differ between ``labels`` ('AVX2' vs 'AVX-512')."""
+    parts = [label.split(", ") for label in labels]
+    keep = [k for k in range(max(map(len, parts))) if len({tuple(p[k:k + 1]) for p in parts}) > 1]
+    return {label: ", ".join(p[k] for k in keep if k < len(p)) or label for label, p in zip(labels, parts)}
 
 
 # ---- tests and their families
@@ -297,6 +308,26 @@ def undecided_note(p: power.Plan, estimate: float) -> str:
     return "; " + "; ".join(parts) + " (simulated power of this rule alone, at the seed SDs it uses)"
 
 
+def next_step(t: Test) -> str | None:
+    """What more seeds would do for one undecided test, in a clause with its numbers (the report's "What next"):
+    the seeds a side that decide it at its estimate with 80% simulated power, and at the ends of its 95% CI."""
+    if t.guard or t.decision != "inconclusive" or t.side == "differs":
+        return None
+    if t.side == "equivalent":
+        return None if t.seeds_next is None else (
+            f"{t.label}: {power.seeds_text(t.seeds_next)} seeds a side would show equivalence within "
+            f"{_around(t.bound, t.margin)} if the true Δ were 0")
+    p = t.plan()
+    if p is None or p.at_estimate is None:
+        return None
+    what = (f"Δ = {fmt(t.interval.estimate)}" if t.label.startswith("Δ")
+            else f"{t.label} {fmt(t.interval.estimate)} against {t.bound:g}")
+    near = ("none if it is near 0, which the CI includes" if p.near_end is None
+            else f"{power.seeds_text(p.at_near_end)} at its near end ({fmt(p.near_end)})")
+    return (f"{t.label}: {power.seeds_text(p.at_estimate)} seeds a side would decide {what} "
+            f"({power.seeds_text(p.at_far_end)} if the true difference were at the CI's far end, {fmt(p.far_end)}; {near})")
+
+
 def plan_cells(p: power.Plan | None) -> tuple[str, str]:
     """The comparison table's two planning cells: |Δ| detectable now, and seeds a side at Δ [CI's far end, near
     end] ('∞': the CI reaches 0, where no number of seeds decides)."""
@@ -364,8 +395,7 @@ def check_tests(table_runs: TableRuns, v: str, c: Check) -> list[Test]:
             return []
         title = f"Δ{label(c.quantity)} {v} − {name}" if name is not None else label(c.quantity)
         tests = equivalence_tests(x, y, c.margin, title, fx, fy, guard(table_runs, v, *([name] if name else [])))
-        for t in tests:
-            t.caveat = machine_confound(table_runs, v, name) if name else None
+        tests[0].caveat = machine_confound(table_runs, v, name) if name else None  # said once for the check
         # against a number: no spread on that side, TOST on the one-sample t (power.equivalence_power)
         arms = power.Arms(_spread(x, fx), 0.0 if name is None else _spread(y, fy), fx, 0.0 if name is None else fy)
         n = power.seeds_for_equivalence(c.margin, arms)

@@ -14,7 +14,8 @@ from ablations.report.formatting import fmt
 from ablations.run.record import STAGES
 from ablations.decide.stats import Interval, one_sample
 from ablations.decide.verdicts import (COMPARED, Verdict, comparison_rows, expectations, grounding_verdicts, plan_swap,
-                       reliance_verdicts, seed_interval, summarize, target_test, variants_where, verified_fingerprints)
+                       reliance_verdicts, seed_interval, summarize, target_test, variants_where, verified_fingerprints,
+                       verified_numerics)
 
 
 # ---- measured descriptions of what variants produce
@@ -135,9 +136,11 @@ def run_rows(table_runs: TableRuns) -> pd.DataFrame:
     """runs.csv: one row per run, budget rows too, with the per-image means the seed-level tests compare."""
     runs = table_runs.runs.copy()
     for metric in COMPARED:
-        runs[f"{metric} (mean over images)"] = [
-            table_runs.per_image[v][s][metric].mean() if metric in table_runs.per_image[v][s] else np.nan
-            for v, s in zip(runs["variant"], runs["seed"])]
+        frames = [table_runs.per_image[v][s].get(metric) for v, s in zip(runs["variant"], runs["seed"])]
+        runs[f"{metric} (mean over images)"] = [f.mean() if f is not None else np.nan for f in frames]
+        # the SE a run's mean has from its images: the floor under the seed SD is their root mean square per variant
+        runs[f"{metric} (SE over images)"] = [f.std(ddof=1) / np.sqrt(f.notna().sum()) if f is not None and f.notna().sum() > 1
+                                              else np.nan for f in frames]
     order = {v: k for k, v in enumerate(table_runs.table.variants)}
     return runs.sort_values(["variant", "seed"], key=lambda c: c.map(order) if c.name == "variant" else c)
 
@@ -154,7 +157,9 @@ def provenance_summary(table_runs: TableRuns) -> dict:
               for key, g in p.groupby(PROVENANCE_KEYS, sort=False)]
     return {"groups": groups, "machines": p.groupby(["host", "cpu"]).ngroups, "fingerprints": p["fingerprint"].nunique(),
             "commits": p["code"].nunique(), "stale": [(x.variant, x.seed) for x in p[~p["current"]].itertuples()],
-            "verified": set(p["fingerprint"]) <= verified_fingerprints(table_runs)}
+            "verified": set(p["fingerprint"]) <= verified_fingerprints(table_runs),
+            "numerics": {label: list(dict.fromkeys(g["variant"])) for label, g in p.groupby("numerics", sort=False)},
+            "numerics_verified": set(p["numerics"]) <= verified_numerics(table_runs)}
 
 
 def evidence_sizes(table_runs: TableRuns) -> dict:
