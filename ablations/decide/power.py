@@ -19,7 +19,7 @@ from typing import Callable
 
 import numpy as np
 
-from ablations.decide.stats import decide_many, one_sample_moments, tost_moments, welch_moments
+from ablations.decide.stats import Comparison, decide_many, one_sample_moments, tost_moments, welch_moments
 
 POWER = 0.8
 TABLES = 8000  # Monte Carlo SE of a power of 0.8: 0.0045
@@ -169,3 +169,29 @@ def plan(estimate: float, low: float, high: float, n_x: int, n_y: int, arms: Arm
     near = ends[0] if not math.isnan(low) and (low > 0 or high < 0) else None
     return Plan(detectable(n_x, n_y, arms) if detectable_now is None else detectable_now, seeds_needed(estimate, arms),
                 far, seeds_needed(far, arms), near, seeds_needed(near, arms) if near is not None else None)
+
+
+def _used_sd(sd: float, floor: float) -> float:
+    return float("nan") if math.isnan(sd) else max(sd, floor)
+
+
+def comparison_arms(c: Comparison) -> Arms:
+    """The seed SDs a comparison's test uses (each side's own, never below its floor) and its floors."""
+    return Arms(_used_sd(c.sd_variant, c.floor_variant), _used_sd(c.sd_reference, c.floor_reference),
+                c.floor_variant, c.floor_reference)
+
+
+def comparison_detectable(c: Comparison) -> float:
+    """The smallest |Δ| the comparison's seeds decide with 80% simulated power (computed once per comparison)."""
+    if "detectable" not in c.cache:
+        c.cache["detectable"] = detectable(c.n_variant, c.n_reference, comparison_arms(c))
+    return c.cache["detectable"]
+
+
+def comparison_plan(c: Comparison) -> Plan:
+    """A comparison's planning numbers (computed when first asked for: only undecided comparisons need them)."""
+    if "plan" not in c.cache:
+        i = c.seed_level
+        c.cache["plan"] = plan(i.estimate, i.low, i.high, c.n_variant, c.n_reference, comparison_arms(c),
+                               comparison_detectable(c))
+    return c.cache["plan"]

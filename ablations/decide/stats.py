@@ -23,8 +23,7 @@ tests/test_verdict_rates.py check the rates and the power.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from functools import cached_property
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -322,33 +321,7 @@ class Comparison:
     n_variant: int = 0
     n_reference: int = 0
 
-    @property
-    def arms(self):
-        """power.Arms: the seed SDs the test uses (each side's own, never below its floor) and the floors."""
-        from ablations.decide import power  # (power imports this module)
-
-        return power.Arms(_used_sd(self.sd_variant, self.floor_variant), _used_sd(self.sd_reference, self.floor_reference),
-                          self.floor_variant, self.floor_reference)
-
-    @cached_property
-    def detectable(self) -> float:
-        """The smallest |difference| these seeds decide with >= 80% simulated power of the rule (power.detectable)."""
-        from ablations.decide import power
-
-        return power.detectable(self.n_variant, self.n_reference, self.arms)
-
-    @cached_property
-    def plan(self):
-        """power.Plan: what the seeds detect and what more seeds would decide (the rule's simulated power).
-        Computed when first asked for: only undecided comparisons need it."""
-        from ablations.decide import power
-
-        i = self.seed_level
-        return power.plan(i.estimate, i.low, i.high, self.n_variant, self.n_reference, self.arms, self.detectable)
-
-
-def _used_sd(sd: float, floor: float) -> float:
-    return float("nan") if math.isnan(sd) else max(sd, floor)
+    cache: dict = field(default_factory=dict, repr=False, compare=False)  # power.comparison_plan's, per comparison
 
 
 def compare(variant: pd.DataFrame, reference: pd.DataFrame, names: tuple[str, str] = ("variant", "reference"),

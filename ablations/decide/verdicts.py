@@ -349,7 +349,7 @@ def comparison_test(table_runs: TableRuns, v: str, metric: str, side: str = "bel
     if c is None or math.isnan(c.seed_level.estimate):
         return None
     return Test(f"Δ{label(metric)} {v} − {ref}", c.seed_level, 0.0, side, guard(table_runs, v, ref),
-                caveat=machine_confound(table_runs, v, ref), planner=lambda: c.plan)
+                caveat=machine_confound(table_runs, v, ref), planner=lambda: power.comparison_plan(c))
 
 
 # ---- one rule for every expectation: each check becomes seed-level tests

@@ -8,6 +8,7 @@ from ablations.decide.budgets import family_size as budget_family_size
 from ablations.report.formatting import fmt, fmt_ci, fmt_p, fmt_up, md_table, mean_sd
 from ablations.run.record import STAGES
 from ablations.measure.scoring import METRIC_COLUMNS, METRICS
+from ablations.decide.power import comparison_detectable, comparison_plan
 from ablations.decide.verdicts import COMPARED, family_size, plan_cells
 
 if TYPE_CHECKING:
@@ -151,9 +152,9 @@ def section_comparisons(r: ReportInput) -> list[str]:
             t = x["test"]
             decision = ("differ" if x["decided"] else "**inconclusive**" if t.decision == "inconclusive"
                         else f"**{t.decision}**")
-            detectable, seeds = plan_cells(c.plan if not x["decided"] else None)
+            detectable, seeds = plan_cells(comparison_plan(c) if not x["decided"] else None)
             if x["decided"]:
-                detectable = fmt_up(c.detectable)
+                detectable = fmt_up(comparison_detectable(c))
             cells.append([x["variant"], fmt_ci(c.seed_level), fmt_p(c.seed_level.p), fmt_p(t.p_adjusted),
                           f"{c.seed_level.n}", fmt(c.sd_variant), fmt(c.sd_reference), decision, detectable, seeds,
                           f"{fmt(i['mean_diff'])} [{fmt(i['ci_low'])}, {fmt(i['ci_high'])}]", fmt_p(i["p_wilcoxon"])])
