@@ -177,3 +177,18 @@ def test_a_quantity_has_one_seed_level_ci_in_a_report(tmp_path):
     assert (gap_test.interval.low, gap_test.interval.high) == (one.low, one.high) == (row["seed"].low, row["seed"].high)
     assert budgets.seed_mean(table_runs, "full", "nll_gap") == one
     assert one.high - one.low > 0.001  # the floor (image noise 0.01 / sqrt(60 images)) sets it, not the seeds' 1e-7
+
+
+def test_what_next_gives_an_undecided_verdict_the_seeds_its_plan_needs(tmp_path):
+    """Issue 53: a "what next" line per undecided verdict, with the seeds from the simulated power (power.plan)."""
+    from ablations.decide import power
+    from ablations.report.summary import what_next
+
+    table_runs = _runs(tmp_path, {"full": {"CIDEr": _around(1.0)}, "meanpool": {"CIDEr": _around(0.99)}})
+    tests = verdicts.decide_family(verdicts.rule_worse_than_reference(table_runs, "meanpool"))
+    verdict = verdicts._verdict("meanpool", "worse_than_reference", "worse", tests)
+    assert verdict.verdict == "inconclusive"
+    plan = tests[0].plan()
+    line = what_next(verdict, "full")
+    assert f"{power.seeds_text(plan.at_estimate)} seeds a side would decide Δ = {tests[0].interval.estimate:.3f}" in line
+    assert f"{power.seeds_text(plan.at_far_end)} if the true difference were at the CI's far end" in line

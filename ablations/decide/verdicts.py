@@ -320,12 +320,15 @@ def next_step(t: Test) -> str | None:
     p = t.plan()
     if p is None or p.at_estimate is None:
         return None
-    what = (f"Δ = {fmt(t.interval.estimate)}" if t.label.startswith("Δ")
-            else f"{t.label} {fmt(t.interval.estimate)} against {t.bound:g}")
-    near = ("none if it is near 0, which the CI includes" if p.near_end is None
-            else f"{power.seeds_text(p.at_near_end)} at its near end ({fmt(p.near_end)})")
+    difference = t.label.startswith("Δ")
+    what = f"Δ = {fmt(t.interval.estimate)}" if difference else f"{t.label} {fmt(t.interval.estimate)} against {t.bound:g}"
+    value = "difference" if difference else "value"  # a one-sample test's ends are values of the quantity
+    shift = 0.0 if difference else t.bound
+    near = ("none if it is near " + (f"{t.bound:g}" if not difference else "0") + ", which the CI includes"
+            if p.near_end is None else f"{power.seeds_text(p.at_near_end)} at its near end ({fmt(p.near_end + shift)})")
     return (f"{t.label}: {power.seeds_text(p.at_estimate)} seeds a side would decide {what} "
-            f"({power.seeds_text(p.at_far_end)} if the true difference were at the CI's far end, {fmt(p.far_end)}; {near})")
+            f"({power.seeds_text(p.at_far_end)} if the true {value} were at the CI's far end, "
+            f"{fmt(p.far_end + shift)}; {near})")
 
 
 def plan_cells(p: power.Plan | None) -> tuple[str, str]:
