@@ -80,6 +80,9 @@ def main() -> None:
         for seeds in (3, 5, 8):
             out = rule_rates.scenario(name, seeds, args.tables, rng)
             print(f"  {name:>10}, {seeds} seeds: " + "; ".join(show(k, v) for k, v in out.items()))
+    for seeds in (3, 5):
+        print(show(f"one-sample t (a mean over seeds against a number), {seeds} seeds, null, decided",
+                   rule_rates.one_sample_rate(rng, seeds, args.tables)))
     print("zero-spread seeds (no floor / floor 0.1), decided:",
           rule_rates.zero_spread_decides(rng, floor=0.0), rule_rates.zero_spread_decides(rng, floor=0.1))
     n = args.tables // 4

@@ -107,7 +107,7 @@ def built(request, tmp_path_factory):
     folder = out / table
     with open(folder / "verdicts.csv", newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
-    return {"table": table, "readme": (folder / "README.md").read_text(), "rows": rows,
+    return {"table": table, "folder": folder, "readme": (folder / "README.md").read_text(), "rows": rows,
             "json": json.loads((folder / "verdicts.json").read_text())}
 
 
@@ -207,3 +207,19 @@ def test_a_dirty_writer_is_named_with_a_hash_of_its_diff(monkeypatch):
     two = report_module.writer_label({**commit, "dirty": True})
     assert one.startswith("0123456789+dirty (diff ") and len(one) == len("0123456789+dirty (diff 01234567)")
     assert one != two
+
+
+def test_the_recompute_snippet_prints_the_reported_ci_and_p(built):
+    """The Evidence section's Python, run on the report's runs.csv, prints the Δ, 95% CI and Welch p that the ΔCIDEr
+    table reports for its variant (issue 50: it printed [−0.013, 0.021] beside a reported [−0.022, 0.030])."""
+    import re
+
+    text = built["readme"]
+    found = re.search(r"This prints the `([^`]+)` row of the ΔCIDEr table.*?```python\n(.*?)```", text, re.S)
+    assert found, "no recompute snippet"
+    variant, code = found.groups()
+    out = subprocess.run([sys.executable, "-c", code], cwd=built["folder"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    table = text.split("### ΔCIDEr")[1].split("\n### ")[0]
+    row = next(line for line in table.splitlines() if line.startswith(f"| {variant} |")).split(" | ")
+    assert out.stdout.strip() == f"{row[1]} p = {row[2]}", (out.stdout, row[:3])

@@ -132,3 +132,63 @@ def test_a_family_is_holm_adjusted(tmp_path):
     assert [t.decision for t in verdicts.decide_family(tests)] == ["inconclusive", "inconclusive"]
     alone = verdicts.decide_family([verdicts.Test("t", Interval(-0.1, -0.2, -0.01, 0.03, 5), 0.0, "below")])
     assert alone[0].decision == "held"
+
+
+def test_a_partners_split_is_named_as_the_partners_not_the_variants(tmp_path):
+    """Guards apply to the variant that shows them: when the reference's seeds split, a variant compared with it is
+    not decided, and its verdict says the partner's seeds disagree, naming the partner, not its own."""
+    table_runs = _runs(tmp_path, {"full": {"CIDEr": [0.0, 1.0, 1.0, 1.0, 1.0], "empty_rate": [0.9, 0, 0, 0, 0]},
+                                  "meanpool": {"CIDEr": _around(0.5)}})
+    (test,) = verdicts.decide_family(verdicts.rule_worse_than_reference(table_runs, "meanpool"))
+    assert test.decision == "partner's seeds disagree" and "some full runs collapsed" in test.text()
+    assert verdicts.combine([test.decision]) == "partner's seeds disagree"
+
+
+def test_runs_from_two_machines_are_named_as_a_confound_until_a_verify_is_within_the_spread(tmp_path):
+    """Mixed numerics setups (ISA, torch, threads) are named beside the numbers; the decision stands."""
+    table_runs = _runs(tmp_path, {"full": {"CIDEr": _around(1.0)}, "meanpool": {"CIDEr": _around(0.5)}})
+    table_runs.runs["numerics"] = np.where(table_runs.runs["variant"] == "full", "AVX2, torch 2, 1 thread(s), cpu fp32",
+                                           "AVX-512, torch 2, 1 thread(s), cpu fp32")
+    (test,) = verdicts.decide_family(verdicts.rule_worse_than_reference(table_runs, "meanpool"))
+    assert test.decision == "held" and "machines differ" in test.text()
+    assert "full on AVX2; meanpool on AVX-512" in test.caveat
+    both = ["AVX-512, torch 2, 1 thread(s), cpu fp32", "AVX2, torch 2, 1 thread(s), cpu fp32"]
+    table_runs.verification = [{"exact": False, "largest": {"seed_sds": 2.5}, "numerics": both}]  # outside the spread
+    assert verdicts.rule_worse_than_reference(table_runs, "meanpool")[0].caveat
+    table_runs.verification = [{"exact": False, "largest": {"seed_sds": 0.4}, "numerics": both}]
+    assert verdicts.rule_worse_than_reference(table_runs, "meanpool")[0].caveat is None
+    table_runs.runs["numerics"] = "AVX2, torch 2, 1 thread(s), cpu fp32"  # one machine: nothing to name
+    table_runs.verification = []
+    assert verdicts.rule_worse_than_reference(table_runs, "meanpool")[0].caveat is None
+
+
+def test_a_quantity_has_one_seed_level_ci_in_a_report(tmp_path):
+    """The NLL gap of the reference: the expectation's test, the likelihood table and the budget points all quote
+    verdicts.seed_interval (issue 50 found [1.099, 1.144] and [1.093, 1.151] in one report: the floor in one only)."""
+    from ablations.decide import budgets
+
+    gap = [1.1, 1.1000001, 1.1, 1.0999999, 1.1]  # seeds that agree: the floor decides the CI's width
+    table_runs = _runs(tmp_path, {"full": {"swap_rate": 0.95, "nll_gap": gap, "CIDEr": 1.0}})
+    table_runs.captions = {"full": {s: {"i0": "a"} for s in SEEDS}}
+    table_runs.runs["nll_gap"] = [table_runs.per_image["full"][s]["nll_gap"].mean() for s in SEEDS]  # as metrics.json
+    (_, gap_test) = verdicts.rule_image_dependent(table_runs, "full")
+    (row,) = analysis.likelihood_rows(table_runs)
+    one = verdicts.seed_interval(table_runs, "full", "nll_gap")
+    assert (gap_test.interval.low, gap_test.interval.high) == (one.low, one.high) == (row["seed"].low, row["seed"].high)
+    assert budgets.seed_mean(table_runs, "full", "nll_gap") == one
+    assert one.high - one.low > 0.001  # the floor (image noise 0.01 / sqrt(60 images)) sets it, not the seeds' 1e-7
+
+
+def test_what_next_gives_an_undecided_verdict_the_seeds_its_plan_needs(tmp_path):
+    """Issue 53: a "what next" line per undecided verdict, with the seeds from the simulated power (power.plan)."""
+    from ablations.decide import power
+    from ablations.report.summary import what_next
+
+    table_runs = _runs(tmp_path, {"full": {"CIDEr": _around(1.0)}, "meanpool": {"CIDEr": _around(0.99)}})
+    tests = verdicts.decide_family(verdicts.rule_worse_than_reference(table_runs, "meanpool"))
+    verdict = verdicts._verdict("meanpool", "worse_than_reference", "worse", tests)
+    assert verdict.verdict == "inconclusive"
+    plan = tests[0].plan()
+    line = what_next(verdict, "full")
+    assert f"{power.seeds_text(plan.at_estimate)} seeds a side would decide Δ = {tests[0].interval.estimate:.3f}" in line
+    assert f"{power.seeds_text(plan.at_far_end)} if the true difference were at the CI's far end" in line

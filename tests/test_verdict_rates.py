@@ -66,3 +66,56 @@ def test_pairing_welch_holds_its_rate_whether_or_not_seeds_pair(rho):
         assert shifted["paired"][0] < shifted["welch"][0], shifted  # the price of pairing what does not pair
     else:
         assert shifted["paired"][0] > shifted["welch"][0], shifted
+
+
+# ---- the report's own functions, each with a test that a mutation of it fails (issue 50's audit)
+@pytest.mark.parametrize("seeds", [3, 5])
+def test_the_one_sample_rule_keeps_its_false_positive_rate(seeds):
+    """A mean over seeds against a number (swap rate vs 0.9, ...) is stats.one_sample: t on n - 1 degrees of freedom.
+    On n it decides 0.086 of null tables at 3 seeds (the audit's mutation)."""
+    r, se = rule_rates.one_sample_rate(np.random.default_rng(40 + seeds), seeds, TABLES)
+    assert 0.04 <= r <= 0.06, (r, se)
+
+
+def test_one_sample_is_scipys_t_test():
+    from scipy import stats as sps
+
+    from ablations.decide.stats import one_sample
+
+    x = np.array([0.91, 0.95, 0.97, 0.93])
+    i, ref = one_sample(x, 0.9), sps.ttest_1samp(x, 0.9)
+    assert i.p == pytest.approx(ref.pvalue) and (i.low, i.high) == pytest.approx(tuple(ref.confidence_interval(0.95)))
+
+
+def test_the_floor_is_a_floor_on_the_seed_sd():
+    """Seeds without spread: each side's SD is its floor f, so the CI's half-width is t(0.975, 2n - 2) f sqrt(2 / n)
+    and a difference decides exactly when it exceeds it (the floor's role in decisions: docs/how-reports-decide.md)."""
+    from scipy import stats as sps
+
+    from ablations.decide.stats import decide, welch
+
+    floor, n = 0.1, 3
+    edge = sps.t.ppf(0.975, 2 * n - 2) * floor * np.sqrt(2 / n)
+    base = np.full(n, 0.5)
+    i = welch(base - edge, base, floor, floor)
+    assert i.high - i.estimate == pytest.approx(edge)
+    assert decide(welch(base - 1.02 * edge, base, floor, floor), 0.0, "below") == "held"
+    assert decide(welch(base - 0.98 * edge, base, floor, floor), 0.0, "below") == "inconclusive"
+    assert decide(welch(base - 10.0, base), 0.0, "below") == "inconclusive"  # no spread, no floor: never decides
+
+
+def test_the_budget_section_adjusts_its_cells_with_holm(tmp_path, monkeypatch):
+    """budgets.verdicts on a table whose every budget cell has p = 0.02: alone each decides, as one Holm family of
+    six cells none does."""
+    from ablations.decide import budgets
+    from ablations.decide.stats import Interval
+
+    from .test_budgets import _synthetic
+
+    table_runs = _synthetic(tmp_path, cider_shift={1: -0.3, 2: -0.3, 4: -0.3}, gap_shift={1: -0.3, 2: -0.3, 4: -0.3})
+    monkeypatch.setattr(budgets, "welch", lambda *a: Interval(-0.1, -0.2, -0.01, 0.02, 4))
+    found = budgets.verdicts(table_runs)
+    assert budgets.family_size(found) == 6
+    assert all(d == "undecided" for v in found for d in v.directions), [v.directions for v in found]
+    monkeypatch.setattr(budgets, "welch", lambda *a: Interval(-0.1, -0.2, -0.01, 0.005, 4))
+    assert all(d == "lower" for v in budgets.verdicts(table_runs) for d in v.directions)

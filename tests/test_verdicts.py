@@ -12,7 +12,8 @@ from ablations.measure import probes
 
 from ablations.decide import verdicts
 from ablations.report.collect import TableRuns
-from ablations.decide.stats import decide, one_sample, paired_difference, seeds_needed, welch
+from ablations.decide.power import Arms, seeds_needed
+from ablations.decide.stats import decide, one_sample, paired_difference, welch
 from ablations.tables import load_table
 
 from .micro import write_micro
@@ -86,8 +87,8 @@ def test_one_sample_decide_and_seeds_needed():
     assert decide(one_sample(np.zeros(3), 0.05, floor=0.01), 0.05, "below") == "held"  # floored: a real CI
     rate = one_sample(np.array([0.6, 1.0, 1.0]), limits=(0.0, 1.0))  # a share's CI stays within [0, 1]
     assert rate.high == 1.0 and rate.low < 0.6 and one_sample(np.array([0.6, 1.0, 1.0])).high > 1.0
-    small, large = seeds_needed(-0.3, 0.25, 0.2), seeds_needed(-1.0, 0.25, 0.2)
-    assert small > large >= 2 and seeds_needed(0.0, 0.2, 0.2) is None
+    small, large = seeds_needed(-0.3, Arms(0.25, 0.2)), seeds_needed(-1.0, Arms(0.25, 0.2))
+    assert small > large >= 2 and seeds_needed(0.0, Arms(0.2, 0.2)) is None
 
 
 # ---------------------------------------------------------------- measured descriptions

@@ -12,8 +12,10 @@ from dataclasses import dataclass
 
 
 from ablations.report.collect import TableRuns
-from ablations.decide.stats import Interval, decide, holm, image_floor, one_sample, welch
-from ablations.decide.verdicts import guard
+import numpy as np
+
+from ablations.decide.stats import Interval, decide, holm, image_floor, welch
+from ablations.decide.verdicts import guard, seed_interval
 
 # The quantities plotted and tested at every budget, and the direction each ablation is expected to
 # move them in (from the variant's expectations; other pairs are shown without an expected direction).
@@ -36,8 +38,9 @@ def series(table_runs: TableRuns) -> dict[str, dict[int, str]]:
 
 
 def seed_mean(table_runs: TableRuns, row: str, quantity: str) -> Interval:
-    """Mean over seeds of the run-level value, with its t 95% CI (the plotted points)."""
-    return one_sample(table_runs.seed_values(row, quantity).to_numpy(dtype=float))
+    """Mean over seeds of the run-level value, with its seed-level 95% CI (the plotted points): the one CI of the
+    quantity that every section quotes (verdicts.seed_interval)."""
+    return seed_interval(table_runs, row, quantity)
 
 
 def plotted_points(rows: list[dict]) -> dict[str, dict[str, dict[int, Interval]]]:
@@ -91,6 +94,12 @@ def pattern(directions: list[str], wanted: str | None) -> str:
     return prefix + f"{side} at {directions.count(side)} of {len(directions)} budgets, undecided at the others"
 
 
+def adjusted_p(p) -> np.ndarray:
+    """The section's family: Holm over every cell that could decide (p: cells, or tables x cells in the
+    simulation of rule_rates.budget_family, which calls this very function)."""
+    return np.asarray(holm(np.asarray(p, float)), float)
+
+
 def ordinal(n: int) -> str:
     return {1: "1st", 2: "2nd", 3: "3rd"}.get(n, f"{n}th")
 
@@ -118,7 +127,7 @@ def verdicts(table_runs: TableRuns) -> list[BudgetVerdict]:
                 planned.append((variant, quantity, expectation in table_runs.table.variants[variant].expect, diffs,
                                 [b for b in shared if b not in diffs], guards))
     # guarded cells decide nothing and stay out of the family, as in verdicts.decide_family
-    adjusted = iter(holm([d.p for _, _, _, diffs, _, guards in planned for b, d in diffs.items() if not guards[b]]))
+    adjusted = iter(adjusted_p([d.p for _, _, _, diffs, _, guards in planned for b, d in diffs.items() if not guards[b]]))
     out = []
     for variant, quantity, expected, diffs, missing, guards in planned:
         dirs = [f"not decided ({guards[b].split(':')[0]})" if guards[b] else direction(d, next(adjusted))

@@ -2,46 +2,46 @@
 (vectorised, no training), so a test can check them in a second and benchmarks/verdict_rates.py can
 print them with their Monte Carlo error.
 
-The rule (stats.welch + verdicts guards): Welch's t over per-seed means, each side's SD floored by the
-image-level SE of a run's mean, decided at p < 0.05 (Holm-adjusted within a family), and not decided at
-all when a variant's seeds disagree in kind (some collapsed, some not).
+Every table is decided by the report's own functions, not a copy of them (issue 50: a copy of Welch here let three
+mutations of the decision code pass every test): stats.welch_many / one_sample_many (the Welch and one-sample t
+cores behind stats.welch and stats.one_sample, each side's SD floored), stats.holm (vectorised over tables),
+stats.decide_many (behind stats.decide) and budgets.adjusted_p (the budget section's family). The rule: decided at
+p < 0.05 (Holm-adjusted within a family), and not decided at all when a variant's seeds disagree in kind (some
+collapsed, some not).
 """
 from __future__ import annotations
 
 import numpy as np
-from scipy import stats
+from scipy import stats as sps
 
-ALPHA = 0.05
+from ablations.decide import stats
+from ablations.decide.stats import decide_many, holm, one_sample_many, welch_many
+
+ALPHA = stats.ALPHA
 
 
 def welch_p(x: np.ndarray, y: np.ndarray, floor_x: float = 0.0, floor_y: float = 0.0) -> np.ndarray:
-    """Two-sided Welch p per table; x: tables x seeds, y: tables x seeds. NaN where the SE is 0."""
-    n, m = x.shape[1], y.shape[1]
-    vx = np.maximum(x.var(axis=1, ddof=1), floor_x**2) / n
-    vy = np.maximum(y.var(axis=1, ddof=1), floor_y**2) / m
-    se = np.sqrt(vx + vy)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        df = (vx + vy) ** 2 / (vx**2 / (n - 1) + vy**2 / (m - 1))
-        t = np.abs(x.mean(axis=1) - y.mean(axis=1)) / se
-        p = 2 * stats.t.sf(t, df)
-    return np.where(se > 1e-12 * np.maximum(1.0, np.abs(y.mean(axis=1))), p, np.nan)  # no spread: undefined
+    """Two-sided Welch p per table (stats.welch_many); x: tables x seeds, y: tables x seeds. NaN where the SE is 0."""
+    return welch_many(x, y, floor_x, floor_y).p
 
 
-def decided(p: np.ndarray, alpha: float = ALPHA) -> np.ndarray:
-    return np.nan_to_num(p, nan=1.0) < alpha
+def decided(intervals: stats.Intervals, p: np.ndarray | None = None, bound: float = 0.0) -> np.ndarray:
+    """Which tables the report's rule decides either way (stats.decide_many), on ``p`` (Holm-adjusted) or the
+    intervals' own p."""
+    i = intervals
+    return decide_many(i.estimate, i.low, i.high, i.p if p is None else p, bound, "below") != "inconclusive"
+
+
+def family_decided(intervals: list[stats.Intervals], adjust: bool = True) -> np.ndarray:
+    """tables x tests: which tests each table's family decides, on Holm-adjusted p (stats.holm) or each alone."""
+    p = np.stack([i.p for i in intervals], axis=1)
+    adjusted = holm(p) if adjust else p
+    return np.stack([decided(i, adjusted[:, k]) for k, i in enumerate(intervals)], axis=1)
 
 
 def holm_reject(p: np.ndarray, alpha: float = ALPHA) -> np.ndarray:
-    """Holm per row: p is tables x tests; returns which tests each table rejects."""
-    p = np.nan_to_num(p, nan=1.0)
-    m = p.shape[1]
-    order = np.argsort(p, axis=1)
-    ranked = np.take_along_axis(p, order, axis=1)
-    ok = ranked < alpha / (m - np.arange(m))
-    ok = np.cumprod(ok, axis=1).astype(bool)  # step down: stop at the first failure
-    out = np.zeros_like(ok)
-    np.put_along_axis(out, order, ok, axis=1)
-    return out
+    """Holm per row (stats.holm): p is tables x tests; returns which tests each table rejects."""
+    return np.nan_to_num(holm(p), nan=1.0) < alpha
 
 
 def rate(hits: np.ndarray) -> tuple[float, float]:
@@ -68,7 +68,8 @@ def scenario(name: str, seeds: int, tables: int, rng: np.random.Generator, alpha
         x, y = rng.normal(-4, 1, (tables, seeds)), rng.normal(0, 1, (tables, seeds))
     else:
         raise ValueError(name)
-    hits = decided(welch_p(x, y), alpha)
+    w = welch_many(x, y)
+    hits = decided(w, w.p * ALPHA / alpha)  # at another level alpha: the same decision on p rescaled
     out = {"welch": rate(hits)}
     if name == "bimodal":  # the guard: seeds that disagree in kind decide nothing
         disagree = collapsed.any(axis=1) & ~collapsed.all(axis=1)
@@ -81,30 +82,39 @@ def zero_spread_decides(rng: np.random.Generator, tables: int = 2000, floor: flo
     (half the floor): how often the rule decides."""
     a = rng.normal(0, 1, (tables, 1)).repeat(3, axis=1)
     b = a + 0.5 * max(floor, 1e-3)
-    return float(np.mean(decided(welch_p(a, b, floor, floor))))
+    return float(np.mean(decided(welch_many(a, b, floor, floor))))
+
+
+def one_sample_rate(rng: np.random.Generator, seeds: int, tables: int, shift: float = 0.0, floor: float = 0.0) -> tuple[float, float]:
+    """The one-sample rule (stats.one_sample_many: a mean over seeds against a number, e.g. a swap rate against
+    0.9) on normal seeds (SD 1) whose true mean is ``shift`` from the number: decided either way (a false positive
+    at shift 0)."""
+    return rate(decided(one_sample_many(rng.normal(shift, 1, (tables, seeds)), 0.0, floor)))
 
 
 def budget_family(rng: np.random.Generator, tables: int, seeds: int = 3, budgets: int = 4, ablations: int = 2,
-                  quantities: int = 2, adjust: bool = True, alpha: float = ALPHA) -> tuple[float, float]:
+                  quantities: int = 2, adjust: bool = True) -> tuple[float, float]:
     """Family-wise rate of the budget section under the null: every ablation against one shared reference
-    per budget and quantity; is any cell decided?"""
-    p = []
+    per budget and quantity, the section's family adjusted by budgets.adjusted_p (the report's); is any cell
+    decided?"""
+    from ablations.decide import budgets as section  # (the report's budget section; imported when simulated)
+
+    cells = []
     for _ in range(budgets):
         for _ in range(quantities):
             ref = rng.normal(0, 1, (tables, seeds))
-            for _ in range(ablations):
-                p.append(welch_p(rng.normal(0, 1, (tables, seeds)), ref))
-    p = np.stack(p, axis=1)
-    any_hit = holm_reject(p, alpha).any(axis=1) if adjust else decided(p, alpha).any(axis=1)
-    return rate(any_hit)
+            cells += [welch_many(rng.normal(0, 1, (tables, seeds)), ref) for _ in range(ablations)]
+    p = np.stack([c.p for c in cells], axis=1)
+    adjusted = section.adjusted_p(p) if adjust else p
+    hits = np.stack([decided(c, adjusted[:, k]) for k, c in enumerate(cells)], axis=1)
+    return rate(hits.any(axis=1))
 
 
-def power_in_family(rng: np.random.Generator, tables: int, family: int, seeds: int = 5, shift: float = 4.0,
-                    alpha: float = ALPHA) -> tuple[float, float]:
+def power_in_family(rng: np.random.Generator, tables: int, family: int, seeds: int = 5, shift: float = 4.0) -> tuple[float, float]:
     """Power of one shifted comparison when it is Holm-adjusted with ``family`` - 1 null ones: the price."""
-    p = [welch_p(rng.normal(-shift, 1, (tables, seeds)), rng.normal(0, 1, (tables, seeds)))]
-    p += [welch_p(rng.normal(0, 1, (tables, seeds)), rng.normal(0, 1, (tables, seeds))) for _ in range(family - 1)]
-    return rate(holm_reject(np.stack(p, axis=1), alpha)[:, 0])
+    tests = [welch_many(rng.normal(-shift, 1, (tables, seeds)), rng.normal(0, 1, (tables, seeds)))]
+    tests += [welch_many(rng.normal(0, 1, (tables, seeds)), rng.normal(0, 1, (tables, seeds))) for _ in range(family - 1)]
+    return rate(family_decided(tests)[:, 0])
 
 
 def paired_p(x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -113,7 +123,7 @@ def paired_p(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     sd = d.std(axis=1, ddof=1)
     with np.errstate(divide="ignore", invalid="ignore"):
         t = np.abs(d.mean(axis=1)) / (sd / np.sqrt(d.shape[1]))
-        p = 2 * stats.t.sf(t, d.shape[1] - 1)
+        p = 2 * sps.t.sf(t, d.shape[1] - 1)
     return np.where(sd > 0, p, np.nan)
 
 
@@ -123,7 +133,7 @@ def pairing_rates(rng: np.random.Generator, tables: int, seeds: int, rho: float,
     z = rng.normal(0, 1, (tables, seeds))
     x = -shift + rho**0.5 * z + (1 - rho) ** 0.5 * rng.normal(0, 1, (tables, seeds))
     y = rho**0.5 * z + (1 - rho) ** 0.5 * rng.normal(0, 1, (tables, seeds))
-    return {"paired": rate(decided(paired_p(x, y))), "welch": rate(decided(welch_p(x, y)))}
+    return {"paired": rate(np.nan_to_num(paired_p(x, y), nan=1.0) < ALPHA), "welch": rate(decided(welch_many(x, y)))}
 
 
 
@@ -134,7 +144,7 @@ def equivalence_rates(rng: np.random.Generator, tables: int, seeds: int, shift: 
     family, so within a larger family the rates can only fall). Returns the share called 'equivalent' (a false
     equivalence when |shift| >= margin, power when shift = 0) and the share called 'differs', with their Monte
     Carlo SEs."""
-    from . import verdicts  # the report's functions, not a copy (imported here: this module stays light)
+    from ablations.decide import verdicts  # the report's functions (imported here: this module stays light)
 
     x, y = rng.normal(shift, 1, (tables, seeds)), rng.normal(0, 1, (tables, seeds))
     words = np.array([verdicts.equivalence_decision(verdicts.decide_family(verdicts.equivalence_tests(a, b, margin, "Δ")))

@@ -23,15 +23,13 @@ tests/test_verdict_rates.py check the rates and the power.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 from scipy import stats
 
 ALPHA = 0.05
-POWER = 0.8
-MAX_SEEDS = 1000
 
 
 def mean_std(runs: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
@@ -60,13 +58,52 @@ class Interval:
         return not (math.isnan(self.low) or math.isnan(self.high))
 
 
-def _welch_parts(x: np.ndarray, y: np.ndarray, floor_x: float, floor_y: float) -> tuple[float, float, float]:
-    """(difference, its SE, Welch's degrees of freedom); each side's seed SD at least its floor. df is NaN where
-    neither side has any spread."""
-    vx, vy = max(x.var(ddof=1), floor_x**2) / len(x), max(y.var(ddof=1), floor_y**2) / len(y)
-    se = math.sqrt(vx + vy)
-    df = (vx + vy) ** 2 / (vx**2 / (len(x) - 1) + vy**2 / (len(y) - 1)) if vx or vy else float("nan")
-    return float(x.mean() - y.mean()), se, df
+@dataclass
+class Intervals:
+    """Many intervals at once (one per simulated table, or one): what ``welch_many`` / ``one_sample_many`` return.
+    The report's scalar functions take element [()] of these, so the simulations (rule_rates.py, power.py) run the
+    very code the report decides with."""
+
+    estimate: np.ndarray
+    low: np.ndarray
+    high: np.ndarray
+    p: np.ndarray
+    se: np.ndarray
+    df: np.ndarray
+
+    def one(self, n: int) -> Interval:
+        return Interval(float(self.estimate), float(self.low), float(self.high), float(self.p), n)
+
+
+def _moments(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+    """(mean, seed variance, seeds) over the last axis."""
+    v = np.asarray(values, float)
+    return v.mean(axis=-1), v.var(axis=-1, ddof=1), v.shape[-1]
+
+
+def welch_moments(mean_x, var_x, n_x: int, mean_y, var_y, n_y: int, floor_x: float = 0.0,
+                  floor_y: float = 0.0) -> Intervals:
+    """mean_x - mean_y with Welch's 95% CI and two-sided p, from each side's mean, seed variance and seeds
+    (arrays, one per table). Each side's seed variance is at least its floor squared (the floor is an SD). No
+    spread (up to rounding) gives a point CI and p = NaN, or 1 at a zero difference: it decides nothing alone."""
+    mean_x, mean_y = np.asarray(mean_x, float), np.asarray(mean_y, float)
+    vx = np.maximum(var_x, floor_x**2) / n_x
+    vy = np.maximum(var_y, floor_y**2) / n_y
+    se = np.sqrt(vx + vy)
+    diff = mean_x - mean_y
+    with np.errstate(divide="ignore", invalid="ignore"):
+        df = (vx + vy) ** 2 / (vx**2 / (n_x - 1) + vy**2 / (n_y - 1))
+        half = stats.t.ppf(1 - ALPHA / 2, df) * se
+        p = 2 * stats.t.sf(np.abs(diff) / se, df)
+    spread = se > 1e-12 * np.maximum(1.0, np.abs(mean_y))
+    return Intervals(diff, np.where(spread, diff - half, diff), np.where(spread, diff + half, diff),
+                     np.where(spread, p, np.where(diff == 0, 1.0, np.nan)), se, df)
+
+
+def welch_many(x: np.ndarray, y: np.ndarray, floor_x: float = 0.0, floor_y: float = 0.0) -> Intervals:
+    """``welch_moments`` on per-seed values, seeds on the last axis (at least 2 a side)."""
+    (mx, vx, nx), (my, vy, ny) = _moments(x), _moments(y)
+    return welch_moments(mx, vx, nx, my, vy, ny, floor_x, floor_y)
 
 
 def welch(x: np.ndarray, y: np.ndarray, floor_x: float = 0.0, floor_y: float = 0.0) -> Interval:
@@ -78,21 +115,44 @@ def welch(x: np.ndarray, y: np.ndarray, floor_x: float = 0.0, floor_y: float = 0
     n = min(len(x), len(y))
     if len(x) < 2 or len(y) < 2:
         return Interval(diff, float("nan"), float("nan"), float("nan"), n)
-    diff, se, df = _welch_parts(x, y, floor_x, floor_y)
-    if se <= 1e-12 * max(1.0, abs(float(y.mean()))):  # no spread (up to rounding): a point, p undefined
-        return Interval(diff, diff, diff, 1.0 if diff == 0 else float("nan"), n)
-    half = stats.t.ppf(1 - ALPHA / 2, df) * se
-    p = float(2 * stats.t.sf(abs(diff) / se, df))
-    return Interval(diff, diff - half, diff + half, p, n)
+    return welch_many(x, y, floor_x, floor_y).one(n)
 
 
-def _tost(estimate: float, se: float, df: float, center: float, margin: float, n: int) -> Interval:
-    """Two one-sided t tests of |estimate - center| < margin at ALPHA each: the (1 - 2 ALPHA) = 90% CI, and p =
-    the larger one-sided p (both must reject; the CI lies inside center ± margin exactly when p < ALPHA)."""
-    half = stats.t.ppf(1 - ALPHA, df) * se
-    p_low = stats.t.sf((estimate - (center - margin)) / se, df)  # H0: estimate <= center - margin
-    p_high = stats.t.cdf((estimate - (center + margin)) / se, df)  # H0: estimate >= center + margin
-    return Interval(estimate, estimate - half, estimate + half, float(max(p_low, p_high)), n)
+def one_sample_se(var, n: int, floor: float = 0.0) -> tuple[np.ndarray, int]:
+    """(SE of a mean over ``n`` seeds, its degrees of freedom): the seed SD at least ``floor``; t on n - 1."""
+    return np.sqrt(np.maximum(var, floor**2) / n), n - 1
+
+
+def one_sample_moments(mean, var, n: int, bound: float = 0.0, floor: float = 0.0) -> Intervals:
+    """A mean over seeds with its t 95% CI and two-sided p against ``bound``, from mean, seed variance and seeds
+    (arrays). No spread: a point CI, p NaN (or 1 when the mean is the bound)."""
+    mean = np.asarray(mean, float)
+    se, df = one_sample_se(var, n, floor)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        half = stats.t.ppf(1 - ALPHA / 2, df) * se
+        p = 2 * stats.t.sf(np.abs(mean - bound) / se, df)
+    spread = se > 1e-12 * np.maximum(1.0, np.abs(mean))
+    return Intervals(mean, np.where(spread, mean - half, mean), np.where(spread, mean + half, mean),
+                     np.where(spread, p, np.where(mean == bound, 1.0, np.nan)), se, np.full_like(mean, df))
+
+
+def one_sample_many(values: np.ndarray, bound: float = 0.0, floor: float = 0.0) -> Intervals:
+    mean, var, n = _moments(values)
+    return one_sample_moments(mean, var, n, bound, floor)
+
+
+def tost_moments(diff, se, df, center: float, margin: float) -> Intervals:
+    """Two one-sided t tests of |diff - center| < margin at ALPHA each (arrays): the (1 - 2 ALPHA) = 90% CI, and
+    p = the larger one-sided p (both must reject; the CI lies inside center ± margin exactly when p < ALPHA).
+    Zero SE: p NaN, no test decides on seeds without spread."""
+    diff, se = np.asarray(diff, float), np.asarray(se, float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        half = stats.t.ppf(1 - ALPHA, df) * se
+        p_low = stats.t.sf((diff - (center - margin)) / se, df)  # H0: diff <= center - margin
+        p_high = stats.t.cdf((diff - (center + margin)) / se, df)  # H0: diff >= center + margin
+    spread = se > 0
+    return Intervals(diff, np.where(spread, diff - half, diff), np.where(spread, diff + half, diff),
+                     np.where(spread, np.maximum(p_low, p_high), np.nan), se, np.asarray(df, float))
 
 
 def tost(x: np.ndarray, y: np.ndarray, margin: float, floor_x: float = 0.0, floor_y: float = 0.0) -> Interval:
@@ -105,10 +165,10 @@ def tost(x: np.ndarray, y: np.ndarray, margin: float, floor_x: float = 0.0, floo
     if len(x) < 2 or len(y) < 2:
         diff = float(x.mean() - y.mean()) if len(x) and len(y) else float("nan")
         return Interval(diff, float("nan"), float("nan"), float("nan"), n)
-    diff, se, df = _welch_parts(x, y, floor_x, floor_y)
-    if se <= 1e-12 * max(1.0, abs(float(y.mean()))):
-        return Interval(diff, diff, diff, float("nan"), n)
-    return _tost(diff, se, df, 0.0, margin, n)
+    w = welch_many(x, y, floor_x, floor_y)
+    if w.low == w.high:  # no spread (welch_moments' test)
+        return Interval(float(w.estimate), float(w.estimate), float(w.estimate), float("nan"), n)
+    return tost_moments(w.estimate, w.se, w.df, 0.0, margin).one(n)
 
 
 def tost_one_sample(values: np.ndarray, center: float, margin: float, floor: float = 0.0) -> Interval:
@@ -117,10 +177,10 @@ def tost_one_sample(values: np.ndarray, center: float, margin: float, floor: flo
     mean = float(v.mean()) if len(v) else float("nan")
     if len(v) < 2:
         return Interval(mean, float("nan"), float("nan"), float("nan"), len(v))
-    se = max(v.std(ddof=1), floor) / math.sqrt(len(v))
+    se, df = one_sample_se(v.var(ddof=1), len(v), floor)
     if se <= 1e-12 * max(1.0, abs(mean)):
         return Interval(mean, mean, mean, float("nan"), len(v))
-    return _tost(mean, se, len(v) - 1, center, margin, len(v))
+    return tost_moments(mean, se, df, center, margin).one(len(v))
 
 
 def one_sample(values: np.ndarray, bound: float = 0.0, limits: tuple[float, float] | None = None,
@@ -131,49 +191,56 @@ def one_sample(values: np.ndarray, bound: float = 0.0, limits: tuple[float, floa
     mean = float(v.mean()) if len(v) else float("nan")
     if len(v) < 2:
         return Interval(mean, float("nan"), float("nan"), float("nan"), len(v))
-    se = max(v.std(ddof=1), floor) / math.sqrt(len(v))
-    if se <= 1e-12 * max(1.0, abs(mean)):  # no spread (up to rounding): a point, p undefined
-        return Interval(mean, mean, mean, 1.0 if mean == bound else float("nan"), len(v))
-    half = stats.t.ppf(1 - ALPHA / 2, len(v) - 1) * se
-    p = float(2 * stats.t.sf(abs(mean - bound) / se, len(v) - 1))
-    low, high = mean - half, mean + half
-    if limits is not None:
-        low, high = max(low, limits[0]), min(high, limits[1])
-    return Interval(mean, low, high, p, len(v))
+    i = one_sample_many(v, bound, floor).one(len(v))
+    if limits is not None and i.low != i.high:
+        i.low, i.high = max(i.low, limits[0]), min(i.high, limits[1])
+    return i
+
+
+DECIDED = ("held", "not held")
+
+
+def decide_many(estimate, low, high, p, bound: float, side: str, margin: float | None = None,
+                adjusted: bool = True) -> np.ndarray:
+    """``decide`` on arrays (one per table): 'held' / 'not held' / 'inconclusive' each. ``adjusted``: ``p`` is the
+    family-adjusted p that decides (False: the CI against the bound decides, as for a test alone)."""
+    estimate, low, high, p = (np.asarray(a, float) for a in (estimate, low, high, p))
+    undecidable = np.isnan(low) | np.isnan(high) | (high == low) | np.isnan(p)
+    if side in ("equivalent", "differs"):
+        if adjusted:
+            held = p < ALPHA
+        elif side == "equivalent":
+            held = (bound - margin < low) & (high < bound + margin)
+        else:
+            held = (high < bound) | (low > bound)
+        return np.where(~undecidable & held, "held", "inconclusive")
+    if adjusted:
+        go = p < ALPHA
+        below, above = go & (estimate < bound), go & (estimate > bound)
+    else:
+        below, above = high < bound, low > bound
+    yes, no = (below, above) if side == "below" else (above, below)
+    return np.where(undecidable, "inconclusive", np.where(yes, "held", np.where(no, "not held", "inconclusive")))
 
 
 def decide(interval: Interval, bound: float, side: str, p: float | None = None, margin: float | None = None) -> str:
     """'held' when the whole CI lies on ``side`` ('below' / 'above') of ``bound``, 'not held' when it
     lies wholly on the other side, else 'inconclusive' (also with fewer than 2 seeds, or an undefined p).
     With ``p`` (a family-adjusted p-value of the same test), decided only when ``p`` < ALPHA, on the side
-    of the estimate: the unadjusted rule is the same as p < ALPHA for these t intervals.
+    of the estimate: the unadjusted rule is the same as p < ALPHA for these t intervals. A zero-width CI (seeds
+    without spread and no floor) decides nothing alone.
 
     Two sides decide only one way ('held' or 'inconclusive'): 'equivalent' (a TOST interval, ``tost``: its CI
     inside ``bound`` ± ``margin``) and 'differs' (a 95% CI that excludes ``bound``)."""
-    if not interval.decided or interval.high == interval.low or math.isnan(interval.p if p is None else p):
-        return "inconclusive"  # (a zero-width CI comes from seeds without spread: it decides nothing alone)
-    if side in ("equivalent", "differs"):
-        if p is not None:
-            return "held" if p < ALPHA else "inconclusive"
-        if side == "equivalent":
-            inside = bound - margin < interval.low and interval.high < bound + margin
-        else:
-            inside = interval.high < bound or interval.low > bound
-        return "held" if inside else "inconclusive"
-    if p is not None:
-        if p >= ALPHA:
-            return "inconclusive"
-        below, above = interval.estimate < bound, interval.estimate > bound
-    else:
-        below, above = interval.high < bound, interval.low > bound
-    if side == "below":
-        return "held" if below else "not held" if above else "inconclusive"
-    return "held" if above else "not held" if below else "inconclusive"
+    i = interval
+    return str(decide_many(i.estimate, i.low, i.high, i.p if p is None else p, bound, side, margin,
+                           adjusted=p is not None)[()])
 
 
-def holm(pvalues: list[float], groups: list | None = None) -> list[float]:
+def holm(pvalues, groups: list | None = None):
     """Holm's step-down adjustment: reject p_adj < ALPHA and the family-wise error rate stays <= ALPHA
     under any dependence between the tests. NaN (an undefined test) stays NaN and counts in the family.
+    A list gives a list; an array of tables x tests gives one adjusted row per table (the simulations).
 
     ``groups``: tests with the same group can never be true nulls together (the two tests of an equivalence check:
     Δ = 0 and |Δ| >= margin exclude each other), so a group counts once among the tests still to be decided
@@ -181,17 +248,26 @@ def holm(pvalues: list[float], groups: list | None = None) -> list[float]:
     each sits in a group of its own, so the multiplier is still at least their number and the Bonferroni bound of
     Holm's proof holds. Without groups, each test is its own: plain Holm."""
     p = np.asarray(pvalues, float)
-    m = len(p)
-    groups = list(range(m)) if groups is None else list(groups)
-    order = np.argsort(np.where(np.isnan(p), np.inf, p))
-    out, running = np.full(m, np.nan), 0.0
-    for rank, k in enumerate(order):
-        if np.isnan(p[k]):
-            continue
-        remaining = len({groups[i] for i in order[rank:]})  # m - rank without groups
-        running = max(running, min(1.0, remaining * p[k]))
-        out[k] = running
-    return out.tolist()
+    rows = np.atleast_2d(p)
+    tables, m = rows.shape
+    if m == 0:
+        return [] if p.ndim == 1 else rows.copy()
+    names = list(range(m)) if groups is None else list(groups)
+    ids = {g: k for k, g in enumerate(dict.fromkeys(names))}
+    group = np.array([ids[g] for g in names])
+    order = np.argsort(np.where(np.isnan(rows), np.inf, rows), axis=1, kind="stable")
+    rank = np.empty_like(order)
+    np.put_along_axis(rank, order, np.arange(m)[None, :].repeat(tables, 0), axis=1)
+    last = np.full((tables, len(ids)), -1)  # the last rank each group holds
+    for k in range(m):
+        last[:, group[k]] = np.maximum(last[:, group[k]], rank[:, k])
+    remaining = (last[:, None, :] >= np.arange(m)[None, :, None]).sum(axis=2)  # groups still to decide at each rank
+    ranked = np.take_along_axis(rows, order, axis=1)
+    running = np.fmax.accumulate(np.minimum(1.0, remaining * ranked), axis=1)  # NaN (sorted last) skipped
+    running[np.isnan(ranked)] = np.nan
+    out = np.empty_like(running)
+    np.put_along_axis(out, order, running, axis=1)
+    return out[0].tolist() if p.ndim == 1 else out
 
 
 def image_floor(per_image: pd.DataFrame) -> float:
@@ -208,60 +284,6 @@ def rate_floor(rates: np.ndarray, images: np.ndarray) -> float:
         return 0.0
     p = (rates * images + 2) / (images + 4)
     return float(np.sqrt(np.mean(p * (1 - p) / (images + 4))))
-
-
-def detectable(sd_a: float, sd_b: float, n: int) -> float:
-    """The smallest difference a Welch comparison of ``n`` seeds a side detects with 80% power at the
-    observed seed SDs (normal approximation); NaN without spread or seeds."""
-    if n < 2 or any(math.isnan(x) for x in (sd_a, sd_b)):
-        return float("nan")
-    return (stats.norm.ppf(1 - ALPHA / 2) + stats.norm.ppf(POWER)) * math.sqrt((sd_a**2 + sd_b**2) / n)
-
-
-def seeds_needed_range(diff: float, sd_a: float, sd_b: float, n_a: int, n_b: int) -> tuple[int, int] | None:
-    """Seeds per variant for 80% power at the pooled seed SD's 80% confidence bounds: an SD estimated from
-    2-4 seeds is so uncertain that one number would mislead. None when there is nothing to size."""
-    df = n_a + n_b - 2
-    if df < 1 or any(math.isnan(x) for x in (sd_a, sd_b, diff)) or not diff:
-        return None
-    pooled = ((n_a - 1) * sd_a**2 + (n_b - 1) * sd_b**2) / df
-    low_sd = math.sqrt(df * pooled / stats.chi2.ppf(0.9, df))
-    high_sd = math.sqrt(df * pooled / stats.chi2.ppf(0.1, df))
-    low, high = seeds_needed(diff, low_sd, low_sd), seeds_needed(diff, high_sd, high_sd)
-    return None if low is None or high is None else (min(low, high), max(low, high))
-
-
-def seeds_needed(diff: float, sd_a: float, sd_b: float) -> int | None:
-    """Seeds per variant for a two-sample t-test to detect ``diff`` with 80% power at alpha 0.05,
-    given the observed seed SDs; None when there is nothing to size (no difference or no spread)."""
-    sd = math.sqrt((sd_a**2 + sd_b**2) / 2) if not (math.isnan(sd_a) or math.isnan(sd_b)) else float("nan")
-    if not diff or math.isnan(diff) or math.isnan(sd) or sd == 0:
-        return None
-    for n in range(2, MAX_SEEDS + 1):
-        df = 2 * n - 2
-        ncp = abs(diff) / (sd * math.sqrt(2 / n))
-        if ncp > 30:  # power is 1 to any printed digit (and scipy's noncentral t turns NaN out there)
-            return n
-        crit = stats.t.ppf(1 - ALPHA / 2, df)
-        if stats.nct.sf(crit, df, ncp) + stats.nct.cdf(-crit, df, ncp) >= POWER:
-            return n
-    return MAX_SEEDS + 1
-
-
-def seeds_for_equivalence(margin: float, sd_a: float, sd_b: float, difference: float = 0.0) -> int | None:
-    """Seeds per variant for TOST (ALPHA each side) to show equivalence within ±``margin`` with 80% power when
-    the true difference is ``difference``, at the given seed SDs (sd_b = 0: against a number): the least n with
-    (margin - |difference|) / SE >= t(1 - ALPHA) + t(power quantile), t on 2n - 2 degrees of freedom. An estimate
-    (rule_rates.equivalence_rates simulates the rule itself); None when nothing can be sized."""
-    if any(math.isnan(x) for x in (sd_a, sd_b)) or (sd_a == 0 and sd_b == 0) or margin - abs(difference) <= 0:
-        return None
-    beta = (1 - POWER) / (2 if difference == 0 else 1)  # at 0 either one-sided test can fail
-    for n in range(2, MAX_SEEDS + 1):
-        se = math.sqrt((sd_a**2 + sd_b**2) / n)
-        df = 2 * n - 2 if sd_b else n - 1
-        if (margin - abs(difference)) / se >= stats.t.ppf(1 - ALPHA, df) + stats.t.ppf(1 - beta, df):
-            return n
-    return MAX_SEEDS + 1
 
 
 def paired_difference(variant: np.ndarray, reference: np.ndarray, seed: int = 0, n_resamples: int = 2000) -> dict:
@@ -293,20 +315,24 @@ class Comparison:
     seed_level: Interval  # Welch on per-seed means (each side's SD floored by its image-level SE)
     sd_variant: float
     sd_reference: float
-    detectable: float  # the smallest |difference| these seeds detect with 80% power
-    seeds_range: tuple[int, int] | None  # seeds per variant for 80% power, at the seed SD's 80% bounds
     image: dict  # paired_difference on per-image values averaged over seeds
+    floor_variant: float = 0.0  # the image-level SE each side's seed SD is floored by
+    floor_reference: float = 0.0
+    n_variant: int = 0
+    n_reference: int = 0
+
+    cache: dict = field(default_factory=dict, repr=False, compare=False)  # power.comparison_plan's, per comparison
 
 
 def compare(variant: pd.DataFrame, reference: pd.DataFrame, names: tuple[str, str] = ("variant", "reference"),
             metric: str = "CIDEr", n_resamples: int = 2000) -> Comparison:
     """``variant`` / ``reference``: per-image values, one column per seed (index = image id)."""
     x, y = variant.mean(axis=0).to_numpy(), reference.mean(axis=0).to_numpy()  # per-seed means (NaN skipped)
-    seed = welch(x, y, image_floor(variant), image_floor(reference))
+    fx, fy = image_floor(variant), image_floor(reference)
+    seed = welch(x, y, fx, fy)
     sd_x = float(np.std(x, ddof=1)) if len(x) > 1 else float("nan")
     sd_y = float(np.std(y, ddof=1)) if len(y) > 1 else float("nan")
     common = variant.index.intersection(reference.index)
     image = paired_difference(variant.loc[common].mean(axis=1).to_numpy(), reference.loc[common].mean(axis=1).to_numpy(),
                               n_resamples=n_resamples)
-    return Comparison(names[0], names[1], metric, seed, sd_x, sd_y, detectable(sd_x, sd_y, min(len(x), len(y))),
-                      seeds_needed_range(seed.estimate, sd_x, sd_y, len(x), len(y)), image)
+    return Comparison(names[0], names[1], metric, seed, sd_x, sd_y, image, fx, fy, len(x), len(y))

@@ -15,15 +15,17 @@ from __future__ import annotations
 import itertools
 import math
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 import pandas as pd
 
 from ablations.report.collect import TableRuns
 from ablations.decide.expectations import EVERY_WORKING, NAMED, Check, Expectation, label
-from ablations.report.formatting import fmt, fmt_ci, fmt_p
+from ablations.report.formatting import fmt, fmt_ci, fmt_p, fmt_up
+from ablations.decide import power
 from ablations.decide.stats import (Comparison, Interval, compare, decide, holm, image_floor, mean_std, one_sample, rate_floor,
-                    seeds_for_equivalence, tost, tost_one_sample, welch)
+                    tost, tost_one_sample, welch)
 
 COMPARED = {q: label(q) for q in ("CIDEr", "nll_gap", "slot_relation")}  # per-image quantities with comparison tables
 RATES = {"swap_rate", "empty_rate", "eos_first_rate"}  # shares of images: CIs clipped to [0, 1], floored
@@ -81,10 +83,63 @@ def confound(table_runs: TableRuns, *variants: str) -> str | None:
 
 
 def guard(table_runs: TableRuns, *variants: str) -> str | None:
-    for v in variants:
+    """Why a test of ``variants[0]`` (against the others) must not decide. A split in kind belongs to the variant
+    that shows it: the test's own variant says 'seeds disagree', a partner's split says so of the partner
+    ('partner's seeds disagree: ...'), so a variant whose own runs agree is never labelled as if they did not."""
+    for k, v in enumerate(variants):
         if seeds_disagree(table_runs, v):
-            return f"seeds disagree: some {v} runs collapsed and some did not"
+            return f"{'seeds' if k == 0 else PARTNER} disagree: some {v} runs collapsed and some did not"
     return confound(table_runs, *variants)
+
+
+PARTNER = "partner's seeds"  # a guard text's start when the compared variant's seeds split, not the test's own
+
+
+def guard_word(text: str) -> str:
+    """The decision a guard gives a test: 'seeds disagree', "partner's seeds disagree" or 'confounded'."""
+    return "seeds disagree" if text.startswith("seeds") else f"{PARTNER} disagree" if text.startswith(PARTNER) \
+        else "confounded"
+
+
+# ---- machines: what changes the numerics without changing the code
+def verified_numerics(table_runs: TableRuns) -> set[str]:
+    """Numerics setups (collect.numerics_label) that a stored `ablate verify` check found within the seed spread of
+    each other: exact, or its largest difference at most one seed SD."""
+    out = set()
+    for c in table_runs.verification:
+        largest = c.get("largest") or {}
+        if c.get("exact") or (largest.get("seed_sds") is not None and largest["seed_sds"] <= 1.0):
+            out.update(c.get("numerics", []))
+    return out
+
+
+def machine_confound(table_runs: TableRuns, *variants: str) -> str | None:
+    """A named confound (it does not block the decision) when the compared variants' runs come from more than one
+    numerics setup (CPU instruction sets, torch version, threads, device, precision: float results differ with
+    each) and no stored verify check found them within the seed spread: 'machines differ: full on AVX2 ..., meanpool
+    on AVX-512 ...'. Across setups the same seed gives other bits, not another distribution (a shapes retrain on
+    another CPU gave the same verdict on every row, issue 50), so it is named, not treated as a code change."""
+    if "numerics" not in table_runs.runs or len(variants) < 2:
+        return None
+    rows = table_runs.runs[table_runs.runs["variant"].isin(variants)]
+    setups = set(rows["numerics"])
+    if len(setups) <= 1 or setups <= verified_numerics(table_runs):
+        return None
+    short = _what_differs(sorted(setups))
+    where = "; ".join(f"{v} on {_setups(g['numerics'], short)}" for v, g in rows.groupby("variant", sort=False))
+    return f"machines differ, a named confound ({where}; no verify showed it within the seed spread)"
+
+
+def _setups(numerics: pd.Series, short: dict[str, str]) -> str:
+    counts = numerics.value_counts(sort=False)
+    return " and ".join(f"{short[s]} ({n} runs)" if len(counts) > 1 else short[s] for s, n in counts.items())
+
+
+def _what_differs(labels: list[str]) -> dict[str, str]:
+    """Each numerics label cut to the parts that differ between ``labels`` ('AVX2' vs 'AVX-512')."""
+    parts = [label.split(", ") for label in labels]
+    keep = [k for k in range(max(map(len, parts))) if len({tuple(p[k:k + 1]) for p in parts}) > 1]
+    return {label: ", ".join(p[k] for k in keep if k < len(p)) or label for label, p in zip(labels, parts)}
 
 
 # ---- tests and their families
@@ -104,18 +159,35 @@ class Test:
     decision: str = "inconclusive"
     margin: float | None = None  # side 'equivalent' only
     group: object = None  # the equivalence check it belongs to: its two tests count once in Holm (stats.holm)
+    caveat: str | None = None  # a confound named beside the numbers (machines differ): it does not block the decision
+    planner: Callable[[], power.Plan] | None = field(default=None, repr=False, compare=False)  # see plan()
+    seeds_next: int | None = None  # an equivalence: the seeds a side that would show it if Δ were 0
+
+    def plan(self) -> power.Plan | None:
+        """What more seeds would do for this test (power.plan), computed when first asked for: only undecided
+        tests say it."""
+        if self.planner is not None and not hasattr(self, "_plan"):
+            self._plan = self.planner()
+        return getattr(self, "_plan", None)
+
+    def planning_text(self) -> str:
+        if self.planning:
+            return self.planning
+        p = self.plan()
+        return undecided_note(p, self.interval.estimate - self.bound) if p is not None else ""
 
     def text(self) -> str:
+        caveat = f"; {self.caveat}" if self.caveat else ""
         if self.guard:
-            return f"{self.label} {fmt_ci(self.interval)} (not decided: {self.guard})"
+            return f"{self.label} {fmt_ci(self.interval)} (not decided: {self.guard}{caveat})"
         if self.side == "equivalent":
             need = f"90% CI; equivalent if inside {_around(self.bound, self.margin)}: TOST"
         elif self.side == "differs":
             need = f"95% CI; differs if it excludes {self.bound:g}:"
         else:
             need = f"need it {self.side} {self.bound:g};"
-        return (f"{self.label} {fmt_ci(self.interval)} ({need} Holm p = {fmt_p(self.p_adjusted)})" + self.note
-                + (self.planning if self.decision == "inconclusive" else ""))
+        return (f"{self.label} {fmt_ci(self.interval)} ({need} Holm p = {fmt_p(self.p_adjusted)})" + self.note + caveat
+                + (self.planning_text() if self.decision == "inconclusive" else ""))
 
 
 def _around(center: float, margin: float | None) -> str:
@@ -131,7 +203,7 @@ def decide_family(tests: list[Test]) -> list[Test]:
         t.decision = decide(t.interval, t.bound, t.side, p, t.margin)
     for t in tests:
         if t.guard:
-            t.decision = "seeds disagree" if t.guard.startswith("seeds") else "confounded"
+            t.decision = guard_word(t.guard)
     return tests
 
 
@@ -140,7 +212,7 @@ def combine(decisions: list[str]) -> str:
         return "not held"
     if decisions and all(d == "held" for d in decisions):
         return "held"
-    for special in ("seeds disagree", "confounded"):
+    for special in ("seeds disagree", f"{PARTNER} disagree", "confounded"):
         if special in decisions:
             return special
     return "inconclusive"
@@ -176,33 +248,97 @@ def equivalence_tests(x: np.ndarray, y: np.ndarray | float, margin: float, label
 _PAIRS = itertools.count()
 
 
+def seed_interval(table_runs: TableRuns, v: str, quantity: str, bound: float = 0.0) -> Interval:
+    """The one seed-level 95% CI of a variant's quantity that every section quotes and every one-sample test uses
+    (issue 50 found the NLL gap with two CIs in one report): one value per run (its number in metrics.json, or its
+    mean over images where only that is stored), the seed SD floored by the SE a run's number has from its images
+    where that number is the mean over its images, by the binomial SE for a share, and clipped to [0, 1] for a
+    share."""
+    values, floor = run_values(table_runs, v, quantity)
+    return one_sample(values, bound, limits=(0.0, 1.0) if quantity in RATES else None, floor=floor)
+
+
+def run_values(table_runs: TableRuns, v: str, quantity: str) -> tuple[np.ndarray, float]:
+    """Each run's number for ``quantity`` and the floor under their seed SD (see seed_interval)."""
+    rows = table_runs.runs[table_runs.runs["variant"] == v] if len(table_runs.runs) else pd.DataFrame()
+    m = table_runs.matrix(v, quantity)
+    means = m.mean(axis=0).to_numpy() if not m.empty else np.array([])
+    if quantity in rows and rows[quantity].notna().any():
+        stored = rows.dropna(subset=[quantity])
+        values = stored[quantity].to_numpy(dtype=float)
+        if quantity in RATES:
+            return values, rate_floor(values, stored["images"].to_numpy(dtype=float))
+        image_mean = len(means) == len(values) and np.allclose(np.sort(means), np.sort(values), rtol=1e-6, atol=1e-9)
+        return values, image_floor(m) if image_mean else 0.0  # (corpus BLEU is no mean over images: no floor)
+    return means, image_floor(m) if not m.empty else 0.0
+
+
 def rate_test(table_runs: TableRuns, v: str, column: str, bound: float, side: str, label: str) -> Test:
-    """A run-level share (swap, empty, EOS-first rate) against a bound, floored by its binomial SE."""
-    rows = table_runs.runs[table_runs.runs["variant"] == v]
-    values = rows[column].to_numpy(dtype=float) if column in rows else np.array([])
-    floor = rate_floor(values, rows["images"].to_numpy(dtype=float)) if column in RATES and len(values) else 0.0
-    i = one_sample(values, bound, limits=(0.0, 1.0) if column in RATES else None, floor=floor)
-    return Test(label, i, bound, side, guard(table_runs, v))
+    """A run-level number (swap, empty, EOS-first rate; a corpus metric) against a bound (seed_interval's CI)."""
+    values, floor = run_values(table_runs, v, column)
+    i = seed_interval(table_runs, v, column, bound)
+    return Test(label, i, bound, side, guard(table_runs, v), planner=_one_sample_planner(i, values, floor, bound))
 
 
 def mean_test(table_runs: TableRuns, v: str, column: str, bound: float, side: str, label: str) -> Test:
     """A per-image quantity's run means against a bound, floored by the image-level SE of a run's mean."""
-    m = table_runs.matrix(v, column)
-    i = one_sample(m.mean(axis=0).to_numpy(), bound, floor=image_floor(m) if not m.empty else 0.0)
-    return Test(label, i, bound, side, guard(table_runs, v))
+    return rate_test(table_runs, v, column, bound, side, label)
 
 
-def undecided_note(c: Comparison) -> str:
-    """What the seeds could detect, and a range for the seeds a decision would take (an estimate)."""
+def _one_sample_planner(i: Interval, values: np.ndarray, floor: float, bound: float) -> Callable[[], power.Plan]:
+    """A one-sample test's planning numbers: its mean − bound as the difference, a number on the other side."""
+    arms = power.Arms(_spread(values, floor), 0.0, floor, 0.0)
+    return lambda: power.plan(i.estimate - bound, i.low - bound, i.high - bound, i.n, i.n, arms)
+
+
+def undecided_note(p: power.Plan, estimate: float) -> str:
+    """What the seeds could detect, and the seeds a decision would take: at the estimate and at the ends of its
+    95% CI (the uncertainty of Δ), from the rule's simulated power (power.py)."""
     parts = []
-    if not math.isnan(c.detectable):
-        parts.append(f"these seeds detect |Δ| ≥ {fmt(c.detectable)} with 80% power")
-    if c.seeds_range:
-        low, high = c.seeds_range
-        seeds = str(low) if low == high else f"{low}–{high}"
-        parts.append(f"deciding Δ = {fmt(c.seed_level.estimate)} would take roughly {seeds} seeds per variant "
-                     "(80% power, over the 80% CI of the seed SD)")
-    return "; " + "; ".join(parts) if parts else ""
+    if not math.isnan(p.detectable):
+        parts.append(f"these seeds detect |Δ| ≥ {fmt_up(p.detectable)} with 80% power")
+    if p.at_estimate is not None:
+        ends = (f"{power.seeds_text(p.at_far_end)} if the true Δ were at the CI's far end ({fmt(p.far_end)}), "
+                + (f"{power.seeds_text(p.at_near_end)} at its near end ({fmt(p.near_end)})" if p.near_end is not None
+                   else "and no number if it were near 0, which the CI includes"))
+        parts.append(f"deciding Δ = {fmt(estimate)} would take {power.seeds_text(p.at_estimate)} seeds per variant "
+                     f"({ends})")
+    if not parts:
+        return ""
+    return "; " + "; ".join(parts) + " (simulated power of this rule alone, at the seed SDs it uses)"
+
+
+def next_step(t: Test) -> str | None:
+    """What more seeds would do for one undecided test, in a clause with its numbers (the report's "What next"):
+    the seeds a side that decide it at its estimate with 80% simulated power, and at the ends of its 95% CI."""
+    if t.guard or t.decision != "inconclusive" or t.side == "differs":
+        return None
+    if t.side == "equivalent":
+        return None if t.seeds_next is None else (
+            f"{t.label}: {power.seeds_text(t.seeds_next)} seeds a side would show equivalence within "
+            f"{_around(t.bound, t.margin)} if the true Δ were 0")
+    p = t.plan()
+    if p is None or p.at_estimate is None:
+        return None
+    difference = t.label.startswith("Δ")
+    what = f"Δ = {fmt(t.interval.estimate)}" if difference else f"{t.label} {fmt(t.interval.estimate)} against {t.bound:g}"
+    value = "difference" if difference else "value"  # a one-sample test's ends are values of the quantity
+    shift = 0.0 if difference else t.bound
+    near = ("none if it is near " + (f"{t.bound:g}" if not difference else "0") + ", which the CI includes"
+            if p.near_end is None else f"{power.seeds_text(p.at_near_end)} at its near end ({fmt(p.near_end + shift)})")
+    return (f"{t.label}: {power.seeds_text(p.at_estimate)} seeds a side would decide {what} "
+            f"({power.seeds_text(p.at_far_end)} if the true {value} were at the CI's far end, "
+            f"{fmt(p.far_end + shift)}; {near})")
+
+
+def plan_cells(p: power.Plan | None) -> tuple[str, str]:
+    """The comparison table's two planning cells: |Δ| detectable now, and seeds a side at Δ [CI's far end, near
+    end] ('∞': the CI reaches 0, where no number of seeds decides)."""
+    if p is None:
+        return "–", "–"
+    near = power.seeds_text(p.at_near_end) if p.near_end is not None else "∞"
+    seeds = "–" if p.at_estimate is None else f"{power.seeds_text(p.at_estimate)} [{power.seeds_text(p.at_far_end)}, {near}]"
+    return fmt_up(p.detectable), seeds
 
 
 def comparison_test(table_runs: TableRuns, v: str, metric: str, side: str = "below", other: str | None = None) -> Test | None:
@@ -216,7 +352,7 @@ def comparison_test(table_runs: TableRuns, v: str, metric: str, side: str = "bel
     if c is None or math.isnan(c.seed_level.estimate):
         return None
     return Test(f"Δ{label(metric)} {v} − {ref}", c.seed_level, 0.0, side, guard(table_runs, v, ref),
-                planning=undecided_note(c))
+                caveat=machine_confound(table_runs, v, ref), planner=lambda: power.comparison_plan(c))
 
 
 # ---- one rule for every expectation: each check becomes seed-level tests
@@ -242,7 +378,11 @@ def run_level_test(table_runs: TableRuns, v: str, quantity: str, side: str, othe
     (x, fx), (y, fy) = seed_values(table_runs, v, quantity), seed_values(table_runs, other, quantity)
     if not len(x) or not len(y):
         return None
-    return Test(f"Δ{label(quantity)} {v} − {other}", welch(x, y, fx, fy), 0.0, side, guard(table_runs, v, other))
+    i = welch(x, y, fx, fy)
+    arms = power.Arms(_spread(x, fx), _spread(y, fy), fx, fy)
+    return Test(f"Δ{label(quantity)} {v} − {other}", i, 0.0, side, guard(table_runs, v, other),
+                caveat=machine_confound(table_runs, v, other),
+                planner=lambda: power.plan(i.estimate, i.low, i.high, len(x), len(y), arms))
 
 
 def check_tests(table_runs: TableRuns, v: str, c: Check) -> list[Test]:
@@ -258,12 +398,15 @@ def check_tests(table_runs: TableRuns, v: str, c: Check) -> list[Test]:
             return []
         title = f"Δ{label(c.quantity)} {v} − {name}" if name is not None else label(c.quantity)
         tests = equivalence_tests(x, y, c.margin, title, fx, fy, guard(table_runs, v, *([name] if name else [])))
-        # a number has no spread: with sd_b = 0 the two-sample formula is the one-sample one
-        n = seeds_for_equivalence(c.margin, _spread(x, fx), 0.0 if name is None else _spread(y, fy))
+        tests[0].caveat = machine_confound(table_runs, v, name) if name else None  # said once for the check
+        # against a number: no spread on that side, TOST on the one-sample t (power.equivalence_power)
+        arms = power.Arms(_spread(x, fx), 0.0 if name is None else _spread(y, fy), fx, 0.0 if name is None else fy)
+        n = power.seeds_for_equivalence(c.margin, arms)
         if n is not None:
+            tests[0].seeds_next = n
             tests[0].planning = (f"; showing equivalence within {_around(tests[0].bound, c.margin)} if the true Δ were 0 "
-                                 f"would take roughly {n} seeds per variant (80% power at the seed SDs the test "
-                                 "uses, before Holm)")
+                                 f"would take {power.seeds_text(n)} seeds per variant (simulated power 80% of this "
+                                 "rule alone, at the seed SDs the test uses)")
         return tests
     if c.against_number:
         t = (mean_test if per_image(table_runs, c.quantity) else rate_test)(
@@ -386,7 +529,7 @@ def comparison_rows(table_runs: TableRuns) -> dict[str, list[dict]]:
             image_differs = not (np.isnan(i["ci_low"]) or i["ci_low"] <= 0 <= i["ci_high"])
             decided = t.decision in ("held", "not held")
             rows.append({"variant": v, "comparison": c, "test": t, "decided": decided,
-                         "image_only": image_differs and not decided, "undecided_note": undecided_note(c)})
+                         "image_only": image_differs and not decided})
         out[metric] = rows
     return out
 

@@ -14,7 +14,8 @@ from ablations.report.formatting import fmt
 from ablations.run.record import STAGES
 from ablations.decide.stats import Interval, one_sample
 from ablations.decide.verdicts import (COMPARED, Verdict, comparison_rows, expectations, grounding_verdicts, plan_swap,
-                       reliance_verdicts, summarize, target_test, variants_where, verified_fingerprints)
+                       reliance_verdicts, seed_interval, summarize, target_test, variants_where, verified_fingerprints,
+                       verified_numerics)
 
 
 # ---- measured descriptions of what variants produce
@@ -52,7 +53,7 @@ def likelihood_rows(table_runs: TableRuns) -> list[dict]:
         gap = m.mean(axis=1).dropna().to_numpy()
         p = 1.0 if np.allclose(gap, 0) else float(sps.wilcoxon(gap).pvalue)
         caption, share, n = pooled_mode(table_runs, v)
-        rows.append({"variant": v, "seed": one_sample(table_runs.run_means(v, "nll_gap")), "positive": float((gap > 0).mean()),
+        rows.append({"variant": v, "seed": seed_interval(table_runs, v, "nll_gap"), "positive": float((gap > 0).mean()),
                      "p_images": p, "images": len(gap), "mode": caption, "mode_share": share, "captions": n})
     return rows
 
@@ -105,18 +106,14 @@ def falls_every_epoch(history: list[pd.DataFrame], column: str) -> bool:
 
 
 # ---- inside the model: grounding of the queries, the LM's reading of the visual tokens
-def _seed_interval(table_runs: TableRuns, v: str, column: str) -> Interval:
-    return one_sample(table_runs.run_means(v, column))
-
-
 def grounding_rows(table_runs: TableRuns) -> list[dict]:
     rows = []
     for v in table_runs.order:
         if table_runs.matrix(v, "grounding_mass").empty:
             continue
         s = table_runs.runs[table_runs.runs["variant"] == v]
-        rows.append({"variant": v, "mass": _seed_interval(table_runs, v, "grounding_mass"),
-                     "chance": float(s["grounding_chance"].mean()), "excess": _seed_interval(table_runs, v, "grounding_excess"),
+        rows.append({"variant": v, "mass": seed_interval(table_runs, v, "grounding_mass"),
+                     "chance": float(s["grounding_chance"].mean()), "excess": seed_interval(table_runs, v, "grounding_excess"),
                      "ratio": float(s["grounding_ratio"].mean()), "entropy": float(s["query_entropy"].mean()),
                      "entropy_max": float(s["query_entropy_max"].mean()), "overlap": float(s["query_overlap"].mean())})
     return rows
@@ -129,7 +126,7 @@ def reliance_rows(table_runs: TableRuns) -> list[dict]:
             continue
         s = table_runs.runs[table_runs.runs["variant"] == v]
         layers = sorted(c for c in s.columns if c.startswith("visual_reliance_layer_") and s[c].notna().any())
-        rows.append({"variant": v, "share": _seed_interval(table_runs, v, "visual_reliance"),
+        rows.append({"variant": v, "share": seed_interval(table_runs, v, "visual_reliance"),
                      "layers": [float(s[c].mean()) for c in sorted(layers, key=lambda c: int(c.rsplit("_", 1)[1]))]})
     return rows
 
@@ -139,9 +136,11 @@ def run_rows(table_runs: TableRuns) -> pd.DataFrame:
     """runs.csv: one row per run, budget rows too, with the per-image means the seed-level tests compare."""
     runs = table_runs.runs.copy()
     for metric in COMPARED:
-        runs[f"{metric} (mean over images)"] = [
-            table_runs.per_image[v][s][metric].mean() if metric in table_runs.per_image[v][s] else np.nan
-            for v, s in zip(runs["variant"], runs["seed"])]
+        frames = [table_runs.per_image[v][s].get(metric) for v, s in zip(runs["variant"], runs["seed"])]
+        runs[f"{metric} (mean over images)"] = [f.mean() if f is not None else np.nan for f in frames]
+        # the SE a run's mean has from its images: the floor under the seed SD is their root mean square per variant
+        runs[f"{metric} (SE over images)"] = [f.std(ddof=1) / np.sqrt(f.notna().sum()) if f is not None and f.notna().sum() > 1
+                                              else np.nan for f in frames]
     order = {v: k for k, v in enumerate(table_runs.table.variants)}
     return runs.sort_values(["variant", "seed"], key=lambda c: c.map(order) if c.name == "variant" else c)
 
@@ -158,7 +157,9 @@ def provenance_summary(table_runs: TableRuns) -> dict:
               for key, g in p.groupby(PROVENANCE_KEYS, sort=False)]
     return {"groups": groups, "machines": p.groupby(["host", "cpu"]).ngroups, "fingerprints": p["fingerprint"].nunique(),
             "commits": p["code"].nunique(), "stale": [(x.variant, x.seed) for x in p[~p["current"]].itertuples()],
-            "verified": set(p["fingerprint"]) <= verified_fingerprints(table_runs)}
+            "verified": set(p["fingerprint"]) <= verified_fingerprints(table_runs),
+            "numerics": {label: list(dict.fromkeys(g["variant"])) for label, g in p.groupby("numerics", sort=False)},
+            "numerics_verified": set(p["numerics"]) <= verified_numerics(table_runs)}
 
 
 def evidence_sizes(table_runs: TableRuns) -> dict:

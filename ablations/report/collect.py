@@ -59,10 +59,26 @@ class TableRuns:
 XE_PREFIX = "xe "  # a run's metrics from its model before the self-critical epochs (runs.csv columns "xe CIDEr", ...)
 
 
+def numerics_label(provenance: dict) -> str:
+    """What changes a run's float results without changing its code or settings, in one label: the CPU's
+    instruction sets (kernels are chosen per ISA), the torch version, the torch threads (reduction order), the
+    device and the precision. Two runs with different labels give other bits for the same seed."""
+    if not provenance:
+        return "not recorded"
+    isa = provenance.get("cpu", {}).get("isa")
+    widest = next((name for flag, name in (("amx_tile", "AMX"), ("avx512f", "AVX-512"), ("avx2", "AVX2"), ("avx", "AVX"))
+                   if flag in (isa or [])), "no AVX" if isa is not None else "ISA not recorded")
+    torch = provenance.get("libraries", {}).get("torch") or "torch not recorded"
+    threads = provenance.get("determinism", {}).get("torch_threads", "?")
+    return (f"{widest}, torch {torch}, {threads} thread(s), {provenance.get('device', '?')} "
+            f"{provenance.get('precision', '?')}")
+
+
 def _run_row(variant: str, seed: int, m: dict, config: dict) -> dict:
     code = config.get("provenance", {}).get("code", {})
     row = {"variant": variant, "seed": seed, "epochs": config.get("train", {}).get("epochs"),
-           "fingerprint": code.get("fingerprint", "not recorded"), "images": m["images"], **m["metrics"], **m["slots"],
+           "fingerprint": code.get("fingerprint", "not recorded"), "numerics": numerics_label(config.get("provenance", {})),
+           "images": m["images"], **m["metrics"], **m["slots"],
            **{f"{XE_PREFIX}{k}": v for k, v in m.get("metrics_xe", {}).items()}}
     row.update({k: v for k, v in m["probes"].items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
     return row
@@ -91,7 +107,7 @@ def _provenance_row(variant: str, seed: int, record: RunRecord, current: bool) -
                     else "not recorded"),
             "host": p.get("host", "not recorded"),
             "threads": p.get("determinism", {}).get("torch_threads", "not recorded"),
-            "determinism": _determinism_text(p.get("determinism", {})),
+            "determinism": _determinism_text(p.get("determinism", {})), "numerics": numerics_label(p),
             "current": current}
 
 

@@ -34,3 +34,10 @@ def md_table(header: list[str], rows: list[list]) -> str:
     out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     out += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
     return "\n".join(out)
+
+
+def fmt_up(x, digits: int = 3) -> str:
+    """``fmt`` rounded up, never down: for a bound that must hold at the printed number (a detectable difference)."""
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "–"
+    return fmt(math.ceil(x * 10**digits - 1e-9) / 10**digits, digits)

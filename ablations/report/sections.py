@@ -5,10 +5,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ablations.decide.budgets import family_size as budget_family_size
-from ablations.report.formatting import fmt, fmt_ci, fmt_p, md_table, mean_sd
+from ablations.report.formatting import fmt, fmt_ci, fmt_p, fmt_up, md_table, mean_sd
 from ablations.run.record import STAGES
 from ablations.measure.scoring import METRIC_COLUMNS, METRICS
-from ablations.decide.verdicts import COMPARED, family_size
+from ablations.decide.power import comparison_detectable, comparison_plan
+from ablations.decide.verdicts import COMPARED, family_size, plan_cells
 
 if TYPE_CHECKING:
     from ablations.report.write import ReportInput
@@ -123,7 +124,11 @@ def section_comparisons(r: ReportInput) -> list[str]:
              "error its runs' means have from their images). Each table below is one family: it decides on "
              "Holm-adjusted p. **Image level** (these trained models only): per-image values averaged over seeds, "
              "bootstrap 95% CI over images and Wilcoxon p; it says whether these particular models differ, not "
-             "whether the architectures do. Planning numbers are estimates from 2-4 degrees of freedom.", ""]
+             "whether the architectures do. Planning numbers come from the rule's simulated power (this test alone, before "
+             "Holm; normal seeds at the seed SDs the test uses, which are themselves estimates from few seeds): the "
+             "smallest |Δ| these seeds decide 80% of the time, and, where undecided, the seeds a side that would "
+             "decide Δ at its estimate and at the ends of its 95% CI (\"> 200\": more than the search goes to; "
+             "\"∞\": the CI reaches 0, where no number of seeds decides).", ""]
     if "comparisons" in r.pictures:
         from ablations.report.figures import run_values, seed_pair_shares
 
@@ -147,18 +152,19 @@ def section_comparisons(r: ReportInput) -> list[str]:
             t = x["test"]
             decision = ("differ" if x["decided"] else "**inconclusive**" if t.decision == "inconclusive"
                         else f"**{t.decision}**")
-            low, high = c.seeds_range or (None, None)
-            seeds = "–" if low is None or x["decided"] else str(low) if low == high else f"{low}–{high}"
+            detectable, seeds = plan_cells(comparison_plan(c) if not x["decided"] else None)
+            if x["decided"]:
+                detectable = fmt_up(comparison_detectable(c))
             cells.append([x["variant"], fmt_ci(c.seed_level), fmt_p(c.seed_level.p), fmt_p(t.p_adjusted),
-                          f"{c.seed_level.n}", fmt(c.sd_variant), fmt(c.sd_reference), decision, fmt(c.detectable), seeds,
+                          f"{c.seed_level.n}", fmt(c.sd_variant), fmt(c.sd_reference), decision, detectable, seeds,
                           f"{fmt(i['mean_diff'])} [{fmt(i['ci_low'])}, {fmt(i['ci_high'])}]", fmt_p(i["p_wilcoxon"])])
             if x["image_only"]:
                 notes.append(f"- {COMPARED[metric]}, `{x['variant']}`: these trained models differ (image-level CI "
                              f"{fmt(i['ci_low'])} to {fmt(i['ci_high'])}), but that is **not a seed-level difference**"
-                             f"{x['undecided_note']}.")
+                             f"{t.planning_text()}.")
         lines += [f"### Δ{COMPARED[metric]}", "",
                   md_table(["variant", "Δ [95% CI, seeds]", "Welch p", "Holm p", "seeds", "SD variant", f"SD {r.ref}",
-                            "seeds decide", "|Δ| detectable now (80% power)", "seeds for 80% power (range)",
+                            "seeds decide", "|Δ| detectable now (80% power)", "seeds a side for 80% power: at Δ [CI's far end, near end]",
                             "Δ [95% CI, images]", "Wilcoxon p (images)"], cells), ""]
     return lines + (notes + [""] if notes else [])
 

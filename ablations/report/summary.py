@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ablations.decide.verdicts import PARTNER, next_step
 from ablations.report.formatting import fmt_ci
 
 # Published frozen-encoder Flickr8k captioners (test split, BLEU-4 / CIDEr) that the real-data targets come from:
@@ -17,6 +18,7 @@ PUBLISHED = (("Vinyals et al. 2015 (NIC)", 0.198, 0.478), ("Xu et al. 2015 (soft
 # How each verdict reads in a sentence about "the variant is <expected>": the one place that turns a verdict word
 # into words, so a summary never claims more than its verdict.
 PHRASE = {"held": "yes", "not held": "no", "inconclusive": "undecided", "seeds disagree": "undecided (its seeds "
+          "disagree in kind)", "partner's seeds disagree": "undecided (the seeds of the variant it is compared with "
           "disagree in kind)", "equivalent": "equivalent within the declared margin", "differs": "it differs"}
 
 
@@ -119,6 +121,22 @@ def _first_clause(text: str) -> str:
     return text
 
 
+def what_next(v, reference: str) -> str:
+    """One line for an undecided verdict: what its guard asks for, or the seeds its tests would need
+    (verdicts.next_step)."""
+    others = f"`{v.variant}`" + (f" and `{reference}`" if v.variant != reference else "")
+    if v.verdict == "seeds disagree":
+        return f"look at why its runs split (the strip plot shows each run), then more seeds of {others}"
+    if v.verdict == f"{PARTNER} disagree":
+        guard = next(t.guard for t in v.tests if t.guard)
+        return f"the variant it is compared with splits ({guard.split(': ', 1)[1]}): look at why, then more seeds of it"
+    if v.verdict == "confounded":
+        return ("runs of one code version (rerun the older ones), or `ablate verify --cell VARIANT:SEED` showing "
+                "the versions give the same results")
+    steps = [s for t in v.tests if (s := next_step(t))]
+    return "; ".join(steps) if steps else f"more seeds of {others}"
+
+
 def report_answer(table, a) -> list[str]:
     """A report's first section: each expectation's verdict in one line with its first number, then what
     would decide the undecided ones. Built from the same verdicts as the 'Expected vs observed' table."""
@@ -139,9 +157,8 @@ def report_answer(table, a) -> list[str]:
             lines.append(f"- target {t['key']} ≥ {t['goal']:g} for `{table.reference}`: **{t['decision']}** "
                          f"({fmt_ci(t['interval'])})")
     if undecided:
-        lines += ["", "What next: " + "; ".join(
-            f"`{v.variant}` ({v.verdict}): more seeds of `{v.variant}`"
-            + (f" and `{table.reference}`" if v.variant != table.reference else "")
-            + (" or a look at why its runs split (the strip plot shows each run)" if v.verdict == "seeds disagree" else "")
-            for v in undecided) + " (`seeds` in the table, then `ablate run-all`; runs already in the evidence are kept)."]
+        lines += ["", "What next, per undecided verdict (seeds per variant from the rule's simulated power, 80%, each "
+                  "test alone before Holm; \"> 200\": more than the search goes to): add them to `seeds` in the "
+                  "table, then `ablate run-all` (runs already in the evidence are kept).", ""]
+        lines += [f"- `{v.variant}` ({v.verdict}): {what_next(v, table.reference)}." for v in undecided]
     return lines + [""]

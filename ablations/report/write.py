@@ -137,6 +137,14 @@ def section_provenance(r: ReportInput) -> list[str]:
     elif p["fingerprints"] > 1:
         lines += [f"**Warning: the runs come from {p['fingerprints']} code versions**; differences between "
                   "variants may partly be differences between code versions.", ""]
+    if len(p["numerics"]) > 1:
+        setups = "; ".join(f"{label}: {', '.join(f'`{v}`' for v in variants)}" for label, variants in p["numerics"].items())
+        lines += [(f"The runs were made on {len(p['numerics'])} numerics setups ({setups}), which give other float "
+                   "results for the same seed; " + ("`ablate verify` found them within the seed spread, so no verdict "
+                   "names them." if p["numerics_verified"] else "**every verdict comparing runs of two setups names "
+                   "it as a confound** (it does not block the decision: across CPUs the same seed gives other bits, "
+                   "not another distribution; `ablate verify --cell VARIANT:SEED` on the other machine can lift it)."))
+                  , ""]
     if p["stale"]:
         lines += [f"**Warning: {len(p['stale'])} stale run(s)**, made with settings that differ from the table's now: "
                   + ", ".join(f"{v} seed {s}" for v, s in p["stale"])
@@ -164,12 +172,10 @@ def section_evidence(r: ReportInput) -> list[str]:
              f"in all, {sizes['median_kib']:,.0f} KiB per run (median; largest {sizes['largest_kib']:,.0f} KiB). "
              "`runs.csv` has one row per run (every metric and probe, the per-image means the seed-level tests "
              "use, the code fingerprint).", ""]
-    if other:
-        lines += ["Any seed-level verdict can be recomputed from it, e.g.:", "", "```python",
-                  "import pandas as pd, scipy.stats as st", 'runs = pd.read_csv("runs.csv")',
-                  f'a, b = (runs[runs.variant == v]["CIDEr (mean over images)"] for v in ("{other}", "{r.ref}"))',
-                  "t = st.ttest_ind(a, b, equal_var=False)  # Welch (the report also floors each SD by its image-level SE)",
-                  "print(a.mean() - b.mean(), t.confidence_interval(0.95), t.pvalue)", "```", ""]
+    if other and "CIDEr" in r.a.comparisons:
+        lines += [f"Any seed-level verdict can be recomputed from it. This prints the `{other}` row of the ΔCIDEr table "
+                  "above (Δ, its 95% CI and Welch's p before Holm; the table's Holm p adjusts that p over the table's "
+                  "family), floors included:", "", "```python", *recompute_snippet(other, r.ref), "```", ""]
     if not r.a.verification:
         return lines + ["No cell has been re-verified yet (`ablate verify` retrains chosen cells and compares).", ""]
     rows = [[f"{c['variant']} seed {c['seed']}", c["when"], f"`{c['code']}`", "**exact**" if c["exact"] else "differs",
@@ -180,6 +186,22 @@ def section_evidence(r: ReportInput) -> list[str]:
                     "with the evidence):", "",
                     md_table(["cell", "when", "code", "result", "largest difference", "in seed SDs", "what differed"],
                              rows), ""]
+
+
+def recompute_snippet(variant: str, reference: str, metric: str = "CIDEr") -> list[str]:
+    """Python that recomputes one seed-level comparison from runs.csv exactly as stats.welch does: each run's mean
+    over images, each side's seed SD floored by the root mean square of its runs' image-level SEs
+    (stats.image_floor), Welch's SE and degrees of freedom (tests/test_exports_cli.py runs it on a report)."""
+    return ["import numpy as np, pandas as pd, scipy.stats as st", 'runs = pd.read_csv("runs.csv")', "",
+            "def side(v):  # per-run means, and the floor: the SE a run's mean has from its images",
+            f'    r = runs[runs.variant == v]',
+            f'    return r["{metric} (mean over images)"].to_numpy(), np.sqrt((r["{metric} (SE over images)"] ** 2).mean())',
+            "", f'(x, fx), (y, fy) = side("{variant}"), side("{reference}")',
+            "vx, vy = max(x.var(ddof=1), fx**2) / len(x), max(y.var(ddof=1), fy**2) / len(y)  # SDs floored",
+            "se, df = np.sqrt(vx + vy), (vx + vy) ** 2 / (vx**2 / (len(x) - 1) + vy**2 / (len(y) - 1))  # Welch",
+            "d = x.mean() - y.mean()",
+            "half, p = st.t.ppf(0.975, df) * se, 2 * st.t.sf(abs(d) / se, df)",
+            'print(f"{d:.3f} [{d - half:.3f}, {d + half:.3f}] p = {p:.2g}")']
 
 
 def section_answer(r: ReportInput) -> list[str]:
@@ -275,7 +297,7 @@ def writer_label(code: dict | None = None) -> str:
 
 # ---- exports: every verdict with its numbers, from the objects the sections print
 VERDICT_COLUMNS = ["section", "variant", "expectation", "expected", "verdict", "test", "epochs", "quantity", "compared_with",
-                   "estimate", "ci_low", "ci_high", "bound", "side", "p", "p_adjusted", "decision", "guard", "seeds",
+                   "estimate", "ci_low", "ci_high", "bound", "side", "p", "p_adjusted", "decision", "guard", "caveat", "seeds",
                    "seeds_variant", "seeds_compared", "numbers"]
 
 
@@ -316,6 +338,7 @@ def verdict_records(table: Table, a: Analysis) -> list[dict]:
                 tests.append({"test": t.label, "quantity": quantity, "compared_with": other,
                               **_interval(t.interval), "bound": _number(t.bound), "side": t.side,
                               "p_adjusted": _number(t.p_adjusted), "decision": t.decision, "guard": t.guard,
+                              "caveat": t.caveat,
                               "seeds_variant": seeds.get(v.variant),
                               "seeds_compared": seeds.get(other) if other else None})
             out.append({"section": section, "variant": v.variant, "expectation": v.expectation, "expected": v.expected,

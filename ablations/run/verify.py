@@ -17,7 +17,7 @@ import torch
 
 from vlm_core.errors import UserError
 
-from ablations.report.collect import collect
+from ablations.report.collect import collect, numerics_label
 from ablations.run.planning import expected_hash
 from ablations.run.record import RunRecord, VerifyLog, cell_path, code_label, code_version, evidence_dir
 from ablations.run.runner import execute_run, prepare
@@ -121,7 +121,10 @@ def verify_cells(table_name: str, n: int, reports_dir: Path, cache_dir: Path, da
             check = {"variant": variant, "seed": seed, "when": time.strftime("%Y-%m-%d"),
                      "code": code_label(code_version()), **result, "differed": differed,
                      "fingerprints": sorted({old.provenance().get("code", {}).get("fingerprint", "?"),
-                                             new.provenance().get("code", {}).get("fingerprint", "?")})}
+                                             new.provenance().get("code", {}).get("fingerprint", "?")}),
+                     # the machines it compared (collect.numerics_label): a check within the seed spread lifts the
+                     # confound of runs made on both (verdicts.machine_confound)
+                     "numerics": sorted({numerics_label(old.provenance()), numerics_label(new.provenance())})}
             checks.append(check)
             log(_line(check))
     if not settings:
