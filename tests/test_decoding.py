@@ -125,10 +125,10 @@ def test_sampled_evidence_is_drawn_per_image_and_repeatable(gpt2_tiny, monkeypat
 def test_decoding_keys_at_their_defaults_keep_earlier_runs_current():
     from dataclasses import asdict
 
-    from ablations.run.record import TRAIN_KEYS_ADDED_LATER, config_hash
+    from ablations.run.identity import HASHED_KEYS, config_hash
 
     train = asdict(TrainConfig(num_beams=3))
-    before = {k: v for k, v in train.items() if k not in TRAIN_KEYS_ADDED_LATER}  # a run made before the keys
+    before = {k: v for k, v in train.items() if k in HASHED_KEYS["train"]}  # a run made before the keys
     assert config_hash({"train": train, "seed": 0}) == config_hash({"train": before, "seed": 0})
     for key, value in (("rerank", "consensus"), ("label_smoothing", 0.1), ("length_penalty", 1.5),
                        ("rerank_samples", 8), ("rerank_temperature", 0.7), ("scst_epochs", 2),

@@ -180,7 +180,7 @@ def test_the_fixed_order_row_sums_equal_index_add_and_carry_gradients():
 def test_a_cuda_run_is_configured_for_repeatable_numbers(monkeypatch):
     """Set for CUDA only (the CPU needs nothing): deterministic algorithms, the cuBLAS workspace, no cuDNN
     autotuning, TF32 only for low-precision runs; the run's provenance records them."""
-    from ablations.run.record import determinism
+    from ablations.run.provenance import determinism
     from vlm_core.device import configure
 
     monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
@@ -228,7 +228,7 @@ def test_every_run_records_its_determinism_after_the_device_is_configured(monkey
     """The determinism record is written after configure() in each process (a Ray worker's first run said
     'default algorithms' before), and records warn-only."""
     import ablations.run.runner as runner_module
-    from ablations.run.record import determinism
+    from ablations.run.provenance import determinism
 
     order = []
     monkeypatch.setattr(runner_module, "configure", lambda *a: order.append("configure"))

@@ -282,7 +282,7 @@ def test_beam_candidates_replace_samples_and_are_weighed_against_the_other_beams
 def test_beam_candidates_enter_the_run_hash_only_when_chosen():
     from dataclasses import asdict
 
-    from ablations.run.record import config_hash
+    from ablations.run.identity import config_hash
 
     scst = asdict(TrainConfig(scst_epochs=2, scst_baseline="greedy"))
     before = {k: v for k, v in scst.items() if k != "scst_candidates"}  # a self-critical run made before the key

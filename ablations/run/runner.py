@@ -26,7 +26,8 @@ from ablations.measure import attention
 
 from ablations.measure import probes
 from ablations.run.planning import run_config
-from ablations.run.record import STAGES, RunRecord, determinism, provenance
+from ablations.run.provenance import determinism, provenance
+from ablations.run.record import STAGES, RunRecord
 from ablations.measure.scoring import Captions, check_installed, chosen_metrics, score
 from ablations.measure.slots import slot_scores
 from ablations.table_data import caption_corpus, load_data
