@@ -15,7 +15,8 @@ from vlm_core.device import autocast, resolve_device
 from vlm_core.errors import UserError
 from vlm_core.features import FeatureSet
 from vlm_core.model import CaptionModel, CaptionModelConfig
-from vlm_core.train import TrainConfig, generate_captions, reference_nll
+from vlm_core.decoding import generate_captions
+from vlm_core.train import TrainConfig, reference_nll
 
 CFG = dict(num_queries=2, qformer_hidden=32, qformer_layers=1, qformer_heads=2, qformer_intermediate=64)
 CAPTIONS = ["a small red circle", "a large blue square left of a small green triangle"]

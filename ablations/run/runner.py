@@ -19,7 +19,8 @@ from vlm_core.features import FeatureSet, cached_features
 from vlm_core.caption_lm import load_language_backbone
 from vlm_core.language import LanguageBackbone
 from vlm_core.model import CaptionModel, CaptionModelConfig
-from vlm_core.train import TrainingDiverged, generate_captions, train_model
+from vlm_core.decoding import generate_captions
+from vlm_core.train import TrainingDiverged, train_model
 from vlm_core.vision import VisionBackbone, load_vision_backbone
 
 from ablations.measure import attention
