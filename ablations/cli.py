@@ -420,7 +420,8 @@ def caption(
     """Caption any image file with a trained run, decoding as the run was scored (overridable)."""
     import dataclasses
 
-    from vlm_core.train import TrainConfig, decode
+    from vlm_core.decoding import decode
+    from vlm_core.train import TrainConfig
 
     from ablations.tables import check_range
     from ablations.run.trained import load_run_model, run_decoding

@@ -13,7 +13,7 @@ from vlm_core.data import CaptionData
 from vlm_core.errors import UserError
 from vlm_core.shapes import ShapesConfig, load_shapes
 
-from ablations.run.record import REPO_ROOT
+from ablations.run.provenance import REPO_ROOT
 from ablations.tables import DataSpec
 
 

@@ -55,7 +55,7 @@ class DataSpec:
     eval_images: int = 0  # 0 = all images of eval_split
     train_images: int = 0  # 0 = all training images
     shapes: ShapesConfig = field(default_factory=ShapesConfig)  # [data.shapes]: the generator's settings
-    # Added with the file formats (DATA_KEYS_ADDED_LATER: in a config hash only when set).
+    # Added with the file formats (in a config hash only when set: identity.py).
     format: str = ""  # "" = the named data set; auto (from the file) | karpathy | coco | jsonl | csv | flickr8k
     images: str = ""  # the image root ("" = the data file's folder)
     splits: SplitFiles = field(default_factory=SplitFiles)  # [data.splits]: a file of ids per split
@@ -82,18 +82,6 @@ class DataSpec:
         if self.dev_share + self.test_share >= 1:
             raise UserError(f"data.dev_share + data.test_share: must be below 1, not "
                             f"{self.dev_share + self.test_share:g}")
-
-
-# [data] keys added with the file formats (issue 48): at their defaults they change nothing, so they enter a
-# config hash only when set and the runs of shapes and flickr8k made before them stay current (as
-# record.TRAIN_KEYS_ADDED_LATER does for [train]).
-DATA_KEYS_ADDED_LATER = ("format", "images", "splits", "split_seed", "dev_share", "test_share")
-
-
-def data_settings(values: dict) -> dict:
-    """A stored [data] section as it enters a config hash: the keys added later only when set."""
-    base = asdict(DataSpec())
-    return {k: v for k, v in values.items() if not (k in DATA_KEYS_ADDED_LATER and v == base[k])}
 
 
 @dataclass
@@ -133,7 +121,7 @@ class ProbeSpec:
     swap_seed: int = 1234
     spice: bool = False  # the SPICE metric: its switch from before probes.metrics (same as naming it there)
     nll_refs: int = 0  # likelihood swap: use the first N references of each image (0 = all); it is the costliest probe
-    # Opt-in metrics to compute as well (scoring.CAPTION_METRICS); in a config hash only when set (record.py).
+    # Opt-in metrics to compute as well (scoring.CAPTION_METRICS); in a config hash only when set (identity.py).
     metrics: list[str] = field(default_factory=list)
 
     def __post_init__(self):

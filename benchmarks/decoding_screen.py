@@ -24,7 +24,7 @@ from ablations.run.trained import load_run_model, run_decoding
 from ablations.measure.scoring import score_captions
 from vlm_core.errors import UserError
 from vlm_core.features import cached_features
-from vlm_core.train import generate_captions
+from vlm_core.decoding import generate_captions
 
 KEYS = {"beams": ("num_beams", int), "no_repeat": ("no_repeat_ngram_size", int),
         "length_penalty": ("length_penalty", float), "rerank": ("rerank", str), "max_new_tokens": ("max_new_tokens", int),

@@ -27,7 +27,8 @@ from ablations.run.trained import load_run_model, run_decoding
 from ablations.measure.scoring import score_captions
 from vlm_core.errors import UserError
 from vlm_core.features import cached_features
-from vlm_core.train import TrainConfig, generate_captions, self_critical
+from vlm_core.decoding import generate_captions
+from vlm_core.train import TrainConfig, self_critical
 
 
 def main(run: Path, epochs: int = typer.Option(2), lr: float = typer.Option(1e-4), samples: int = typer.Option(5),

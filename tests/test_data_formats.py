@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 from ablations.cli import app
 from ablations.run.planning import expected_hash
 from ablations.run.preflight import data_folder
-from ablations.run.record import config_hash, settings_of
+from ablations.run.identity import config_hash, settings_of
 from ablations.table_data import load_data, run_data
 from ablations.tables import DataSpec, checked_section, load_table, shipped_tables
 from vlm_core.caption_files import Source, read_captions

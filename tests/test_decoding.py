@@ -9,7 +9,8 @@ from PIL import Image
 from vlm_core.errors import UserError
 from vlm_core.model import CaptionModel, CaptionModelConfig
 from vlm_core.rerank import consensus_choice
-from vlm_core.train import TrainConfig, decode
+from vlm_core.decoding import decode
+from vlm_core.train import TrainConfig
 from vlm_core.vision import tiny_random_clip
 
 from .micro import spy_on
@@ -102,7 +103,7 @@ def test_consensus_against_sampled_evidence_prefers_what_the_samples_say():
 
 def test_sampled_evidence_is_drawn_per_image_and_repeatable(gpt2_tiny, monkeypatch):
     from vlm_core.features import FeatureSet
-    from vlm_core.train import generate_captions
+    from vlm_core.decoding import generate_captions
 
     model, feats = _model(gpt2_tiny)
     _, samples = spy_on(monkeypatch, CaptionModel, "sample")
@@ -112,11 +113,11 @@ def test_sampled_evidence_is_drawn_per_image_and_repeatable(gpt2_tiny, monkeypat
     second = generate_captions(model, fs, decoding)
     assert len(samples[0]) == 3 * 4 and samples[0] == samples[1] and first == second
     # the evidence handed to the reranker is each image's own four samples, in the order sample() returns them
-    import vlm_core.train as train_module
+    import vlm_core.rerank as rerank_module
 
     handed = []
-    real_choice = train_module.consensus_choice
-    monkeypatch.setattr(train_module, "consensus_choice", lambda c, e=None: handed.append((c, e)) or real_choice(c, e))
+    real_choice = rerank_module.consensus_choice
+    monkeypatch.setattr(rerank_module, "consensus_choice", lambda c, e=None: handed.append((c, e)) or real_choice(c, e))
     generate_captions(model, fs, decoding)
     candidates, evidence = handed[-1]
     assert evidence == [samples[-1][j * 4 : (j + 1) * 4] for j in range(3)] and len(candidates) == 3
@@ -125,10 +126,10 @@ def test_sampled_evidence_is_drawn_per_image_and_repeatable(gpt2_tiny, monkeypat
 def test_decoding_keys_at_their_defaults_keep_earlier_runs_current():
     from dataclasses import asdict
 
-    from ablations.run.record import TRAIN_KEYS_ADDED_LATER, config_hash
+    from ablations.run.identity import HASHED_KEYS, config_hash
 
     train = asdict(TrainConfig(num_beams=3))
-    before = {k: v for k, v in train.items() if k not in TRAIN_KEYS_ADDED_LATER}  # a run made before the keys
+    before = {k: v for k, v in train.items() if k in HASHED_KEYS["train"]}  # a run made before the keys
     assert config_hash({"train": train, "seed": 0}) == config_hash({"train": before, "seed": 0})
     for key, value in (("rerank", "consensus"), ("label_smoothing", 0.1), ("length_penalty", 1.5),
                        ("rerank_samples", 8), ("rerank_temperature", 0.7), ("scst_epochs", 2),

@@ -15,7 +15,8 @@ from vlm_core.device import autocast, resolve_device
 from vlm_core.errors import UserError
 from vlm_core.features import FeatureSet
 from vlm_core.model import CaptionModel, CaptionModelConfig
-from vlm_core.train import TrainConfig, generate_captions, reference_nll
+from vlm_core.decoding import generate_captions
+from vlm_core.train import TrainConfig, reference_nll
 
 CFG = dict(num_queries=2, qformer_hidden=32, qformer_layers=1, qformer_heads=2, qformer_intermediate=64)
 CAPTIONS = ["a small red circle", "a large blue square left of a small green triangle"]
@@ -180,7 +181,7 @@ def test_the_fixed_order_row_sums_equal_index_add_and_carry_gradients():
 def test_a_cuda_run_is_configured_for_repeatable_numbers(monkeypatch):
     """Set for CUDA only (the CPU needs nothing): deterministic algorithms, the cuBLAS workspace, no cuDNN
     autotuning, TF32 only for low-precision runs; the run's provenance records them."""
-    from ablations.run.record import determinism
+    from ablations.run.provenance import determinism
     from vlm_core.device import configure
 
     monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
@@ -228,7 +229,7 @@ def test_every_run_records_its_determinism_after_the_device_is_configured(monkey
     """The determinism record is written after configure() in each process (a Ray worker's first run said
     'default algorithms' before), and records warn-only."""
     import ablations.run.runner as runner_module
-    from ablations.run.record import determinism
+    from ablations.run.provenance import determinism
 
     order = []
     monkeypatch.setattr(runner_module, "configure", lambda *a: order.append("configure"))

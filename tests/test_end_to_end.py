@@ -122,7 +122,7 @@ def test_report_sections_and_numbers_match_runs(micro_runs):
 
 
 def test_run_folders_record_code_version_config_hash_and_libraries(micro_runs):
-    from ablations.run.record import config_hash
+    from ablations.run.identity import config_hash
 
     cfg = json.loads((micro_runs["runs"] / "micro" / "full" / "seed-0" / "config.json").read_text())
     prov = cfg["provenance"]

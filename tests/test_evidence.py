@@ -10,7 +10,8 @@ import pytest
 from typer.testing import CliRunner
 
 from ablations.cli import app
-from ablations.run.record import RunRecord, check_record_name, code_fingerprint
+from ablations.run.provenance import code_fingerprint
+from ablations.run.record import RunRecord, check_record_name
 from ablations.report.write import WRITER_LINE
 from vlm_core.errors import UserError
 
@@ -102,7 +103,7 @@ def test_two_invocations_in_the_same_second_on_one_host_both_count(tmp_path, mon
     import time as time_module
 
     from ablations.report.evidence import _merge_timing
-    from ablations.run.record import TableTiming
+    from ablations.run.table_files import TableTiming
     monkeypatch.setattr(time_module, "strftime", lambda fmt, *a: "2026-01-01 00:00:00")
     for half in ("m1", "m2"):
         timing = TableTiming(tmp_path / half, "micro")

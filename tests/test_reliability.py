@@ -166,7 +166,7 @@ def test_real_process_prints_no_traceback(tmp_path):
 
 
 def test_second_run_all_on_same_folder_is_refused(tmp_path):
-    from ablations.run.record import table_lock
+    from ablations.run.table_files import table_lock
     from ablations.tables import load_table
 
     table = load_table(str(write_micro(tmp_path / "micro.toml", seeds=(0,), variants=("full",))))

@@ -71,7 +71,7 @@ def test_an_opt_in_metric_runs_only_when_named_and_changes_nothing_else():
 
 def test_a_table_opts_in_by_name_and_its_other_runs_keep_their_hash(tmp_path):
     from ablations.run.planning import expected_hash, run_config
-    from ablations.run.record import config_hash
+    from ablations.run.identity import config_hash
     from ablations.tables import TARGET_KEYS, load_table
     from vlm_core.errors import UserError
 

@@ -168,7 +168,7 @@ def test_a_table_with_self_critical_epochs_runs_records_them_and_reports_them(tm
         assert dev_loss(model, dev_x, workspace.data, dev_ids, cfg.batch_size) == pytest.approx(logged, abs=1e-4)
     # the cross-entropy model is also scored on the eval split, like the final one
     from ablations.run.runner import score_stage
-    from vlm_core.train import generate_captions
+    from vlm_core.decoding import generate_captions
     metrics = json.loads((run / "metrics.json").read_text())
     feats = workspace.features[workspace.table.data.eval_split]
     xe_scores = score_stage(workspace.data, feats.ids, generate_captions(xe, feats, cfg.decoding()), ())[0]
@@ -309,7 +309,7 @@ def test_beam_candidates_replace_samples_and_are_weighed_against_the_other_beams
 def test_beam_candidates_enter_the_run_hash_only_when_chosen():
     from dataclasses import asdict
 
-    from ablations.run.record import config_hash
+    from ablations.run.identity import config_hash
 
     scst = asdict(TrainConfig(scst_epochs=2, scst_baseline="greedy"))
     before = {k: v for k, v in scst.items() if k != "scst_candidates"}  # a self-critical run made before the key

@@ -7,7 +7,8 @@ from ablations.measure import probes
 from vlm_core.data import CaptionData
 from vlm_core.features import cached_features
 from vlm_core.model import CaptionModel, CaptionModelConfig
-from vlm_core.train import TrainConfig, generate_captions, train_model
+from vlm_core.decoding import generate_captions
+from vlm_core.train import TrainConfig, train_model
 
 SMALL_MODEL = dict(num_queries=4, qformer_hidden=64, qformer_layers=1, qformer_heads=2, qformer_intermediate=128,
                    qformer_dropout=0.0, lora_rank=8)

@@ -17,11 +17,11 @@ import torch
 
 from .cider import CiderD
 from .data import CaptionData
+from .decoding import DecodingConfig
 from .errors import UserError
 from .features import FeatureSet
 from .language import caption_token_ids
 from .model import CaptionModel
-from .rerank import consensus_choice
 from .settings import defaults
 
 
@@ -30,7 +30,10 @@ class TrainingDiverged(RuntimeError):
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(DecodingConfig):
+    """[train]: how a variant is trained, and (its DecodingConfig part, keys such as train.num_beams) how its
+    captions are then generated: one flat section, so the table's keys and the config hash stay as they were."""
+
     epochs: int = 4
     batch_size: int = 32  # images per step; each brings captions_per_image captions
     lr: float = 1e-3
@@ -53,13 +56,6 @@ class TrainConfig:
     # once. With a one-epoch budget they show whether the dev loss was still falling.
     dev_checks: int = 0
     explode_factor: float = 5.0  # loss above this x the first logged loss = divergence
-    max_new_tokens: int = 24
-    num_beams: int = 1
-    no_repeat_ngram_size: int = 0  # decoding: forbid repeating any n-gram of this size (0 = off)
-    length_penalty: float = 1.0  # beam search ranks by log-probability / length ** length_penalty (transformers')
-    rerank: str = "none"  # "none": the top beam | "consensus": the beam candidate agreeing most with the evidence (rerank.py)
-    rerank_samples: int = 0  # consensus evidence: this many sampled captions per image (0: the other beams)
-    rerank_temperature: float = 1.0  # sampling temperature of that evidence
     label_smoothing: float = 0.0  # training loss only; dev loss and the probes use the plain NLL
     # Self-critical sequence training after the cross-entropy epochs (0 = none): CIDEr-D of sampled captions
     # against the image's training references is the reward (Rennie et al. 2017; see self_critical).
@@ -76,27 +72,17 @@ class TrainConfig:
     # images per self-critical epoch (0: every training image): a fresh seeded draw each epoch, so that a screen
     # can afford the self-critical step with a large LM, whose beam search costs more than its training step
     scst_images: int = 0
-    generate_batch_size: int = 100
     debug_nan_at_step: int = 0  # fault injection for tests: force a NaN loss from this step (0 = never)
 
     def __post_init__(self):
-        for key in ("epochs", "batch_size", "captions_per_image", "max_new_tokens", "num_beams", "generate_batch_size"):
+        for key in ("epochs", "batch_size", "captions_per_image"):
             if getattr(self, key) < 1:
                 raise UserError(f"train.{key} must be >= 1, not {getattr(self, key)}")
+        super().__post_init__()
         if self.dev_checks < 0:
             raise UserError(f"train.dev_checks must be >= 0, not {self.dev_checks}")
         if self.lr <= 0 or self.connector_lr < 0:
             raise UserError("train.lr must be > 0 and train.connector_lr >= 0")
-        if self.rerank not in RERANKS:
-            raise UserError(f"train.rerank must be one of {', '.join(RERANKS)}, not {self.rerank!r}")
-        if self.rerank != "none" and self.num_beams < 2:
-            raise UserError(f"train.rerank = {self.rerank!r} chooses among beam candidates: it needs train.num_beams >= 2")
-        if self.rerank_samples < 0 or self.rerank_temperature <= 0:
-            raise UserError("train.rerank_samples must be >= 0 and train.rerank_temperature > 0")
-        if self.rerank == "none" and (self.rerank_samples or self.rerank_temperature != 1.0):
-            raise UserError("train.rerank_samples / rerank_temperature act only with train.rerank = 'consensus'")
-        if self.num_beams == 1 and self.length_penalty != 1.0:
-            raise UserError("train.length_penalty acts only in beam search: it needs train.num_beams >= 2")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise UserError(f"train.label_smoothing must be in [0, 1), not {self.label_smoothing}")
         if self.scst_baseline not in SCST_BASELINES:
@@ -116,35 +102,10 @@ class TrainConfig:
             raise UserError("train.scst_samples / scst_lr / scst_baseline / scst_images / scst_candidates act only with "
                             "train.scst_epochs >= 1")
 
-    def decoding(self) -> "Decoding":
-        return Decoding(**{field: getattr(self, setting) for field, setting in DECODING_SETTINGS.items()})
 
-
-RERANKS = ("none", "consensus")
 SCST_BASELINES = ("others", "greedy")
 SCST_CANDIDATES = ("sample", "beam")
 SCST_SETTINGS = ("scst_samples", "scst_lr", "scst_baseline")  # what acts only with scst_epochs >= 1
-
-
-@dataclass(frozen=True)
-class Decoding:
-    """How captions are generated: the decoding part of a TrainConfig (``TrainConfig.decoding()``), where each
-    setting and its default is defined once."""
-
-    max_new_tokens: int
-    num_beams: int
-    no_repeat_ngram_size: int
-    batch_size: int
-    length_penalty: float
-    rerank: str
-    rerank_samples: int
-    rerank_temperature: float
-
-
-DECODING_SETTINGS = {"max_new_tokens": "max_new_tokens", "num_beams": "num_beams",  # Decoding field -> TrainConfig's
-                     "no_repeat_ngram_size": "no_repeat_ngram_size", "batch_size": "generate_batch_size",
-                     "length_penalty": "length_penalty", "rerank": "rerank", "rerank_samples": "rerank_samples",
-                     "rerank_temperature": "rerank_temperature"}
 
 
 LENGTH_GROUP_BATCHES = 50  # batches per length-sorted group (transformers' LengthGroupedSampler: at most 50)
@@ -411,41 +372,3 @@ def _self_critical_loss(model: CaptionModel, x: torch.Tensor, image_ids: list[st
     advantage = torch.from_numpy((r - baseline).ravel()).float()
     nll = model.generated_nll_sums(x, generated, repeats=k)
     return (advantage.to(model.device) * nll).mean(), r
-
-
-@torch.no_grad()
-def decode(model: CaptionModel, features: torch.Tensor, decoding: Decoding) -> tuple[list[str], list[int]]:
-    """Captions and their first generated ids for a batch of features, as ``decoding`` says."""
-    k = decoding.num_beams if decoding.rerank == "consensus" else 1
-    texts, firsts = model.generate(features, max_new_tokens=decoding.max_new_tokens, num_beams=decoding.num_beams,
-                                   no_repeat_ngram_size=decoding.no_repeat_ngram_size,
-                                   length_penalty=decoding.length_penalty, num_return_sequences=k,
-                                   first_token_ids=True)
-    if k == 1:
-        return texts, firsts
-    candidates = [texts[i : i + k] for i in range(0, len(texts), k)]
-    evidence = None
-    if decoding.rerank_samples:
-        n = decoding.rerank_samples
-        cuda = [model.device] if model.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=cuda):  # the same evidence for the same batch, every time, no side effect
-            torch.manual_seed(0)
-            samples = model.sample(features, max_new_tokens=decoding.max_new_tokens, num_samples=n,
-                                   temperature=decoding.rerank_temperature)
-        evidence = [samples[i : i + n] for i in range(0, len(samples), n)]
-    picks = consensus_choice(candidates, evidence)
-    return [texts[j * k + p] for j, p in enumerate(picks)], [firsts[j * k + p] for j, p in enumerate(picks)]
-
-
-@torch.no_grad()
-def generate_captions(model: CaptionModel, feats: FeatureSet, decoding: Decoding, rows: list[int] | None = None,
-                      with_first_token: bool = False):
-    """Captions for the given rows of a feature set (all rows by default), batched."""
-    model.eval()
-    rows = list(range(len(feats.ids))) if rows is None else rows
-    texts, firsts = [], []
-    for i in range(0, len(rows), decoding.batch_size):
-        t, f = decode(model, feats.batch(rows[i : i + decoding.batch_size]), decoding)
-        texts += t
-        firsts += f
-    return (texts, firsts) if with_first_token else texts

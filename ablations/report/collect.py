@@ -9,7 +9,9 @@ import pandas as pd
 
 from vlm_core.errors import UserError
 
-from ablations.run.record import ReferenceFile, RunRecord, TableTiming, VerifyLog, cell_path, code_label
+from ablations.run.provenance import code_label
+from ablations.run.record import RunRecord, cell_path
+from ablations.run.table_files import ReferenceFile, TableTiming, VerifyLog
 from ablations.run.planning import expected_hash
 from ablations.tables import Table
 

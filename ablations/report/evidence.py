@@ -16,7 +16,8 @@ from pathlib import Path
 from vlm_core.atomic import atomic_write_json
 from vlm_core.errors import UserError
 
-from ablations.run.record import ReferenceFile, RunRecord, TableTiming, cell_path
+from ablations.run.record import RunRecord, cell_path
+from ablations.run.table_files import ReferenceFile, TableTiming
 from ablations.run.planning import expected_hash
 from ablations.tables import Table
 

@@ -28,7 +28,9 @@ from ablations.report.collect import collect
 from ablations.report.evidence import add_runs
 from ablations.report.summary import report_answer
 from ablations.report.formatting import fmt, fmt_ci, md_table
-from ablations.run.record import REPO_ROOT, ReferenceFile, child, code_label, code_version, evidence_dir
+from ablations.run.provenance import REPO_ROOT, code_label, code_version
+from ablations.run.record import child, evidence_dir
+from ablations.run.table_files import ReferenceFile
 from ablations.table_data import load_data
 from ablations.report.sections import (section_attention, section_budgets, section_comparisons, section_diagnosis,
                               section_expectations, section_gallery, section_likelihood, section_loss, section_main,

@@ -42,7 +42,8 @@ from vlm_core.features import FeatureSet
 
 from ablations.console import quiet_libraries
 from ablations.run.preflight import ray_address
-from ablations.run.record import RunRecord, provenance, read_folder, run_path
+from ablations.run.provenance import provenance
+from ablations.run.record import RunRecord, read_folder, run_path
 from ablations.run.runner import Workspace, execute_run, prepare
 from ablations.tables import Table, Variant, checked_section, toml_value
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ablations.run.record import RunRecord, cell_path, child, config_hash
+from ablations.run.identity import config_hash
+from ablations.run.record import RunRecord, cell_path, child
 from ablations.tables import Table, Variant, variant_config
 
 

@@ -12,8 +12,9 @@
         per_image.csv   per-image scores and probe values
         metrics.json    corpus metrics, slot scores, probes, seconds per stage
         DONE | FAILED   written last, atomically: a folder with neither is a killed run and is redone
-    runs/<table>/timing.json   one entry per `run-all` invocation, updated after every finished run
-    runs/<table>/.lock         one `run-all` per table folder at a time
+
+The table folder's own files (timing.json, verify.json, references.json.gz, .lock) are table_files.py's;
+what a run's settings hash to is identity.py's, where and with what it was made provenance.py's.
 
 The evidence of a report is the same record without weights, gzipped where it pays, committed as
 reports/<table>/runs/<variant>/seed-<k>/ (see evidence_files); readers take either form.
@@ -21,17 +22,12 @@ reports/<table>/runs/<variant>/seed-<k>/ (see evidence_files); readers take eith
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import gzip
 import hashlib
 import io
 import json
-import os
-import platform
-import subprocess
 import time
 import zlib
-from importlib import metadata
 from pathlib import Path
 
 import numpy as np
@@ -39,16 +35,11 @@ import pandas as pd
 
 from vlm_core.atomic import (LockHeld, atomic_dir, atomic_write, atomic_write_json, exclusive_lock, remove_leftovers,
                               replace_dir, temp_dir)
-from vlm_core.device import DEFAULT_PRECISION
 from vlm_core.errors import UserError
-from vlm_core.settings import without_unset
-from vlm_core.train import SCST_SETTINGS, TrainConfig
 
-from ablations.tables import ProbeSpec, data_settings
+from ablations.run.identity import config_hash, settings_of
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 DONE, FAILED = "DONE", "FAILED"
-LIBRARIES = ("torch", "transformers", "peft", "pycocoevalcap", "numpy", "scipy")
 
 
 def read_gzip(path: Path, limit: int | None = None) -> bytes:
@@ -140,46 +131,14 @@ def check_record_name(name: str, weights: bool = True) -> None:
         raise UserError(f"{name!r}: not a file of the run-record format (refused)")
 
 
-# Train keys added after runs existed; at their default they change nothing, so they enter the hash only
-# when set, and the runs made before them stay current (the caption LM's cache key does the same).
-TRAIN_KEYS_ADDED_LATER = ("length_penalty", "rerank", "rerank_samples", "rerank_temperature", "label_smoothing",
-                          "scst_epochs", "scst_samples", "scst_lr", "scst_baseline", "scst_candidates",
-                          "length_grouped", "dev_checks", "scst_images")
-PROBE_KEYS_ADDED_LATER = ("metrics",)  # the same for [probes]: opt-in metrics (scoring.CAPTION_METRICS)
-
-
-# What execute_run stores in config.json beside the settings (RunRecord.begin's ``extra`` and the hash).
-RECORD_EXTRAS = ("config_hash", "provenance", "machine", "lm_info", "vision_tokens", "vision_dim")
-
-
-def settings_of(config: dict) -> dict:
-    """The settings part of a stored config.json (what config_hash hashes)."""
-    return {k: v for k, v in config.items() if k not in RECORD_EXTRAS}
-
-
-def config_hash(config: dict) -> str:
-    """Hash of the settings that determine a run's result (see tables.variant_config); the table's and
-    the variant's names are left out, so renaming either keeps its runs current."""
-    settings = {k: v for k, v in config.items() if k not in ("table", "variant")}
-    if isinstance(settings.get("data"), dict):
-        settings["data"] = data_settings(settings["data"])
-    if isinstance(settings.get("train"), dict):
-        scst = settings["train"].get("scst_epochs", 0) > 0  # then its samples / rate count even at their defaults
-        settings["train"] = without_unset(settings["train"], TrainConfig, TRAIN_KEYS_ADDED_LATER,
-                                          keep=SCST_SETTINGS if scst else ())
-    if isinstance(settings.get("probes"), dict):
-        settings["probes"] = without_unset(settings["probes"], ProbeSpec, PROBE_KEYS_ADDED_LATER)
-    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
 # ---- the shape of each JSON file of a record: a function returning what is wrong, or "" (the report
 # reads these fields; anything else in them is kept as it is)
-def _number(v) -> bool:
+def is_number(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
 def _numbers(d, what: str) -> str:
-    if not isinstance(d, dict) or not all(isinstance(k, str) and (_number(v) or v is None) for k, v in d.items()):
+    if not isinstance(d, dict) or not all(isinstance(k, str) and (is_number(v) or v is None) for k, v in d.items()):
         return f"{what} must map names to numbers"
     return ""
 
@@ -204,7 +163,7 @@ def _metrics_problem(m) -> str:
 def _history_problem(h) -> str:
     if not isinstance(h, list) or not all(isinstance(r, dict) for r in h):
         return "must be a list of JSON objects (one per epoch)"
-    if any(not (_number(v) or v is None or isinstance(v, str)) for r in h for v in r.values()):
+    if any(not (is_number(v) or v is None or isinstance(v, str)) for r in h for v in r.values()):
         return "its values must be numbers (or a phase name)"
     return ""
 
@@ -223,7 +182,7 @@ RECORD_SCHEMAS = {
     "must map image ids to caption strings",
     "attention_maps.json": lambda a: "" if isinstance(a, dict) and all(isinstance(v, list) for v in a.values()) else
     "must map image ids to arrays",
-    DONE: lambda d: _marker_problem(d, "seconds", _number),
+    DONE: lambda d: _marker_problem(d, "seconds", is_number),
     FAILED: lambda d: _marker_problem(d, "reason", lambda r: isinstance(r, str)),
 }
 
@@ -536,251 +495,3 @@ class RunRecord:
 
     def failure(self) -> dict:
         return self._json(FAILED)
-
-
-# ---- table-level files
-def read_json_list(path: Path) -> list[dict]:
-    """A table-level JSON file holding a list of objects ([] when absent), bounded and checked."""
-    if not path.exists() and not path.is_symlink():
-        return []
-    try:
-        entries = json.loads(read_bounded(path))
-    except (ValueError, OSError, RecursionError) as err:
-        raise UserError(f"{path}: not readable JSON ({err})") from err
-    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
-        raise UserError(f"{path}: must be a JSON list of objects")
-    return entries
-
-
-class TableTiming:
-    """timing.json: one entry per `run-all` invocation, rewritten after each run, so a killed
-    invocation keeps the time of everything it finished."""
-
-    def __init__(self, runs_dir: Path, table: str):
-        self.path = child(runs_dir, table) / "timing.json"
-        self.start = time.time()
-
-    @classmethod
-    def at(cls, table_dir: Path) -> "TableTiming":
-        """The timing of a table folder (runs/<table>/ or the evidence's reports/<table>/runs/)."""
-        table_dir = Path(table_dir).resolve()
-        return cls(table_dir.parent, table_dir.name)
-
-    def read(self) -> list[dict]:
-        entries = read_json_list(self.path)
-        for k, e in enumerate(entries):
-            if not (isinstance(e.get("when"), str) and isinstance(e.get("runs"), int)
-                    and _number(e.get("total_seconds")) and _number(e.get("prepare_seconds", 0))):
-                raise UserError(f"{self.path}: entry {k} needs 'when' (text), 'runs' (a whole number) and "
-                                "'total_seconds' (a number)")
-        return entries
-
-    def begin(self, prepare_seconds: float, parts: dict[str, float]) -> None:
-        # "id" tells apart two invocations on one host in the same second (a fast machine does that)
-        entries = self.read() + [{"when": time.strftime("%Y-%m-%d %H:%M:%S"), "host": platform.node(),
-                                  "id": f"{os.getpid()}-{time.time_ns()}",
-                                  "prepare_seconds": round(prepare_seconds, 1),
-                                  "prepare_parts": {k: round(v, 1) for k, v in parts.items()}, "runs": 0,
-                                  "total_seconds": round(time.time() - self.start, 1)}]
-        atomic_write_json(self.path, entries)
-
-    def run_finished(self) -> None:
-        entries = self.read()
-        entries[-1]["runs"] += 1
-        entries[-1]["total_seconds"] = round(time.time() - self.start, 1)
-        atomic_write_json(self.path, entries)
-
-
-class VerifyLog:
-    """verify.json in a table folder: the `ablate verify` checks of its cells, newest last."""
-
-    def __init__(self, table_dir: Path):
-        self.path = Path(table_dir) / "verify.json"
-
-    def read(self) -> list[dict]:
-        entries = read_json_list(self.path)
-        for k, e in enumerate(entries):
-            if not (isinstance(e.get("variant"), str) and isinstance(e.get("seed"), int)):
-                raise UserError(f"{self.path}: check {k} needs 'variant' (text) and 'seed' (a whole number)")
-        return entries
-
-    def add(self, checks: list[dict]) -> None:
-        atomic_write_json(self.path, self.read() + checks)
-
-
-class ReferenceFile:
-    """references.json.gz in a table's evidence folder: the reference captions of the eval split, written once
-    from the data set, so that a report shows them beside the gallery without the data on disk."""
-
-    def __init__(self, table_dir: Path):
-        self.path = Path(table_dir) / "references.json.gz"
-
-    def read(self) -> dict[str, list[str]]:
-        if not self.path.exists():
-            return {}
-        try:
-            refs = json.loads(read_gzip(self.path))
-        except (ValueError, RecursionError) as err:
-            raise UserError(f"{self.path}: not valid JSON ({err})") from err
-        if not isinstance(refs, dict) or not all(isinstance(v, list) and all(isinstance(c, str) for c in v)
-                                                 for v in refs.values()):
-            raise UserError(f"{self.path}: expected {{image id: [reference captions]}}")
-        return refs
-
-    def write(self, refs: dict[str, list[str]]) -> None:
-        data = gzip.compress(json.dumps(refs, sort_keys=True).encode(), 9, mtime=0)
-        atomic_write(self.path, lambda p: Path(p).write_bytes(data))
-
-
-@contextlib.contextmanager
-def table_lock(runs_dir: Path, table: str):
-    """One run-all per output folder: a second one is refused (the OS drops the lock on any exit)."""
-    path = child(runs_dir, table)
-    path.mkdir(parents=True, exist_ok=True)
-    fh = open(path / ".lock", "a+")
-    try:
-        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError as err:
-        fh.close()
-        raise UserError(f"{path}: another 'ablate run-all' is already writing here (lock {path / '.lock'}); "
-                        f"wait for it to finish or use another --runs-dir") from err
-    try:
-        fh.seek(0)
-        fh.truncate()
-        fh.write(f"{os.getpid()}\n")
-        fh.flush()
-        clear_dead_writers(path)
-        yield
-    finally:
-        fcntl.flock(fh, fcntl.LOCK_UN)
-        fh.close()
-
-
-def clear_dead_writers(table_dir: Path) -> None:
-    """Remove what killed writers left in a table folder (their .partial / .replaced folders), cell by cell,
-    only where the cell's own lock is free: a live writer's folder is never touched."""
-    for leftover in sorted(Path(table_dir).glob("*/.seed-*.*")):
-        if leftover.suffix not in (".partial", ".replaced") or not leftover.is_dir():
-            continue
-        cell = leftover.parent / leftover.name[1:].split(".", 1)[0]
-        try:
-            with exclusive_lock(cell, "this run"):
-                remove_leftovers(cell)
-        except LockHeld:
-            continue
-
-
-# ---- provenance
-def _git(*args: str) -> str | None:
-    try:
-        out = subprocess.run(["git", "-C", str(REPO_ROOT), *args], capture_output=True, text=True, timeout=20)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return out.stdout.strip() if out.returncode == 0 else None
-
-
-# The code a run's result depends on: the model, data, training and the run stages that caption, score and
-# probe. The report writer, the CLI, tests and docs are left out, so a commit that changes only those
-# keeps the fingerprint, and runs made before and after it count as one code version.
-RESULT_CODE = ("vlm_core", "ablations/run/runner.py", "ablations/table_data.py", "ablations/measure/probes.py",
-               "ablations/measure/scoring.py", "ablations/measure/slots.py", "ablations/measure/attention.py")
-
-
-def _code_tree(source: str) -> str:
-    """A module's syntax tree without docstrings: comments, formatting and docstrings cannot change a result."""
-    import ast
-
-    tree = ast.parse(source)
-    for node in ast.walk(tree):
-        body = getattr(node, "body", None)
-        if (isinstance(body, list) and body and isinstance(body[0], ast.Expr)
-                and isinstance(body[0].value, ast.Constant) and isinstance(body[0].value.value, str)):
-            node.body = body[1:] or [ast.Pass()]
-    return ast.dump(tree, include_attributes=False)
-
-
-def code_fingerprint(root: Path = REPO_ROOT) -> str:
-    """Hash of the syntax trees of RESULT_CODE: equal for two commits whose differences cannot move a run."""
-    h = hashlib.sha256()
-    for entry in RESULT_CODE:
-        base = Path(root) / entry
-        files = sorted(base.rglob("*.py")) if base.is_dir() else [base]
-        for p in files:
-            if "__pycache__" in p.parts:
-                continue
-            h.update(str(p.relative_to(root)).encode() + b"\0" + _code_tree(p.read_text()).encode() + b"\0")
-    return h.hexdigest()[:16]
-
-
-def source_hash() -> str:
-    """Hash of the package sources and shipped tables: the code version outside a git checkout."""
-    h = hashlib.sha256()
-    for pkg in ("vlm_core", "ablations"):
-        for p in sorted((REPO_ROOT / pkg).rglob("*")):
-            if p.suffix in (".py", ".toml") and "__pycache__" not in p.parts:
-                h.update(str(p.relative_to(REPO_ROOT)).encode() + b"\0" + p.read_bytes())
-    return h.hexdigest()[:16]
-
-
-def code_version() -> dict:
-    """git commit and dirty flag (tracked code changed) when run from a checkout; always the source hash."""
-    out = {"source_hash": source_hash(), "fingerprint": code_fingerprint()}
-    if (REPO_ROOT / ".git").exists():
-        commit = _git("rev-parse", "HEAD")
-        if commit:
-            out["git_commit"] = commit
-            # Dirty = the code or its pins changed since the commit (generated reports do not count).
-            out["dirty"] = bool(_git("status", "--porcelain", "--untracked-files=no", "--", "vlm_core", "ablations",
-                                     "pyproject.toml"))
-    return out
-
-
-def code_label(code: dict) -> str:
-    """'abc1234', 'abc1234+dirty' or 'source 0123abcd…' for tables and logs."""
-    if code.get("git_commit"):
-        return code["git_commit"][:10] + ("+dirty" if code.get("dirty") else "")
-    return f"source {code.get('source_hash', '?')}"
-
-
-def cpu_model() -> dict:
-    """The processor and the instruction sets that change float results (kernels chosen per ISA)."""
-    name, flags = platform.processor() or platform.machine(), set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "model name" and name in ("", platform.machine(), platform.processor()):
-                name = value.strip()
-            elif key.strip() == "flags" and not flags:
-                flags = set(value.split())
-    except OSError:
-        pass
-    wanted = ("avx", "avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_tile")
-    return {"model": name, "isa": [f for f in wanted if f in flags]}
-
-
-def determinism() -> dict:
-    """What a run's numerics depended on beyond its settings: a rerun can only be exact where these agree."""
-    import torch
-
-    return {"torch_threads": torch.get_num_threads(),
-            "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
-            "deterministic_warn_only": torch.is_deterministic_algorithms_warn_only_enabled(),
-            "cublas_workspace_config": os.environ.get("CUBLAS_WORKSPACE_CONFIG"),
-            "tf32_matmul": torch.backends.cuda.matmul.allow_tf32, "cudnn_benchmark": torch.backends.cudnn.benchmark}
-
-
-def provenance(device: str, precision: str = DEFAULT_PRECISION) -> dict:
-    import torch
-
-    versions = {}
-    for lib in LIBRARIES:
-        try:
-            versions[lib] = metadata.version(lib)
-        except metadata.PackageNotFoundError:
-            versions[lib] = None
-    return {
-        "code": code_version(), "libraries": versions, "python": platform.python_version(),
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, {torch.get_num_threads()} torch threads",
-        "host": platform.node(), "device": device, "precision": precision,
-        "cpu": cpu_model(), "determinism": determinism(),
-    }

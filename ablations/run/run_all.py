@@ -32,7 +32,8 @@ def run_table(table: Table, runs_dir: Path, cache_dir: Path, reports_dir: Path, 
     from ablations.run import executors, tracking
     from ablations.run.planning import plan_runs
     from ablations.run.preflight import preflight
-    from ablations.run.record import evidence_dir, table_lock
+    from ablations.run.record import evidence_dir
+    from ablations.run.table_files import table_lock
 
     if table.run.track:
         tracking.check_available()  # MLflow missing: say so before any training (its store is made later)
@@ -55,7 +56,8 @@ def execute(table: Table, todo: list[tuple[Variant, int]], runs_dir: Path, cache
     """Prepare once, run ``todo`` on the table's executor with progress, record the time after every run;
     returns how many runs were lost."""
     from ablations.run import executors, tracking
-    from ablations.run.record import TableTiming, child
+    from ablations.run.record import child
+    from ablations.run.table_files import TableTiming
     from ablations.run.runner import prepare
 
     timing = TableTiming(runs_dir, table.name)

@@ -19,14 +19,16 @@ from vlm_core.features import FeatureSet, cached_features
 from vlm_core.caption_lm import load_language_backbone
 from vlm_core.language import LanguageBackbone
 from vlm_core.model import CaptionModel, CaptionModelConfig
-from vlm_core.train import TrainingDiverged, generate_captions, train_model
+from vlm_core.decoding import generate_captions
+from vlm_core.train import TrainingDiverged, train_model
 from vlm_core.vision import VisionBackbone, load_vision_backbone
 
 from ablations.measure import attention
 
 from ablations.measure import probes
 from ablations.run.planning import run_config
-from ablations.run.record import STAGES, RunRecord, determinism, provenance
+from ablations.run.provenance import determinism, provenance
+from ablations.run.record import STAGES, RunRecord
 from ablations.measure.scoring import Captions, check_installed, chosen_metrics, score
 from ablations.measure.slots import slot_scores
 from ablations.table_data import caption_corpus, load_data

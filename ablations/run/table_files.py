@@ -49,7 +49,7 @@ class TableTiming:
         entries = read_json_list(self.path)
         for k, e in enumerate(entries):
             if not (isinstance(e.get("when"), str) and isinstance(e.get("runs"), int)
-                    and _number(e.get("total_seconds")) and _number(e.get("prepare_seconds", 0))):
+                    and is_number(e.get("total_seconds")) and is_number(e.get("prepare_seconds", 0))):
                 raise UserError(f"{self.path}: entry {k} needs 'when' (text), 'runs' (a whole number) and "
                                 "'total_seconds' (a number)")
         return entries

@@ -21,7 +21,8 @@ from pathlib import Path
 from vlm_core.errors import UserError
 
 from ablations.run.planning import expected_hash
-from ablations.run.record import RUNS_DIR, RunRecord, cell_path, settings_of
+from ablations.run.identity import settings_of
+from ablations.run.record import RUNS_DIR, RunRecord, cell_path
 from ablations.tables import Table
 
 DEFAULT_URI = f"sqlite:///{RUNS_DIR / 'mlflow.db'}"  # a file beside the runs; any MLflow tracking URI works

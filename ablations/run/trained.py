@@ -10,7 +10,8 @@ from vlm_core.caption_lm import CaptionLMConfig, is_caption_lm, load_caption_lm_
 from vlm_core.device import AUTO_DEVICE, DEFAULT_PRECISION, resolve_device
 from vlm_core.errors import UserError
 from vlm_core.model import CaptionModel, CaptionModelConfig
-from vlm_core.train import Decoding, TrainConfig
+from vlm_core.decoding import DecodingConfig
+from vlm_core.train import TrainConfig
 from vlm_core.vision import VisionBackbone, load_vision_backbone
 
 from ablations.run.record import RunRecord
@@ -110,6 +111,6 @@ def load_run_model(run: Path, cache_dir: Path, device: str = AUTO_DEVICE, data_d
     return model, vision
 
 
-def run_decoding(run: Path) -> Decoding:
+def run_decoding(run: Path) -> DecodingConfig:
     """The decoding settings a run was scored with (what `ablate caption` uses by default)."""
     return run_settings(RunRecord(run))["train"].decoding()

@@ -19,7 +19,9 @@ from vlm_core.errors import UserError
 
 from ablations.report.collect import collect, numerics_label
 from ablations.run.planning import expected_hash
-from ablations.run.record import RunRecord, VerifyLog, cell_path, code_label, code_version, evidence_dir
+from ablations.run.provenance import code_label, code_version
+from ablations.run.record import RunRecord, cell_path, evidence_dir
+from ablations.run.table_files import VerifyLog
 from ablations.run.runner import execute_run, prepare
 from ablations.tables import Table, apply_settings, load_table
 
