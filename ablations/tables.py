@@ -18,12 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from vlm_core.caption_files import AUTO, FORMATS, SplitFiles, default_label
-from vlm_core.caption_lm import CAPTION_LM, CaptionLMConfig
+from vlm_core.configs import CAPTION_LM, CaptionLMConfig, CaptionModelConfig, TrainConfig
 from vlm_core.device import AUTO_DEVICE, DEFAULT_PRECISION, check_precision
 from vlm_core.errors import UserError
-from vlm_core.model import CaptionModelConfig
 from vlm_core.shapes import MAX_IMAGES, MIN_IMAGE_SIZE, ShapesConfig
-from vlm_core.train import TrainConfig
 
 from ablations.decide import expectations as expect_rules
 from ablations.decide.expectations import EXPECTATIONS, Expectation  # noqa: F401  (EXPECTATIONS: the names and their words)

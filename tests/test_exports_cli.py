@@ -52,6 +52,27 @@ def test_help_of_every_command_imports_no_heavy_library():
     assert result["heavy"] == [], f"`ablate --help` imports {result['heavy']}: import them inside the commands"
 
 
+# `ablate list` in a fresh interpreter: it loads every shipped table and hashes every cell, then which heavy
+# libraries got imported (pandas comes with the metric registry; torch and transformers must not come at all).
+LIST_SCRIPT = """
+import json, sys
+from typer.testing import CliRunner
+from ablations.cli import app
+
+result = CliRunner().invoke(app, ["list"])
+print(json.dumps({"code": result.exit_code, "output": result.output[-300:],
+                  "heavy": [m for m in ("torch", "transformers", "peft") if m in sys.modules]}))
+"""
+
+
+def test_list_imports_no_torch():
+    out = subprocess.run([sys.executable, "-c", LIST_SCRIPT], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["code"] == 0 and " runs" in result["output"], result["output"]
+    assert result["heavy"] == [], f"`ablate list` imports {result['heavy']}: keep the config dataclasses torch-free"
+
+
 def test_the_cli_defaults_are_the_libraries_values():
     from ablations import cli
     from ablations.run import record

@@ -18,12 +18,10 @@ from pathlib import Path
 import torch
 
 from .atomic import atomic_dir, atomic_write_json, build_lock
+from .configs import CAPTION_LM, CaptionLMConfig
 from .errors import UserError
 from .language import LanguageBackbone, frozen_lm, load_pretrained_lm, pad_batch, start_given_labels
 from .settings import without_unset
-
-
-CAPTION_LM = "caption-gpt2-tiny"  # its name as backbones.language
 
 
 def is_caption_lm(name: str) -> bool:
@@ -39,39 +37,6 @@ def load_language_backbone(name: str, *, cache_dir: Path, caption_corpus: "Capti
     if caption_corpus is None:
         raise UserError(f"'{CAPTION_LM}' is pretrained on a data set's training captions; none given")
     return build_caption_lm(caption_corpus, caption_lm_config or CaptionLMConfig(), Path(cache_dir))
-
-
-@dataclass
-class CaptionLMConfig:
-    vocab_size: int = 8000
-    n_layer: int = 4
-    n_embd: int = 256
-    n_head: int = 4
-    n_positions: int = 128
-    epochs: int = 3
-    batch_size: int = 64
-    lr: float = 1e-3
-    max_tokens: int = 40
-    # 0: one caption per row, from position 0. >0: rows of this many tokens cut from "documents" laid
-    # end to end, as GPT-2 packs web pages; a document is the captions of one training image
-    # ([bos] cap [eos] [bos] cap [eos] ...). Text only, but the LM then learns what real LMs know and a
-    # caption-per-row LM never needs: content earlier in the context predicts the next caption. On
-    # shapes that is the difference between reading the visual prefix in 250 steps or not at all.
-    pack_length: int = 0
-    # Keep the (tied) embeddings of ordinary tokens at their random init; only [pad]/[bos]/[eos] learn.
-    # Text alone gives interchangeable words (the six colours, left/right, small/large) interchangeable
-    # contexts, so a text-only LM on a small closed vocabulary learns near-identical embeddings for them
-    # (cosine 0.73-0.96 on shapes) and the frozen LM can neither say which colour the image shows nor
-    # remember which one it already said. Random 128-d vectors stay near-orthogonal, as a web-trained
-    # LM's embeddings of these words are distinct. The special tokens keep learned embeddings: their
-    # job is structural (where a caption starts and ends), not to name anything.
-    freeze_embeddings: bool = False
-    seed: int = 0
-
-    def __post_init__(self):
-        if self.pack_length > self.n_positions:
-            raise UserError(f"caption_lm.pack_length ({self.pack_length}) must be <= caption_lm.n_positions "
-                            f"({self.n_positions})")
 
 
 @dataclass

@@ -16,11 +16,11 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
+from .configs import CONNECTOR_NAMES
 from .device import full_precision
-from .errors import UserError
 
 if TYPE_CHECKING:
-    from .model import CaptionModelConfig
+    from .configs import CaptionModelConfig
 
 
 @contextlib.contextmanager
@@ -182,11 +182,9 @@ class MLPConnector(nn.Module):
         return self.act(self.fc(self.vision_norm(features)))
 
 
-# Every connector by the name model.connector gives: adding one is one entry.
+# Every connector by the name model.connector gives. Its name is also in configs.CONNECTOR_NAMES, where a table
+# is checked without torch; a connector missing from either is refused here, when the models are loaded.
 CONNECTORS: dict[str, type[nn.Module]] = {"qformer": QFormerConnector, "meanpool": MeanPoolConnector,
                                           "mlp": MLPConnector}
-
-
-def check_connector(name: str) -> None:
-    if name not in CONNECTORS:
-        raise UserError(f"model.connector: unknown connector {name!r}; known: {', '.join(CONNECTORS)}")
+if tuple(CONNECTORS) != CONNECTOR_NAMES:
+    raise ImportError(f"connector.CONNECTORS {tuple(CONNECTORS)} and configs.CONNECTOR_NAMES {CONNECTOR_NAMES} differ")

@@ -7,18 +7,24 @@ from __future__ import annotations
 
 import contextlib
 import os
-
-import torch
+from typing import TYPE_CHECKING
 
 from .errors import UserError
 
-PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+if TYPE_CHECKING:
+    import torch
+
+# Precision names and their autocast dtypes (None: no autocast). torch is imported when a device is used, so
+# that a table's run.precision is checked without it.
+PRECISIONS = {"fp32": None, "bf16": "bfloat16", "fp16": "float16"}
 DEFAULT_PRECISION = "fp32"  # measured fastest on these CPUs
 AUTO_DEVICE = "auto"  # CUDA when present, else CPU
 
 
 def resolve_device(name: str = AUTO_DEVICE) -> torch.device:
     """``auto`` = CUDA when present, else CPU; an explicit device that is not there is a UserError."""
+    import torch
+
     if name == AUTO_DEVICE:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -44,14 +50,18 @@ def check_precision(precision: str) -> str:
 
 def autocast(device: torch.device, precision: str):
     """torch.autocast for bf16 / fp16; a no-op context for fp32."""
+    import torch
+
     dtype = PRECISIONS[check_precision(precision)]
     if dtype is None:
         return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=dtype)
+    return torch.autocast(device.type, dtype=getattr(torch, dtype))
 
 
 def check_supported(device: torch.device, precision: str) -> None:
     """Before any cache is built: a precision the device cannot run is a UserError now, not a crash later."""
+    import torch
+
     if device.type == "cuda" and precision == "bf16" and torch.cuda.get_device_capability(device)[0] < 8:
         raise UserError(f"run.precision bf16: {torch.cuda.get_device_name(device)} has no native bf16 (compute "
                         "capability 8.0 or later); use fp16 or fp32")
@@ -64,6 +74,8 @@ def configure(device: torch.device, precision: str) -> None:
     (warn, not fail, where an op has none), the cuBLAS workspace setting that deterministic matmuls need, no
     cuDNN autotuning; TF32 matmuls only for bf16 / fp16 runs (fp32 runs stay comparable with the CPU's).
     Recorded in every run's provenance (ablations/record.determinism)."""
+    import torch
+
     if device.type != "cuda":
         return
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
@@ -75,6 +87,8 @@ def configure(device: torch.device, precision: str) -> None:
 
 def synchronize(device: torch.device) -> None:
     """Wait for the device's queued work: a timer read without it measures the launch, not the work."""
+    import torch
+
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     elif device.type == "mps":
@@ -85,6 +99,8 @@ def synchronize(device: torch.device) -> None:
 def full_precision(device: torch.device):
     """fp32 inside an autocast region (and no TF32 matmuls on CUDA): for what low precision would round into
     the numbers the verdicts use."""
+    import torch
+
     tf32 = torch.backends.cuda.matmul.allow_tf32
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = False
@@ -96,6 +112,8 @@ def full_precision(device: torch.device):
 
 
 def describe(device: torch.device) -> str:
+    import torch
+
     if device.type == "cuda":
         return f"{device} ({torch.cuda.get_device_name(device)})"
     return str(device)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import copy
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -22,40 +22,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from .atomic import atomic_dir, atomic_write, atomic_write_json
-from .connector import CONNECTORS, QFormerConnector, check_connector, eager_attention
+from .configs import CaptionModelConfig
+from .connector import CONNECTORS, QFormerConnector, eager_attention
 from .device import DEFAULT_PRECISION, autocast, full_precision
-from .errors import UserError
 from .language import LanguageBackbone, caption_token_ids, pad_batch, start_given_labels
 from .seed_recipe import SeedRecipeText
-
-
-@dataclass
-class CaptionModelConfig:
-    connector: str = "qformer"  # a name of connector.CONNECTORS ("meanpool": the no-Q-Former ablation)
-    num_queries: int = 16
-    qformer_hidden: int = 256
-    qformer_layers: int = 2
-    qformer_heads: int = 4
-    qformer_intermediate: int = 512
-    qformer_cross_attention_frequency: int = 1
-    qformer_dropout: float = 0.1
-    qformer_init_std: float = 0.0  # 0: 1/sqrt(qformer_hidden); BERT's 0.02 suits pretrained weights only
-    train_qformer: bool = True  # False: Q-Former and queries stay at their random init
-    lora_rank: int = 8  # 0: no adapters, the LM is fully frozen
-    lora_alpha: int = 16
-    lora_dropout: float = 0.0
-    lora_targets: list[str] = field(default_factory=list)  # empty: the LM family's default
-    blind: bool = False  # visual tokens computed from zeros: no image information at all
-    recipe: str = "fixed"  # "fixed" | "seed"
-    max_caption_tokens: int = 32
-    seed_pad_length: int = 40  # the seed recipe pads every caption to this many tokens
-
-    def __post_init__(self):
-        check_connector(self.connector)
-        if self.recipe not in ("fixed", "seed"):
-            raise UserError(f"model.recipe must be 'fixed' or 'seed', not {self.recipe!r}")
-        if self.lora_rank < 0 or self.num_queries < 1:
-            raise UserError("model.lora_rank must be >= 0 and model.num_queries >= 1")
 
 
 class CaptionText:

@@ -8,14 +8,13 @@ current. HASHED_KEYS is never extended: a new key is "added later" by not being 
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from dataclasses import asdict
 
-from vlm_core.caption_lm import CaptionLMConfig
-from vlm_core.model import CaptionModelConfig
+from vlm_core.configs import SCST_SETTINGS, CaptionLMConfig, CaptionModelConfig, TrainConfig
 from vlm_core.shapes import ShapesConfig
-from vlm_core.train import SCST_SETTINGS, TrainConfig
 
 from ablations.tables import BackboneSpec, DataSpec, ProbeSpec
 
@@ -52,10 +51,16 @@ def settings_of(config: dict) -> dict:
     return {k: v for k, v in config.items() if k not in RECORD_EXTRAS}
 
 
+@functools.cache
+def _defaults(cls) -> dict:
+    """A section's defaults as stored data (computed once per class: `ablate list` hashes every cell)."""
+    return asdict(cls())
+
+
 def hashed_section(values: dict, path: str) -> dict:
     """One section as it enters the hash: a key added later only when it differs from its default (a key
     the dataclass no longer has is kept: its default is unknown); sub-sections likewise."""
-    base, always = asdict(SECTIONS[path]()), HASHED_KEYS[path]
+    base, always = _defaults(SECTIONS[path]), HASHED_KEYS[path]
     when, kept = KEPT_WHEN.get(path, (lambda _: False, ()))
     keep = kept if when(values) else ()
     out = {}
