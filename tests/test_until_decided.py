@@ -134,3 +134,14 @@ def test_a_verdict_decided_at_an_earlier_look_keeps_that_looks_numbers(tmp_path)
     for key in early:
         assert {t.interval.n for t in mine[key].tests} == {3} and {t.interval.n for t in fixed[key].tests} == {5}
         assert "decided at look 1 of 2" in mine[key].numbers
+    # the README's findings block reads the same verdicts (its one number: the look's seed-level difference)
+    from ablations.report.findings import findings_data
+    cells = {(v, cell["rule"]): cell for v, _, by_table in findings_data(tmp_path).rows
+             for t, cell in by_table.items() if t == "shapes" and "rule" in cell}
+    with_number = [k for k in early if mine[k].comparison is not None]
+    assert with_number, "no early verdict with a seed-level difference: the findings check is missing its case"
+    for key in with_number:
+        variant, rule = key.split(": ")
+        assert cells[(variant, rule)]["verdict"] == result.verdicts[key]
+        assert cells[(variant, rule)]["delta"] == mine[key].comparison.seed_level.estimate
+        assert mine[key].comparison.seed_level.estimate != fixed[key].comparison.seed_level.estimate
