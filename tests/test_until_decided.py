@@ -120,7 +120,7 @@ def test_a_verdict_decided_at_an_earlier_look_keeps_that_looks_numbers(tmp_path)
     look 1 is reported from its first 3 seeds at look 1's level, not re-tested on all 5 at 0.05."""
     from ablations.report.analysis import analyse
     from ablations.report.until_decided import analyse_evidence
-    from ablations.run.record import SequentialPlan
+    from ablations.run.table_files import SequentialPlan
 
     evidence = tmp_path / "shapes" / "runs"
     shutil.copytree(Path(__file__).resolve().parents[1] / "reports" / "shapes" / "runs", evidence)

@@ -1,7 +1,7 @@
 """The report of a table whose seeds were added until decided (`ablate run-all TABLE --until-decided`).
 
-The driver stores its plan with the evidence (record.SequentialPlan: reports/<table>/runs/sequential.json). With
-a plan there, the report reads every seed the evidence holds (the table file lists only the first ones), replays
+The driver stores its plan with the evidence (table_files.SequentialPlan: reports/<table>/runs/sequential.json).
+With a plan there, the report reads every seed the evidence holds (the table file lists only the first ones), replays
 the looks (decide.sequential.next_look) and takes each expectation's verdict from the look that decided it, at
 that look's level: testing all the seeds at 0.05 at the end would decide a true null more often than 5 %. Without
 a plan nothing here changes the report.

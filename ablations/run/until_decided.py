@@ -1,9 +1,10 @@
 """`ablate run-all TABLE --until-decided [--max-seeds N]`: seeds added where a verdict is open, look by look
 (decide/sequential.py), until every expectation is decided or the planned looks are spent; then the report.
 
-Only the plan is stored (record.SequentialPlan, in the evidence, so the report replays the same looks anywhere).
-Each pass adds this runs folder's finished runs to the evidence, replays the looks from the seeds present and runs
-the seeds the next look asks for, so a driver killed at any point continues, when rerun, where the evidence stands.
+Only the plan is stored (table_files.SequentialPlan, in the evidence, so the report replays the same looks
+anywhere). Each pass adds this runs folder's finished runs to the evidence, replays the looks from the seeds present
+and runs the seeds the next look asks for, so a driver killed at any point continues, when rerun, where the evidence
+stands.
 """
 from __future__ import annotations
 
