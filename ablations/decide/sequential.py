@@ -154,7 +154,9 @@ class TestRow:
 
 @dataclass
 class Look:
-    """What one look saw and decided: a report section prints one of these per look."""
+    """What one look saw and decided: a report section prints one of these per look. ``replay`` also sets
+    ``look.questions``, the questions as decided at this look (the report's verdict lines); an attribute, not a
+    field, so that comparing and converting looks (dataclasses.asdict) sees only the numbers above."""
 
     index: int
     seeds: dict[str, int]  # seeds per arm used at this look
@@ -162,7 +164,6 @@ class Look:
     level: float  # the nominal level adjusted p-values are compared with
     rows: list[TestRow]
     words: dict[str, tuple[str, int | None]]  # question -> (verdict, look that decided it)
-    questions: list[Question] = field(default_factory=list, repr=False)  # as decided at this look (the report's lines)
 
 
 @dataclass

@@ -73,7 +73,8 @@ def sequential_verdicts(result: LookResult, final: list[Verdict]) -> list[Verdic
         key = f"{v.variant}: {v.expectation}"
         at = result.decided.get(key, result.look_index)
         look = result.looks[at] if 0 <= at < len(result.looks) else None
-        q = next((q for q in look.questions if q.key == key and q.verdict is not None), None) if look else None
+        q = next((q for q in getattr(look, "questions", []) if q.key == key and q.verdict is not None), None) \
+            if look else None
         if q is None:
             out.append(v if v.verdict == "n/a" or look is not None else replace(
                 v, verdict="inconclusive", numbers=f"{v.numbers} (sequential: {result.reason})"))
