@@ -87,6 +87,11 @@ def run_all(
     ray_address: Optional[str] = typer.Option(None, "--ray-address", help="An existing Ray cluster (default: start "
                                               "a local one; run.options.ray.address)."),
     track: Optional[str] = TRACK, tracking_uri: Optional[str] = TRACKING_URI,
+    until_decided: bool = typer.Option(False, "--until-decided", help="Then add seeds where an expectation is still "
+                                       "open, look by look (3, 5, 8, 12 seeds per arm), until every one is decided or "
+                                       "the looks are spent, and write the report (docs/how-reports-decide.md)."),
+    max_seeds: Optional[int] = typer.Option(None, "--max-seeds", help="With --until-decided: the last look's seeds "
+                                            "per arm (default 12; a table's stored plan keeps its own)."),
     runs_dir: Path = RUNS, reports_dir: Path = REPORTS, cache_dir: Path = CACHE, data_dir: Optional[str] = DATA_DIR,
 ):
     """Train every variant x seed of TABLE, then caption, score and probe each run.
@@ -95,6 +100,8 @@ def run_all(
     (reports/<table>/runs, e.g. committed from another machine); a stale run is redone, and a run
     killed half-way is redone from scratch (a redo replaces the old run only once it finishes). A
     second run-all on the same --runs-dir and table is refused while the first holds the lock.
+    With --until-decided, seeds are then added where a verdict is open (a sequential rule whose plan is stored
+    with the evidence, so a killed run-all, rerun, continues and the report shows each look).
     """
     from ablations.run import executors
     from ablations.run.run_all import run_table
@@ -108,6 +115,10 @@ def run_all(
         if ray_address is not None:
             tbl.run.options = {**tbl.run.options, "ray": {**tbl.run.options.get("ray", {}), "address": ray_address}}
         executors.set_executor_options(tbl, executor_option or [])
+        if until_decided or max_seeds is not None:
+            _until_decided(tbl, until_decided, max_seeds, only or seeds or seed or force, runs_dir, cache_dir,
+                           reports_dir, data_dir, keep_stale)
+            return
         done = run_table(tbl, runs_dir, cache_dir, reports_dir, data_dir, variants=tbl.select(only),
                          seeds=_chosen_seeds(tbl, seeds, seed), force=force, keep_stale=keep_stale)
         if not done.cells:
@@ -122,6 +133,20 @@ def run_all(
         _fail(err, f" (table '{tbl.name}' requires: {tbl.requires})" if tbl and tbl.requires else "")
     except UserError as err:
         _fail(err)
+
+
+def _until_decided(tbl, until: bool, max_seeds: Optional[int], chosen, runs_dir: Path, cache_dir: Path,
+                   reports_dir: Path, data_dir: Optional[str], keep_stale: bool) -> None:
+    from ablations.run.until_decided import until_decided
+
+    if not until:
+        raise UserError("--max-seeds caps the seeds --until-decided adds: give --until-decided too")
+    if chosen:
+        raise UserError("--until-decided runs the table's own cells, then the seeds the sequential rule asks for: "
+                        "--only, --seeds, --seed and --force do not combine with it")
+    out = until_decided(tbl, runs_dir, cache_dir, reports_dir, data_dir, max_seeds, keep_stale)
+    console.print(f"{'nothing to do' if not out.made else f'{out.made} run(s) made'}; "
+                  f"{out.result.reason}; report: {out.report}", highlight=False, markup=False)
 
 
 @app.command()

@@ -318,6 +318,8 @@ def test_evidence_content_is_checked_before_it_is_added(reported, tmp_path, case
     ("timing.json", b'{"runs": 1}'),
     ("verify.json", b'[{"seed": "x"}]'),
     ("references.json.gz", b"not gzip"),
+    ("sequential.json", b'{"looks": "x"}'),
+    ("sequential.json", b'{"looks": [3, 5], "max_seeds": 1, "shape": 0.25, "alpha": 0.05}'),
 ])
 def test_a_damaged_evidence_file_is_one_line_in_report(reported, tmp_path, target, damage):
     out = tmp_path / "out"

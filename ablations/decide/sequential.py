@@ -136,6 +136,7 @@ class Question:
     tests: list[verdicts.Test]
     arms: list[tuple[str, ...]]
     spread: list[dict[str, tuple[float, int]]]
+    verdict: verdicts.Verdict | None = None  # the report's verdict it came from (its tests are ``tests``)
 
 
 @dataclass
@@ -153,7 +154,9 @@ class TestRow:
 
 @dataclass
 class Look:
-    """What one look saw and decided: a report section prints one of these per look."""
+    """What one look saw and decided: a report section prints one of these per look. ``replay`` also sets
+    ``look.questions``, the questions as decided at this look (the report's verdict lines); an attribute, not a
+    field, so that comparing and converting looks (dataclasses.asdict) sees only the numbers above."""
 
     index: int
     seeds: dict[str, int]  # seeds per arm used at this look
@@ -260,6 +263,7 @@ def replay(build: Callable[[dict[str, int]], list[Question]], present: dict[str,
         questions = build(seeds)
         level = nominal_levels(plan, family_size(questions))[j]
         look = decide_look(questions, j, level, kept, {a: seeds[a] for a in sorted(arms) if a in seeds})
+        look.questions = questions
         looks.append(look)
         words = {k: w for k, (w, _) in look.words.items()}
         decided = {k: at for k, (w, at) in look.words.items() if w != "inconclusive"}
@@ -333,7 +337,7 @@ def questions(table_runs: TableRuns) -> list[Question]:
                 spread.append({x: _spread(table_runs, x, c.quantity) for x in a})
         if len(arms) != len(v.tests):
             raise AssertionError(f"{v.variant}: {v.expectation}: tests per check do not add up to the verdict's tests")
-        out.append(Question(f"{v.variant}: {v.expectation}", v.rule.equivalence is not None, v.tests, arms, spread))
+        out.append(Question(f"{v.variant}: {v.expectation}", v.rule.equivalence is not None, v.tests, arms, spread, v))
     return out
 
 

@@ -14,12 +14,11 @@ from pathlib import Path
 from vlm_core.atomic import atomic_write_text
 from vlm_core.errors import UserError
 
-from ablations.report.analysis import analyse
 from ablations.decide.expectations import NAMED, label
-from ablations.report.collect import collect
 from ablations.report.formatting import fmt_ci, md_table
 from ablations.run.record import RunRecord, evidence_dir
 from ablations.report.summary import readme_summary, summary_markdown
+from ablations.report.until_decided import analyse_evidence
 from ablations.tables import DATA_WITH_SLOT_LABELS, load_table
 
 # The headline tables, in the order a reader should meet them: synthetic data, the small real-data
@@ -69,8 +68,7 @@ def findings_data(reports_dir: Path) -> Findings:
         if not _has_evidence(reports_dir, table_name):
             status.append(f"- `{table_name}`: not run (no evidence committed)")
             continue
-        table = load_table(table_name)
-        a = analyse(collect(table, evidence_dir(reports_dir, table_name)))
+        table, a, _ = analyse_evidence(load_table(table_name), evidence_dir(reports_dir, table_name))
         done = len(a.runs.runs)
         cells = sum(len(v.seeds) for v in table.variants.values())
         if done < cells:

@@ -137,9 +137,11 @@ def what_next(v, reference: str) -> str:
     return "; ".join(steps) if steps else f"more seeds of {others}"
 
 
-def report_answer(table, a) -> list[str]:
+def report_answer(table, a, looks=None) -> list[str]:
     """A report's first section: each expectation's verdict in one line with its first number, then what
-    would decide the undecided ones. Built from the same verdicts as the 'Expected vs observed' table."""
+    would decide the undecided ones. Built from the same verdicts as the 'Expected vs observed' table.
+    ``looks``: the sequential.LookResult of a table whose seeds were added until decided (then more seeds come
+    from its plan, not from the table file)."""
     lines = ["## Answer", "",
              "Each expectation of the table, answered at seed level (details, every test and the rule: "
              "\"Expected vs observed\" below; every run per variant: the strip beside each forest plot).", ""]
@@ -156,7 +158,13 @@ def report_answer(table, a) -> list[str]:
         if t.get("interval") is not None:
             lines.append(f"- target {t['key']} ≥ {t['goal']:g} for `{table.reference}`: **{t['decision']}** "
                          f"({fmt_ci(t['interval'])})")
-    if undecided:
+    if undecided and looks is not None:
+        names = ", ".join(f"`{v.variant}` ({v.verdict})" for v in undecided)
+        lines += ["", f"What next: {names} " + (
+            f"stayed open when the planned looks were spent ({looks.reason}): the seeds the plan allows do not decide it; "
+            "more seeds need a new plan on new evidence (docs/how-reports-decide.md)." if looks.done else
+            f"still open ({looks.reason}): `ablate run-all {table.name} --until-decided` continues.")]
+    elif undecided:
         lines += ["", "What next, per undecided verdict (seeds per variant from the rule's simulated power, 80%, each "
                   "test alone before Holm; \"> 200\": more than the search goes to): add them to `seeds` in the "
                   "table, then `ablate run-all` (runs already in the evidence are kept).", ""]

@@ -1,6 +1,7 @@
 """The files of a table folder beside its run folders (runs/<table>/ locally, reports/<table>/runs/ as
 evidence): timing.json (one entry per `run-all`), verify.json (`ablate verify` checks), references.json.gz
-(the eval split's references, for the report), and .lock (one `run-all` per table folder at a time)."""
+(the eval split's references, for the report), sequential.json (the plan of `run-all --until-decided`, in the
+evidence), and .lock (one `run-all` per table folder at a time)."""
 from __future__ import annotations
 
 import contextlib
@@ -109,6 +110,33 @@ class ReferenceFile:
     def write(self, refs: dict[str, list[str]]) -> None:
         data = gzip.compress(json.dumps(refs, sort_keys=True).encode(), 9, mtime=0)
         atomic_write(self.path, lambda p: Path(p).write_bytes(data))
+
+
+class SequentialPlan:
+    """sequential.json in a table's evidence folder: the plan of `ablate run-all --until-decided` (planned looks,
+    max seeds, boundary shape, alpha), written by the driver before it adds seeds, so that `ablate report` replays
+    the same looks from the evidence on any machine. Absent: the table is decided at fixed seeds."""
+
+    def __init__(self, table_dir: Path):
+        self.path = Path(table_dir) / "sequential.json"
+
+    def read(self) -> dict | None:
+        if not self.path.exists() and not self.path.is_symlink():
+            return None
+        try:
+            plan = json.loads(read_bounded(self.path))
+        except (ValueError, OSError, RecursionError) as err:
+            raise UserError(f"{self.path}: not readable JSON ({err})") from err
+        whole = lambda x: isinstance(x, int) and not isinstance(x, bool)  # noqa: E731
+        if not (isinstance(plan, dict) and isinstance(plan.get("looks"), list) and plan["looks"]
+                and all(whole(n) for n in plan["looks"]) and whole(plan.get("max_seeds"))
+                and is_number(plan.get("shape")) and is_number(plan.get("alpha")) and 0 < plan["alpha"] < 1):
+            raise UserError(f"{self.path}: needs 'looks' (a list of whole numbers), 'max_seeds' (a whole number), "
+                            "'shape' (a number) and 'alpha' (a number between 0 and 1)")
+        return plan
+
+    def write(self, plan: dict) -> None:
+        atomic_write_json(self.path, plan)
 
 
 @contextlib.contextmanager
