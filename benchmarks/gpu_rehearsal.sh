@@ -12,6 +12,10 @@ REPO=$(cd "$(dirname "$0")/.." && pwd)
 WORK=$(realpath -m "${1:-$(mktemp -d /tmp/gpu-rehearsal.XXXXXX)}")
 NORMAL_PYTHON=${NORMAL_PYTHON:-python3}
 PY312=${PYTHON312:-python3.12}
+if ! "$PY312" --version > /dev/null 2>&1; then  # pyenv's shim refuses a version that is installed but not selected
+    PY312=$(ls -d "$(pyenv root 2>/dev/null || echo ~/.pyenv)"/versions/3.12*/bin/python3.12 2>/dev/null | tail -n 1)
+    [ -n "$PY312" ] || { echo "no Python 3.12 here (set PYTHON312)"; exit 1; }
+fi
 mkdir -p "$WORK"
 start=$(date +%s)
 step() { echo "== [$(( $(date +%s) - start )) s] $*"; }
