@@ -125,7 +125,7 @@ def check_environment(report: Report, gpu: str, cache_dir: Path, any_versions: b
                + (f"; outside pyproject.toml's ranges: {'; '.join(outside)}" if outside else ""))
     try:
         from ablations.run import runner  # noqa: F401: the whole import chain of a run
-        from ablations.run.record import code_version
+        from ablations.run.provenance import code_version
         from ablations.tables import load_table
 
         load_table("shapes")

@@ -10,7 +10,8 @@ from typer.testing import CliRunner
 
 from ablations.cli import app
 from ablations.run.deferred_scoring import unscored
-from ablations.run.record import REPO_ROOT, RunRecord
+from ablations.run.provenance import REPO_ROOT
+from ablations.run.record import RunRecord
 from ablations.tables import load_table
 
 from .micro import write_micro

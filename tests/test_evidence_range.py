@@ -7,7 +7,8 @@ import pytest
 from scipy import stats
 
 from ablations.run import evidence_range
-from ablations.run.record import REPO_ROOT, RunRecord
+from ablations.run.provenance import REPO_ROOT
+from ablations.run.record import RunRecord
 
 EVIDENCE = REPO_ROOT / "reports" / "shapes" / "runs"
 SEEDS = [0, 1, 2, 3, 4]
