@@ -92,6 +92,9 @@ def run_all(
                                        "the looks are spent, and write the report (docs/how-reports-decide.md)."),
     max_seeds: Optional[int] = typer.Option(None, "--max-seeds", help="With --until-decided: the last look's seeds "
                                             "per arm (default 12; a table's stored plan keeps its own)."),
+    score: Optional[str] = typer.Option(None, "--score", help="now | later | auto: score the metrics that need "
+                                        "Java in each run, or leave them 'to score' for `ablate score` where Java "
+                                        "is; auto = later when Java is missing (default: the table's run.score, auto)."),
     runs_dir: Path = RUNS, reports_dir: Path = REPORTS, cache_dir: Path = CACHE, data_dir: Optional[str] = DATA_DIR,
 ):
     """Train every variant x seed of TABLE, then caption, score and probe each run.
@@ -111,7 +114,7 @@ def run_all(
     try:
         tbl = load_table(table)
         _run_options(tbl, device=device, precision=precision, executor=executor, cpus_per_run=cpus_per_run,
-                     gpus_per_run=gpus_per_run, track=track, tracking_uri=tracking_uri)
+                     gpus_per_run=gpus_per_run, track=track, tracking_uri=tracking_uri, score=score)
         if ray_address is not None:
             tbl.run.options = {**tbl.run.options, "ray": {**tbl.run.options.get("ray", {}), "address": ray_address}}
         executors.set_executor_options(tbl, executor_option or [])
@@ -234,6 +237,28 @@ def report(
     except UserError as err:
         _fail(err)
     console.print(f"wrote {path}")
+
+
+@app.command("score")
+def score_command(
+    table: str = typer.Argument(..., help="A shipped table name or a .toml path."),
+    runs_dir: Path = RUNS, reports_dir: Path = REPORTS, data_dir: Optional[str] = DATA_DIR,
+):
+    """Score the runs of TABLE left 'to score' (made with --score later, or where Java was missing): the metrics
+    that need Java, from their stored captions and references, in --runs-dir and in the evidence. Needs Java."""
+    from ablations.run.deferred_scoring import score_table
+    from ablations.run.record import child, evidence_dir
+    from ablations.tables import load_table
+
+    try:
+        tbl = load_table(table)
+        local = child(runs_dir, tbl.name)
+        n = score_table(tbl, [local, evidence_dir(reports_dir, tbl.name)], data_dir, lock=(local,),
+                        log=lambda m: console.print(m, highlight=False, markup=False))
+    except UserError as err:
+        _fail(err)
+    console.print(f"{n} run(s) of '{tbl.name}' scored" if n else f"nothing to score: no run of '{tbl.name}' waits "
+                  "for its metrics", highlight=False)
 
 
 @evidence_app.command("add")

@@ -82,6 +82,9 @@ class DataSpec:
                             f"{self.dev_share + self.test_share:g}")
 
 
+SCORE_WHEN = ("auto", "now", "later")  # run.score
+
+
 @dataclass
 class RunSpec:
     """Where and how the runs execute ([run]; each key also a `run-all` option). Only ``precision`` is
@@ -95,11 +98,17 @@ class RunSpec:
     gpus_per_run: float = 0.0  # what each run asks an executor that places runs on a cluster for
     track: str = ""  # "mlflow": log each finished run to MLflow (ablations/run/tracking.py); "" = no tracker
     tracking_uri: str = ""  # "" = sqlite:///runs/mlflow.db
+    # When the metrics that need Java (pycocoevalcap) are computed: "now" (in the run), "later" (the run records its
+    # captions 'to score'; `ablate score` or `ablate report` scores them where Java is), "auto" (later when this
+    # machine has no Java: a GPU node never needs it). run.score is not part of the config hash: same numbers.
+    score: str = "auto"
     # [run.options.<executor>]: that executor's own keys (executors.EXECUTORS), checked before the runs start.
     options: dict = field(default_factory=dict)
 
     def __post_init__(self):
         check_precision(self.precision)
+        if self.score not in SCORE_WHEN:
+            raise UserError(f"run.score: one of {', '.join(SCORE_WHEN)}, not {self.score!r}")
         if self.track not in ("", "mlflow"):
             raise UserError(f"run.track: 'mlflow' or '' (no tracker), not {self.track!r}")
         if self.cpus_per_run < 0 or self.gpus_per_run < 0:

@@ -23,9 +23,10 @@ def _run_all(table, tmp_path, *extra):
 
 
 def test_no_java_on_the_path(tmp_path, monkeypatch):
+    """Scoring in place needs Java; without it run-all would leave the runs 'to score' (test_deferred_scoring)."""
     (tmp_path / "bin").mkdir()
     monkeypatch.setenv("PATH", str(tmp_path / "bin"))
-    assert "Java not found on the PATH" in _run_all(write_micro(tmp_path / "micro.toml"), tmp_path)
+    assert "Java not found on the PATH" in _run_all(write_micro(tmp_path / "micro.toml"), tmp_path, "--score", "now")
 
 
 def test_an_old_java_is_named(tmp_path, monkeypatch):

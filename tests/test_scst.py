@@ -171,7 +171,9 @@ def test_a_table_with_self_critical_epochs_runs_records_them_and_reports_them(tm
     from vlm_core.decoding import generate_captions
     metrics = json.loads((run / "metrics.json").read_text())
     feats = workspace.features[workspace.table.data.eval_split]
-    xe_scores = score_stage(workspace.data, feats.ids, generate_captions(xe, feats, cfg.decoding()), ())[0]
+    from ablations.measure.scoring import chosen_metrics
+    xe_captions = dict(zip(feats.ids, generate_captions(xe, feats, cfg.decoding())))
+    xe_scores = score_stage(workspace.data.captions, xe_captions, chosen_metrics(()), 0, swap_probes=False).metrics
     assert metrics["metrics_xe"] == pytest.approx(xe_scores)
     assert metrics["metrics_xe"] != pytest.approx(metrics["metrics"])  # so the check can tell the two models apart
     with pytest.raises(UserError, match="weights must be"):

@@ -28,6 +28,7 @@ from ablations.report.collect import collect
 from ablations.report.evidence import add_runs
 from ablations.report.summary import report_answer
 from ablations.report.formatting import fmt, fmt_ci, md_table
+from ablations.run.deferred_scoring import score_table
 from ablations.run.provenance import REPO_ROOT, code_label, code_version
 from ablations.run.record import child, evidence_dir
 from ablations.run.table_files import ReferenceFile
@@ -253,8 +254,13 @@ def write_report(table: Table, runs_dir: Path | None, out_root: Path, data_dir: 
     evidence alone. ``thumbnails=None``: pictures of images only for data the project generates (shapes)."""
     evidence = evidence_dir(out_root, table.name)
     local = child(runs_dir, table.name) if runs_dir is not None else None
-    if local is not None and local.is_dir():  # with a sequential plan, the seeds it added too
-        incoming = until_decided.with_present_seeds(table, local) if until_decided.read_plan(evidence) else table
+    plan = until_decided.read_plan(evidence)  # with a sequential plan, the seeds it added too
+    # runs left 'to score' (made where Java was missing) are scored first, here, or the report is refused
+    for folder in (f for f in (local, evidence) if f is not None and f.is_dir()):
+        score_table(until_decided.with_present_seeds(table, folder) if plan else table, [folder], data_dir,
+                    lock=(local,) if folder == local else (), log=log)
+    if local is not None and local.is_dir():
+        incoming = until_decided.with_present_seeds(table, local) if plan else table
         merge = add_runs(incoming, local, evidence, data_dir=data_dir)
         if merge.added or merge.kept:
             log(f"evidence: added {len(merge.added)} run(s) from {local} to {evidence}"

@@ -1,6 +1,6 @@
 """Checks before any training: what would otherwise fail only after the first run has trained (Java for
-pycocoevalcap, the data folder, write access, the device, the Ray cluster). Each failure is one message
-naming the fix; nothing is created on the way (no runs folder, no lock)."""
+pycocoevalcap when the runs score in place, the data folder, write access, the device, the Ray cluster). Each
+failure is one message naming the fix; nothing is created on the way (no runs folder, no lock)."""
 from __future__ import annotations
 
 import importlib.util
@@ -92,9 +92,30 @@ def ray_address(address: str | None) -> None:
                         "(`ray start --head`) or leave --ray-address out for a local one") from err
 
 
-def preflight(table: Table, runs_dir: Path, cache_dir: Path, data_dir: str | None) -> None:
-    java_version()
+def when_to_score(table: Table) -> str:
+    """Settle run.score for every run of this run-all (the driver decides once, so that every worker agrees):
+    'auto' becomes 'now' where a usable Java is on the PATH, else 'later'; 'now' without Java is refused before
+    anything trains. Returns a line to show when the runs will be left 'to score', else ''."""
+    later = (f"the runs record their captions 'to score' (the metrics that need Java); `ablate score {table.name}` "
+             "or `ablate report` computes them where Java is")
+    if table.run.score == "later":
+        return f"run.score = 'later': {later}"
+    try:
+        java_version()
+    except UserError as err:
+        if table.run.score == "now":
+            raise UserError(f"{err}; or run with --score later (scored afterwards, where Java is)") from err
+        table.run.score = "later"
+        return f"no usable Java here ({str(err).split(':')[0]}): {later}"
+    table.run.score = "now"
+    return ""
+
+
+def preflight(table: Table, runs_dir: Path, cache_dir: Path, data_dir: str | None) -> list[str]:
+    """Every check; returns notes to show (e.g. that scoring waits for a machine with Java)."""
+    notes = [when_to_score(table)]
     data_folder(table, data_dir)
     writable(runs_dir, "runs folder", "--runs-dir")
     writable(cache_dir, "cache folder", "--cache-dir")
     resolve_device(table.run.device)
+    return [n for n in notes if n]

@@ -451,8 +451,9 @@ class RunRecord:
         """What a run found (captions, metrics, probes, per-image values; not its timings or provenance):
         two records of one cell with equal digests are the same result."""
         m = self.metrics() if self.has("metrics.json") else self.failure()
-        # metrics_xe left out: a record made before runs scored their cross-entropy model is the same result
-        m = {k: v for k, v in m.items() if k not in ("timings", "seconds", "metrics_xe")}
+        # metrics_xe left out: a record made before runs scored their cross-entropy model is the same result;
+        # ran_on (the host of each stage): a run scored later, elsewhere, is the same result as one scored in place
+        m = {k: v for k, v in m.items() if k not in ("timings", "seconds", "metrics_xe", "ran_on")}
         h = hashlib.sha256(json.dumps(m, sort_keys=True, default=str).encode())
         for name in ("captions.json", "per_image.csv"):
             if self.has(name):

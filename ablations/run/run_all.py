@@ -37,7 +37,8 @@ def run_table(table: Table, runs_dir: Path, cache_dir: Path, reports_dir: Path, 
 
     if table.run.track:
         tracking.check_available()  # MLflow missing: say so before any training (its store is made later)
-    preflight(table, runs_dir, cache_dir, data_dir)  # before anything is created or trained
+    for line in preflight(table, runs_dir, cache_dir, data_dir):  # before anything is created or trained
+        console.print(f"note: {line}", highlight=False, markup=False)
     executors.check_executor(table)
     with table_lock(runs_dir, table.name):
         todo, notes = plan_runs(table, runs_dir, variants or list(table.variants.values()),
@@ -62,6 +63,11 @@ def execute(table: Table, todo: list[tuple[Variant, int]], runs_dir: Path, cache
 
     timing = TableTiming(runs_dir, table.name)
     workspace = prepare(table, cache_dir, data_dir, log=console.print)
+    if table.run.score == "later":  # what `ablate score` needs where the data set is not
+        from ablations.run.deferred_scoring import keep_references
+
+        keep_references(child(runs_dir, table.name), {i: workspace.data.captions[i]
+                                                      for i in workspace.data.splits[table.data.eval_split]})
     timing.begin(time.time() - timing.start, workspace.seconds)
     console.print(f"{len(todo)} run(s) on {workspace.provenance['device']}, executor {table.run.executor}, "
                   f"{executors.threads_per_run(table)} thread(s) per run", highlight=False)

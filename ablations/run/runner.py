@@ -1,9 +1,15 @@
 """Training runs of a control table: prepare what runs share, then each (variant, seed) as named
 stages (train, caption, score, probe) written through the run record (record.py).
+
+The score stage reads text only (captions and references). Its metrics that need Java (pycocoevalcap's PTB
+tokenizer, METEOR, SPICE) and the swap probes that read tokenized text can be left 'to score' (run.score): the
+run records its captions, ``to_score`` and where each stage ran (``ran_on``), and `ablate score`
+(deferred_scoring.py) finishes it later with the same score_stage where Java is.
 """
 from __future__ import annotations
 
 import contextlib
+import platform
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +35,7 @@ from ablations.measure import probes
 from ablations.run.planning import run_config
 from ablations.run.provenance import determinism, provenance
 from ablations.run.record import STAGES, RunRecord
-from ablations.measure.scoring import Captions, check_installed, chosen_metrics, score
+from ablations.measure.scoring import CAPTION_METRICS, METRIC_COLUMNS, Captions, check_installed, chosen_metrics, score
 from ablations.measure.slots import slot_scores
 from ablations.table_data import caption_corpus, load_data
 from ablations.tables import Table, Variant
@@ -122,7 +128,7 @@ def execute_run(workspace: Workspace, variant: Variant, seed: int, out: Path, ev
 
 def _execute(workspace: Workspace, variant: Variant, seed: int, record: RunRecord, eval_split: str,
              on_step: Callable[[int, int, float], None] | None, log: Callable[[str], None]) -> str:
-    watch, label = Stopwatch(), f"{variant.name} seed {seed}"
+    watch, label, here = Stopwatch(), f"{variant.name} seed {seed}", platform.node()
     try:
         with watch(TRAIN):
             model = train_stage(workspace, variant, seed, record, on_step, lambda m: log(f"{label}: {m}"))
@@ -130,15 +136,13 @@ def _execute(workspace: Workspace, variant: Variant, seed: int, record: RunRecor
         record.fail(str(err), err.history, variant.name, seed, watch.seconds[TRAIN])
         log(f"{label}: FAILED: {err}")
         return "failed"
-    feats = workspace.features[eval_split]
+    feats, table = workspace.features[eval_split], workspace.table
     with watch(GENERATE):
         captions, first_ids = generate_captions(model, feats, variant.train.decoding(), with_first_token=True)
     record.write_captions(dict(zip(feats.ids, captions)))
-    with watch(SCORE):
-        corpus, slots, per_image, gts, res = score_stage(workspace.data, feats.ids, captions,
-                                                         workspace.table.probes.opt_in_metrics)
+    slots, per_image = slot_stage(workspace.data, feats.ids, captions)
     with watch(PROBE):
-        probe = probe_stage(workspace, model, feats, captions, first_ids, gts, res, per_image)
+        probe = probe_stage(workspace, model, feats, captions, first_ids, per_image)
     shown = list(range(min(GALLERY_MAPS, len(feats.ids))))
     maps = model.query_attention(feats.batch(shown))  # kept for the report's attention gallery: no model needed there
     if maps is not None:
@@ -146,21 +150,29 @@ def _execute(workspace: Workspace, variant: Variant, seed: int, record: RunRecor
     # facts of the data set the report needs, kept so that it can be written without the data on disk
     per_image["ref_words"] = [float(np.mean([len(c.split()) for c in workspace.data.captions[i]])) for i in feats.ids]
     summary = {"variant": variant.name, "seed": seed, "split": eval_split, "images": len(feats.ids),
-               "train_images": len(workspace.data.splits["train"]), "metrics": corpus, "slots": slots, "probes": probe}
+               "train_images": len(workspace.data.splits["train"]), "metrics": {}, "slots": slots, "probes": probe}
+    captions_xe = None
     if variant.train.scst_epochs:
         with watch(CROSS_ENTROPY_MODEL):  # not one of STAGES: the time-per-stage table stays comparable
-            summary["metrics_xe"] = cross_entropy_stage(workspace, model, variant, record, feats)
-    record.finish(per_image, {**summary, "timings": watch.seconds})
+            captions_xe = dict(zip(feats.ids, cross_entropy_captions(model, variant, record, feats)))
+    chosen = chosen_metrics(table.probes.opt_in_metrics)
+    later = table.run.score == "later"
+    names = [n for n in chosen if not CAPTION_METRICS[n].java] if later else chosen
+    with watch(SCORE):  # later: only what needs no Java (the PTB tokenizer, METEOR, SPICE) is scored here
+        scored = score_stage({i: workspace.data.captions[i] for i in feats.ids}, dict(zip(feats.ids, captions)),
+                             names, table.probes.swap_seed, None if later else captions_xe, swap_probes=not later)
+    summary, per_image = with_scores(summary, per_image, scored)
+    ran_on = {stage: None if later and stage == SCORE else here for stage in STAGES}
+    waits = {"to_score": to_score([n for n in chosen if n not in names], captions_xe)} if later else {}
+    record.finish(per_image, {**summary, "timings": watch.seconds, "ran_on": ran_on, **waits})
     return "done"
 
 
-def cross_entropy_stage(workspace: Workspace, model: CaptionModel, variant: Variant, record: RunRecord,
-                        feats: FeatureSet) -> dict:
-    """The run's model from before its self-critical epochs, captioned and scored like the final one, so the
-    report shows per run what those epochs added. Last, because it loads those weights into ``model``."""
+def cross_entropy_captions(model: CaptionModel, variant: Variant, record: RunRecord, feats: FeatureSet) -> list[str]:
+    """The run's model from before its self-critical epochs, captioned like the final one (and scored with it),
+    so the report shows per run what those epochs added. Last, because it loads those weights into ``model``."""
     model.load_trainable(record.xe_weights_dir)
-    captions = generate_captions(model, feats, variant.train.decoding())
-    return score_stage(workspace.data, feats.ids, captions, opt_in=())[0]
+    return generate_captions(model, feats, variant.train.decoding())
 
 
 def train_stage(workspace: Workspace, variant: Variant, seed: int, record: RunRecord,
@@ -182,33 +194,86 @@ def train_stage(workspace: Workspace, variant: Variant, seed: int, record: RunRe
     return model
 
 
-def score_stage(data: CaptionData, ids: list[str], captions: list[str], opt_in: list[str]):
-    """Corpus metrics (every default one and the ``opt_in`` ones), slot accuracy (shapes), a per-image frame,
-    and the tokenized captions."""
-    scored = Captions({i: data.captions[i] for i in ids}, dict(zip(ids, captions))).tokenized()  # the probes need them
-    corpus, per_image = score(scored, chosen_metrics(opt_in))
-    gts, res = scored.gts, scored.res
-    slots = {}
-    if data.labels:
-        slot_frame = pd.DataFrame([slot_scores(c, data.labels[i]) for i, c in zip(ids, captions)],
-                                  index=per_image.index).add_prefix("slot_")
-        per_image = per_image.join(slot_frame)
-        slots = {k: float(v) for k, v in slot_frame.mean().items()}
-    return corpus, slots, per_image, gts, res
+@dataclass
+class Scored:
+    """What the score stage adds to a run: corpus metrics, their per-image values (index = image id), the swap
+    probes that read PTB-tokenized captions, and the cross-entropy model's metrics (self-critical runs)."""
+
+    metrics: dict[str, float]
+    per_image: pd.DataFrame
+    probes: dict = field(default_factory=dict)
+    metrics_xe: dict | None = None
+
+
+def score_stage(refs: dict[str, list[str]], captions: dict[str, str], names: list[str], swap_seed: int,
+                captions_xe: dict[str, str] | None = None, swap_probes: bool = True) -> Scored:
+    """The metrics ``names`` of ``captions`` (image id -> caption) against ``refs``, with the generation-swap and
+    perceptual-score probes (``swap_probes``) and the cross-entropy model's default metrics (``captions_xe``).
+    Text only, no model: the same function scores a run in place and a run recorded 'to score' later."""
+    ids = list(captions)
+    text = Captions({i: refs[i] for i in ids}, captions)
+    corpus, per_image = score(text, names)
+    found = {}
+    if swap_probes:
+        gts, res = text.tokenized().gts, text.res
+        perm = probes.derangement(len(ids), swap_seed)
+        found = probes.generation_swap([captions[i] for i in ids], [res[i][0] for i in ids], perm)
+        found.update(probes.perceptual_score(gts, res, ids, perm))
+    xe = None
+    if captions_xe is not None:
+        xe = score(Captions({i: refs[i] for i in ids}, {i: captions_xe[i] for i in ids}), chosen_metrics(()))[0]
+    return Scored(corpus, per_image, found, xe)
+
+
+SWAP_PROBES = ("swap_rate", "swap_mutual_bleu4", "cider_swapped", "perceptual_score")  # score_stage's probes
+SUMMARY_ORDER = ("variant", "seed", "split", "images", "train_images", "metrics", "slots", "probes", "metrics_xe",
+                 "timings", "ran_on", "to_score")  # metrics.json's keys, in the order a run scored in place has them
+
+
+def with_scores(summary: dict, per_image: pd.DataFrame, scored: Scored) -> tuple[dict, pd.DataFrame]:
+    """``summary`` (metrics.json) and ``per_image`` with ``scored`` added, in the order of a run scored in place
+    (metrics in registry order, their per-image columns first, the swap probes before the model's)."""
+    values = {**summary["metrics"], **scored.metrics}
+    metrics = {c: values[c] for c in METRIC_COLUMNS if c in values}
+    frame = scored.per_image.join(per_image.drop(columns=[c for c in scored.per_image if c in per_image]))
+    frame = frame[[c for c in metrics if c in frame] + [c for c in frame if c not in metrics]]
+    merged = {**summary, "metrics": metrics, "probes": {**scored.probes, **summary["probes"]}}
+    if scored.metrics_xe is not None:
+        merged["metrics_xe"] = scored.metrics_xe
+    ordered = {k: merged[k] for k in SUMMARY_ORDER if k in merged}
+    return {**ordered, **{k: v for k, v in merged.items() if k not in ordered}}, frame
+
+
+def to_score(names: list[str], captions_xe: dict[str, str] | None) -> dict:
+    """metrics.json's "to_score": what a run left for a machine with Java, and the text it needs beyond its record."""
+    out = {"metrics": names, "probes": list(SWAP_PROBES)}
+    if captions_xe is not None:
+        out["captions_xe"] = captions_xe
+    return out
+
+
+def slot_stage(data: CaptionData, ids: list[str], captions: list[str]) -> tuple[dict, pd.DataFrame]:
+    """Slot accuracy (shapes: the generator's labels; no Java, no model) and the per-image frame the later
+    stages add columns to."""
+    frame = pd.DataFrame(index=pd.Index(ids, name="image"))
+    if not data.labels:
+        return {}, frame
+    slot_frame = pd.DataFrame([slot_scores(c, data.labels[i]) for i, c in zip(ids, captions)],
+                              index=frame.index).add_prefix("slot_")
+    return {k: float(v) for k, v in slot_frame.mean().items()}, frame.join(slot_frame)
 
 
 def probe_stage(workspace: Workspace, model: CaptionModel, feats: FeatureSet, captions: list[str], first_ids: list[int],
-                gts: dict, res: dict, per_image: pd.DataFrame) -> dict:
-    """Image-swap probes, degeneracy and measured EOS probabilities; per-image NLL gaps join ``per_image``."""
+                per_image: pd.DataFrame) -> dict:
+    """The probes that need the model: likelihood swap, degeneracy, measured EOS probabilities, visual reliance and
+    grounding; per-image NLL gaps and the like join ``per_image``. (The swap probes that read tokenized text are
+    the score stage's.)"""
     ids, table = feats.ids, workspace.table
     perm = probes.derangement(len(ids), table.probes.swap_seed)
-    probe = probes.generation_swap(captions, [res[i][0] for i in ids], perm)
-    probe.update(probes.perceptual_score(gts, res, ids, perm))
     refs = [workspace.data.captions[i][: table.probes.nll_refs or None] for i in ids]
     x = feats.batch(list(range(len(ids))))
-    like = probes.likelihood_swap(model, x, refs, perm)
-    per_image["nll_gap"] = like.pop("per_image_nll_gap")
-    probe.update(like)
+    probe = probes.likelihood_swap(model, x, refs, perm)
+    per_image["nll_gap"] = probe.pop("per_image_nll_gap")
     probe.update(probes.degeneracy(captions, first_ids, model.eos_id))
     probe.update(probes.eos_probabilities(model, x, [r[0] for r in refs]))
     per_image["visual_reliance"], scalars = attention.visual_reliance(model, x, captions)
@@ -220,5 +285,3 @@ def probe_stage(workspace: Workspace, model: CaptionModel, feats: FeatureSet, ca
                 per_image[column] = values.to_numpy()
             probe.update(found[1])
     return probe
-
-

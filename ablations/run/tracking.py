@@ -95,8 +95,9 @@ def track_table(table: Table, folder: Path, uri: str | None = None, log=print) -
     for v in table.variants.values():
         for seed in v.seeds:
             record = RunRecord(cell_path(folder, v.name, seed))
-            if record.state() != "done" or not record.is_current(expected_hash(table, v, seed)):
-                continue  # unfinished, or stale (made with other settings than the table's now)
+            if (record.state() != "done" or not record.is_current(expected_hash(table, v, seed))
+                    or "to_score" in record.metrics()):
+                continue  # unfinished, stale (made with other settings than the table's now), or not scored yet
             key = (f"{v.name}/seed-{seed}", record.result_digest())
             if key not in logged:
                 log_run(mlflow_client, experiment, table, v.name, seed, record)
