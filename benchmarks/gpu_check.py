@@ -363,13 +363,18 @@ def score_phase(args) -> int:
     if not (source / "gpu_check.json").exists():
         print(f"{source}: no gpu_check.json (give the folder a device run wrote)")
         return 2
-    found = json.loads((source / "gpu_check.json").read_text())
+    try:
+        found = json.loads((source / "gpu_check.json").read_text())
+        dry_run = bool(found["dry_run"])
+    except (ValueError, KeyError, TypeError) as err:
+        print(f"{source / 'gpu_check.json'}: not a gpu_check result ({type(err).__name__}: {err})")
+        return 2
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
-    report = Report(out, found["dry_run"])
+    report = Report(out, dry_run)
     report.facts = {"device_check": {k: v for k, v in found.items() if k != "rows"}}
-    runs = out / "runs"
-    shutil.rmtree(runs, ignore_errors=True)
+    # a fresh folder of its own: never a folder that was there (`--out .` must not touch ./runs)
+    runs = Path(tempfile.mkdtemp(prefix="gpu_check_runs.", dir=out))
     with tarfile.open(source / "gpu_check_runs.tar.gz") as tar:
         tar.extractall(runs, filter="data")  # plain files inside runs/ only
     from ablations.run.deferred_scoring import score_table
@@ -377,7 +382,7 @@ def score_phase(args) -> int:
 
     made = {}
     for group in dict.fromkeys(g for g, _, _ in CELLS):
-        table = group_table(group, "cpu", found["dry_run"])
+        table = group_table(group, "cpu", dry_run)
         folder = runs / group / table.name
         if folder.is_dir():
             n = score_table(table, [folder], log=lambda m: None)

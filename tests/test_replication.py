@@ -33,6 +33,21 @@ def test_a_changed_verdict_and_a_variant_not_run_are_told_apart():
     assert "not run" in text and "123.000" in text
 
 
+def test_a_verdict_whose_tests_changed_is_still_compared():
+    """A floor compares with every variant that did not collapse: with other seeds its list of tests changes,
+    and the verdict must still be compared (not shown as 'not run' and left out of the count)."""
+    original = _records("shapes")
+    again = copy.deepcopy(original)
+    floor = next(r for r in again if len(r["tests"]) > 1)
+    floor["tests"] = floor["tests"][:-1]
+    floor["verdict"] = "inconclusive"
+    rows = compare(original, again)
+    row = next(r for r in rows if (r["section"], r["variant"], r["expectation"]) ==
+               (floor["section"], floor["variant"], floor["expectation"]))
+    assert row["same"] is False and row["replication"] == "inconclusive"
+    assert row["tests"][-1]["again"] == {} and row["tests"][0]["again"]
+
+
 def test_budget_verdicts_are_left_out_and_identical_evidence_replicates_whole():
     original = _records("flickr8k-tiny")  # it has budget verdicts
     rows = compare(original, copy.deepcopy(original))

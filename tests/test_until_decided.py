@@ -145,3 +145,21 @@ def test_a_verdict_decided_at_an_earlier_look_keeps_that_looks_numbers(tmp_path)
         assert cells[(variant, rule)]["verdict"] == result.verdicts[key]
         assert cells[(variant, rule)]["delta"] == mine[key].comparison.seed_level.estimate
         assert mine[key].comparison.seed_level.estimate != fixed[key].comparison.seed_level.estimate
+
+
+def test_it_refuses_to_leave_runs_unscored(tmp_path, monkeypatch):
+    """Each look decides on CIDEr and the swap probes: runs left 'to score' (no Java) would spend the whole
+    seed budget on NaN, so the driver refuses before anything trains."""
+    from ablations.run import preflight
+    from ablations.run.until_decided import until_decided
+    from vlm_core.errors import UserError
+
+    table = load_table(str(write_micro(tmp_path / "micro.toml", variants=("full", "meanpool"))))
+    table.run.score = "later"
+    with pytest.raises(UserError, match="scored runs"):
+        until_decided(table, tmp_path / "runs", tmp_path / "cache", tmp_path / "reports")
+    table.run.score = "auto"
+    monkeypatch.setattr(preflight, "java_version", lambda: (_ for _ in ()).throw(UserError("java: not found")))
+    with pytest.raises(UserError, match="java"):
+        until_decided(table, tmp_path / "runs", tmp_path / "cache", tmp_path / "reports")
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").rglob("DONE"))

@@ -25,6 +25,10 @@ def parse_seeds(text: str) -> list[int]:
     try:
         if "-" in text.strip("-") and "," not in text:
             first, last = (int(x) for x in text.split("-"))
+            for end in (first, last):  # before the list is made: 0-4000000000 is one line, not a long wait
+                check_seed(end, "--seeds")
+            if last - first >= 1000:
+                raise UserError(f"--seeds {text!r}: at most 1000 seeds at once")
             seeds = list(range(first, last + 1))
         else:
             seeds = [int(x) for x in text.split(",")]
@@ -56,15 +60,23 @@ def compare(original: list[dict], again: list[dict]) -> list[dict]:
     """One row per verdict of the original (expectations, grounding, reliance; budgets need sweeps a replication
     does not make): its verdict beside the replication's, and each of its tests' estimate and CI beside the
     replication's. ``same`` is None where the replication has no such verdict (a variant it did not run)."""
-    def key(r: dict) -> tuple:  # a verdict: its section, variant, expectation and the tests it is made of
-        return r["section"], r["variant"], r["expectation"], tuple(t["test"] for t in r.get("tests", []))
+    def keyed(records: list[dict]) -> dict[tuple, dict]:
+        """A verdict is its section, variant and expectation (the k-th such, where one expectation gives several
+        verdicts): not its list of tests, which changes with the seeds (a floor compares with every variant that
+        did not collapse), so a verdict whose tests changed is still compared, never dropped as 'not run'."""
+        seen, out = {}, {}
+        for r in records:
+            if r["section"] == "budgets":
+                continue
+            triple = (r["section"], r["variant"], r["expectation"])
+            seen[triple] = seen.get(triple, -1) + 1
+            out[triple + (seen[triple],)] = r
+        return out
 
-    theirs = {key(r): r for r in again if r["section"] != "budgets"}
+    mine, theirs = keyed(original), keyed(again)
     rows = []
-    for r in original:
-        if r["section"] == "budgets":
-            continue
-        other = theirs.get(key(r))
+    for key, r in mine.items():
+        other = theirs.get(key)
         again_tests = {t["test"]: t for t in (other or {}).get("tests", [])}
         tests = [{"test": t["test"], "estimate": t.get("estimate"), "ci": (t.get("ci_low"), t.get("ci_high")),
                   "seeds": t.get("seeds_variant"), "again": again_tests.get(t["test"], {})} for t in r.get("tests", [])]

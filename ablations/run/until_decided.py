@@ -89,6 +89,10 @@ def until_decided(table: Table, runs_dir: Path, cache_dir: Path, reports_dir: Pa
     from ablations.report.write import write_report
 
     log = log or (lambda line: console.print(line, highlight=False, markup=False, soft_wrap=True))
+    if table.run.score == "later":  # each look decides on CIDEr and the swap probes: unscored runs would be NaN
+        raise UserError("--until-decided decides each look on scored runs: not with run.score = 'later' (run it "
+                        "where Java is)")
+    table.run.score = "now"  # 'auto' without Java is then refused before anything trains, not left 'to score'
     evidence = evidence_dir(reports_dir, table.name)
     plan = settle_plan(evidence, max_seeds)
     made = 0
