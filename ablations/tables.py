@@ -230,7 +230,7 @@ LIMITS: dict[type, dict[str, tuple[float, float]]] = {
                   "explode_factor": (0.0, 1e12), "max_new_tokens": (1, 1024), "num_beams": (1, 64),
                   "no_repeat_ngram_size": (0, 1024), "length_penalty": (-100.0, 100.0), "rerank_samples": (0, 256),
                   "rerank_temperature": (0.0, 100.0), "label_smoothing": (0.0, 1.0), "scst_epochs": (0, 1000),
-                  "scst_samples": (1, 256), "scst_lr": (0.0, 10.0), "generate_batch_size": (1, 65536),
+                  "scst_samples": (1, 256), "scst_images": (0, MAX_IMAGES), "scst_lr": (0.0, 10.0), "generate_batch_size": (1, 65536),
                   "debug_nan_at_step": (0, 2**31 - 1)},
 }
 # (part, whole): attention splits the width into equal heads.

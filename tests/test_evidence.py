@@ -320,11 +320,15 @@ def test_evidence_content_is_checked_before_it_is_added(reported, tmp_path, case
     ("references.json.gz", b"not gzip"),
     ("sequential.json", b'{"looks": "x"}'),
     ("sequential.json", b'{"looks": [3, 5], "max_seeds": 1, "shape": 0.25, "alpha": 0.05}'),
+    ("sequential.json", b'{"looks": [3, 1000000], "max_seeds": 8, "shape": 0.25, "alpha": 0.05}'),
+    ("full/seed-0/metrics.json", "to_score"),
 ])
 def test_a_damaged_evidence_file_is_one_line_in_report(reported, tmp_path, target, damage):
     out = tmp_path / "out"
     shutil.copytree(reported, out)
     path = out / "micro" / "runs" / target
+    if damage == "to_score":  # a run scored later whose to-do list is not one
+        damage = json.dumps({**json.loads(path.read_text()), "to_score": {"metrics": "CIDEr"}}).encode()
     path.write_bytes(path.read_bytes()[: len(path.read_bytes()) // 2] if damage == "truncate" else damage)
     result = _cli("report", reported.parent / "micro.toml", "--out", out)
     assert result.exit_code == 2, result.output

@@ -157,6 +157,19 @@ def _metrics_problem(m) -> str:
         problem = _numbers(m.get(key, {}), repr(key))
         if problem:
             return problem
+    return _to_score_problem(m["to_score"]) if "to_score" in m else ""
+
+
+def _to_score_problem(t) -> str:
+    """What a run scored later left to do (deferred_scoring): read before anything is scored."""
+    text = lambda x: isinstance(x, str)  # noqa: E731
+    if not (isinstance(t, dict) and isinstance(t.get("metrics"), list) and all(map(text, t["metrics"]))):
+        return "'to_score' must be an object whose 'metrics' lists metric names"
+    xe = t.get("captions_xe")
+    if xe is not None and not (isinstance(xe, dict) and all(map(text, xe)) and all(map(text, xe.values()))):
+        return "'to_score.captions_xe' must map image ids to captions"
+    if not (isinstance(t.get("probes", []), list) and all(map(text, t.get("probes", [])))):
+        return "'to_score.probes' must list probe names"
     return ""
 
 

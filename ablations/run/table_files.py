@@ -112,6 +112,9 @@ class ReferenceFile:
         atomic_write(self.path, lambda p: Path(p).write_bytes(data))
 
 
+MAX_LOOKS, MAX_LOOK_SEEDS = 20, 1000  # a stored plan is simulated look by look: bound it before that
+
+
 class SequentialPlan:
     """sequential.json in a table's evidence folder: the plan of `ablate run-all --until-decided` (planned looks,
     max seeds, boundary shape, alpha), written by the driver before it adds seeds, so that `ablate report` replays
@@ -133,6 +136,9 @@ class SequentialPlan:
                 and is_number(plan.get("shape")) and is_number(plan.get("alpha")) and 0 < plan["alpha"] < 1):
             raise UserError(f"{self.path}: needs 'looks' (a list of whole numbers), 'max_seeds' (a whole number), "
                             "'shape' (a number) and 'alpha' (a number between 0 and 1)")
+        if len(plan["looks"]) > MAX_LOOKS or not all(2 <= n <= MAX_LOOK_SEEDS for n in plan["looks"] + [plan["max_seeds"]]):
+            raise UserError(f"{self.path}: at most {MAX_LOOKS} looks of 2 to {MAX_LOOK_SEEDS} seeds per arm "
+                            "(the boundary is simulated for each look)")
         return plan
 
     def write(self, plan: dict) -> None:
