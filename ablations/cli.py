@@ -220,8 +220,9 @@ def report(
     numbers) from the evidence alone: no retraining, no weights."""
     import shutil
 
-    from ablations.run.record import evidence_dir
+    from ablations.report.replication import REPLICATIONS
     from ablations.report.write import write_report
+    from ablations.run.record import evidence_dir
     from ablations.tables import load_table
 
     try:
@@ -232,6 +233,10 @@ def report(
 
             atomic_dir(evidence, lambda tmp: shutil.copytree(committed, tmp, symlinks=True, dirs_exist_ok=True))
             console.print(f"evidence: {committed} copied to {evidence}", highlight=False, markup=False)
+            replications = committed.parent / REPLICATIONS  # their evidence too: the report compares with them
+            if replications.is_dir() and not (evidence.parent / REPLICATIONS).exists():
+                atomic_dir(evidence.parent / REPLICATIONS,
+                           lambda tmp: shutil.copytree(replications, tmp, symlinks=True, dirs_exist_ok=True))
         path = write_report(tbl, runs_dir, out_dir, data_dir=data_dir, thumbnails=thumbnails,
                             log=lambda m: console.print(m, highlight=False, markup=False))
     except UserError as err:

@@ -26,6 +26,8 @@ def test_a_committed_report_regenerates_from_its_evidence(table, tmp_path):
     evidence = REPORTS / table / "runs"
     assert evidence.is_dir(), f"reports/{table}/ has no committed evidence (reports/{table}/runs/)"
     shutil.copytree(evidence, tmp_path / table / "runs")
+    if (REPORTS / table / "replications").is_dir():  # separate evidence the report compares with
+        shutil.copytree(REPORTS / table / "replications", tmp_path / table / "replications")
     write_report(load_table(table), None, tmp_path, log=lambda message: None)
     for name in ("README.md", "summary.csv", "runs.csv"):
         committed, fresh = REPORTS / table / name, tmp_path / table / name
