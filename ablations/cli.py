@@ -91,7 +91,8 @@ def run_all(
                                        "open, look by look (3, 5, 8, 12 seeds per arm), until every one is decided or "
                                        "the looks are spent, and write the report (docs/how-reports-decide.md)."),
     max_seeds: Optional[int] = typer.Option(None, "--max-seeds", help="With --until-decided: the last look's seeds "
-                                            "per arm (default 12; a table's stored plan keeps its own)."),
+                                            "per arm, at most the planned 12 (default 12; a table's stored plan "
+                                            "keeps its own)."),
     score: Optional[str] = typer.Option(None, "--score", help="now | later | auto: score the metrics that need "
                                         "Java in each run, or leave them 'to score' for `ablate score` where Java "
                                         "is; auto = later when Java is missing (default: the table's run.score, auto)."),
