@@ -318,8 +318,7 @@ def _spread(table_runs: TableRuns, arm: str, quantity: str) -> tuple[float, int]
     values, floor = verdicts.seed_values(table_runs, arm, quantity)
     values = np.asarray(values, float)
     values = values[~np.isnan(values)]
-    sd = max(float(np.std(values, ddof=1)), floor) if len(values) > 1 else float("nan")
-    return sd, len(values)
+    return verdicts._spread(values, floor), len(values)  # the report's own rule: the runs' SD, never below the floor
 
 
 def questions(table_runs: TableRuns) -> list[Question]:

@@ -59,7 +59,8 @@ def with_present_seeds(table: Table, *folders: Path) -> Table:
                                     for n, v in table.variants.items()})
 
 
-def _seeds(seeds: dict[str, int]) -> str:
+def seeds_text(seeds: dict[str, int]) -> str:
+    """'5 seeds per arm', or each arm's count where they differ (the looks table and the progress line)."""
     counts = set(seeds.values())
     return f"{counts.pop()} seeds per arm" if len(counts) == 1 else ", ".join(f"{a} {n}" for a, n in seeds.items())
 
@@ -81,7 +82,7 @@ def sequential_verdicts(result: LookResult, final: list[Verdict]) -> list[Verdic
             continue
         word = look.words[key][0]
         state = "decided" if key in result.decided else "open"
-        note = (f" (sequential: {state} at look {at + 1} of {len(result.schedule)}, {_seeds(look.seeds)}, "
+        note = (f" (sequential: {state} at look {at + 1} of {len(result.schedule)}, {seeds_text(look.seeds)}, "
                 f"level {look.level:.4g})")
         out.append(replace(q.verdict, verdict=word, numbers="; ".join(t.text() for t in q.tests) + note))
     return out
@@ -109,7 +110,7 @@ def section_lines(table: Table, result: LookResult | None, plan_path: str = "run
         at = result.decided.get(key)
         rows.append([key, f"**{word}**" if at is not None and word != "inconclusive" else word,
                      f"look {at + 1}" if at is not None else "not decided",
-                     _seeds(result.looks[at].seeds) if at is not None else "–"])
+                     seeds_text(result.looks[at].seeds) if at is not None else "–"])
     lines = ["## Seeds added until decided", "",
              f"`ablate run-all {table.name} --until-decided` added seeds where a verdict was open, following the plan "
              f"stored with the evidence (`{plan_path}`). The verdicts of \"Expected vs observed\" (and verdicts.csv / "

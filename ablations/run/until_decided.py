@@ -17,7 +17,7 @@ from ablations.console import console
 from ablations.decide.sequential import LOOKS, LookResult, Plan, next_look, next_seeds
 from ablations.report.collect import TableRuns, collect
 from ablations.report.evidence import add_runs
-from ablations.report.until_decided import plan_record, read_plan, with_present_seeds
+from ablations.report.until_decided import plan_record, read_plan, seeds_text, with_present_seeds
 from ablations.run.record import child, evidence_dir
 from ablations.run.table_files import SequentialPlan
 from ablations.run.run_all import run_table
@@ -67,8 +67,7 @@ def progress_line(result: LookResult, wanted: dict[str, list[int]]) -> str:
     if result.look_index < 0:
         return f"{result.reason}: {adding}"
     look = result.looks[-1]
-    counts = set(look.seeds.values())
-    seeds = f"{counts.pop()} seeds per arm" if len(counts) == 1 else ", ".join(f"{a} {n}" for a, n in look.seeds.items())
+    seeds = seeds_text(look.seeds)
     decided = ", ".join(f"{k} {result.verdicts[k]} (look {at + 1})" for k, at in result.decided.items()) or "none"
     return (f"look {look.index + 1} of {len(result.schedule)}: {seeds}; decided: {decided}; "
             + (f"stopped: {result.reason}" if result.done else adding))
