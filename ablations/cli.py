@@ -422,6 +422,7 @@ def train(
     cache_dir: Path = CACHE, data_dir: Optional[str] = DATA_DIR,
 ):
     """Train one configuration, print train/dev loss per epoch, save trainable weights and dev captions."""
+    from ablations.run.preflight import when_to_score
     from ablations.run.record import RunRecord
     from ablations.run.runner import execute_run, prepare
     from ablations.tables import apply_settings, check_seed, load_table
@@ -439,6 +440,10 @@ def train(
         tbl.data.eval_split = "dev"
         out = out or RUNS_DIR / "train" / f"{tbl.name}-{variant}-seed{seed}"
         RunRecord(out).check_target()  # before loading anything: a folder of other files is never touched
+        later = when_to_score(tbl)  # no Java here: the dev metrics that need it wait, the run still trains
+        if later:
+            console.print(f"no usable Java here: the dev captions are made and probed, BLEU/METEOR/ROUGE-L/CIDEr "
+                          f"are not scored ({out / 'captions.json'} holds the captions)")
         start = time.time()
         workspace = prepare(tbl, cache_dir, data_dir, splits=("train", "dev"), log=console.print)
         with progress_bars() as progress:
@@ -447,9 +452,10 @@ def train(
                                 on_step=lambda s, n, loss: progress.update(task, total=n, completed=s))
         metrics = RunRecord(out).metrics() if state == "done" else {}
         if metrics:
-            m = metrics["metrics"]
-            console.print(f"dev ({metrics['images']} images): BLEU-4 {m['BLEU-4']:.3f}  CIDEr {m['CIDEr']:.3f}  "
-                          f"empty {metrics['probes']['empty_rate']:.0%}  unique {metrics['probes']['unique_share']:.0%}")
+            m, p = metrics["metrics"], metrics["probes"]
+            scored = f"BLEU-4 {m['BLEU-4']:.3f}  CIDEr {m['CIDEr']:.3f}" if "CIDEr" in m else "not scored (no Java)"
+            console.print(f"dev ({metrics['images']} images): {scored}  empty {p['empty_rate']:.0%}  "
+                          f"unique {p['unique_share']:.0%}")
         console.print(f"{state} in {time.time() - start:.0f} s -> {out} (dev captions: {out / 'captions.json'})")
         if state != "done":
             raise typer.Exit(1)

@@ -172,3 +172,32 @@ def test_run_score_is_checked_like_any_table_key(made):
     table = load_table(str(made["table"]))
     with pytest.raises(UserError, match="run.score: one of auto, now, later, not 'sometime'"):
         apply_settings(table, None, ["run.score='sometime'"])
+
+
+def test_train_without_java_makes_its_dev_captions_and_says_what_it_left(made, tmp_path, monkeypatch):
+    """`ablate train` on a GPU node (no Java): trained, captioned and probed, the Java metrics named as not scored."""
+    _hide_java(monkeypatch, tmp_path)
+    out = tmp_path / "train-run"
+    result = runner.invoke(app, ["train", "--table", str(made["table"]), "--out", str(out),
+                                 "--cache-dir", str(made["root"] / "cache")])
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    assert "no usable Java here" in text and "not scored (no Java)" in text and "Traceback" not in result.output
+    m = RunRecord(out).metrics()
+    assert m["metrics"] == {} and m["to_score"]["metrics"] == ["BLEU", "METEOR", "ROUGE-L", "CIDEr"]
+    assert RunRecord(out).captions() and "unique_share" in m["probes"]
+
+
+def test_verify_without_java_compares_what_needs_none_and_names_the_rest(made, tmp_path, monkeypatch):
+    reports = tmp_path / "reports"
+    added = runner.invoke(app, ["evidence", "add", str(made["table"]), "--from", str(made["now"].parent),
+                                "--reports-dir", str(reports)])
+    assert added.exit_code == 0, added.output
+    _hide_java(monkeypatch, tmp_path)
+    result = runner.invoke(app, ["verify", str(made["table"]), "--cell", "full:0", "--reports-dir", str(reports),
+                                 "--cache-dir", str(made["root"] / "cache")])
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    assert "full seed 0: exact" in text and "not compared (no Java here): BLEU, METEOR, ROUGE-L, CIDEr" in text
+    (check,) = json.loads((reports / "micro" / "runs" / "verify.json").read_text())
+    assert check["exact"] and check["not_compared"] == ["BLEU", "METEOR", "ROUGE-L", "CIDEr"]

@@ -183,7 +183,8 @@ def section_evidence(r: ReportInput) -> list[str]:
                   "family), floors included:", "", "```python", *recompute_snippet(other, r.ref), "```", ""]
     if not r.a.verification:
         return lines + ["No cell has been re-verified yet (`ablate verify` retrains chosen cells and compares).", ""]
-    rows = [[f"{c['variant']} seed {c['seed']}", c["when"], f"`{c['code']}`", "**exact**" if c["exact"] else "differs",
+    rows = [[f"{c['variant']} seed {c['seed']}", c["when"], f"`{c['code']}`", ("**exact**" if c["exact"] else "differs")
+             + (f" (not compared: {', '.join(c['not_compared'])})" if c.get("not_compared") else ""),
              "–" if c["exact"] else f"{c['largest']['quantity']}: {fmt(c['largest']['difference'], 4)}",
              "–" if c["exact"] else fmt(c["largest"]["seed_sds"], 2), ", ".join(c["differed"]) or "nothing recorded"]
             for c in r.a.verification]

@@ -19,6 +19,7 @@ from vlm_core.errors import UserError
 
 from ablations.report.collect import collect, numerics_label
 from ablations.run.planning import expected_hash
+from ablations.run.preflight import when_to_score
 from ablations.run.provenance import code_label, code_version
 from ablations.run.record import RunRecord, cell_path, evidence_dir
 from ablations.run.table_files import VerifyLog
@@ -100,6 +101,9 @@ def verify_cells(table_name: str, n: int, reports_dir: Path, cache_dir: Path, da
     for name in {v for v, _ in cells}:
         apply_settings(table, table.variants[name], settings)
     stored = collect(table, evidence)
+    if when_to_score(table):  # no Java here: compare the captions and every number that needs none
+        log("no usable Java here: the reruns are compared on their captions, slots and probes; the metrics "
+            "that need Java are left out of the comparison (each check names them)")
     workspace = prepare(table, Path(cache_dir), data_dir, log=log)
     checks = []
     with tempfile.TemporaryDirectory(prefix="ablate-verify-") as tmp:
@@ -115,6 +119,8 @@ def verify_cells(table_name: str, n: int, reports_dir: Path, cache_dir: Path, da
             seed_sd = {c: float(rows[c].std(ddof=1)) for c in rows.columns if c not in ("variant", "seed", "fingerprint")
                        and len(rows) > 1 and rows[c].dtype.kind in "fi"}
             result = compare_runs(old, new, seed_sd)
+            if new.metrics().get("to_score"):
+                result["not_compared"] = new.metrics()["to_score"]["metrics"]  # scored only where Java is
             differed = provenance_differences(old.provenance(), new.provenance())
             if new.config_hash() != old.config_hash():
                 differed.insert(0, "settings (" + ", ".join(settings) + ")")
@@ -139,9 +145,10 @@ def verify_cells(table_name: str, n: int, reports_dir: Path, cache_dir: Path, da
 
 def _line(check: dict) -> str:
     head = f"{check['variant']} seed {check['seed']}: "
+    left_out = f"; not compared (no Java here): {', '.join(check['not_compared'])}" if check.get("not_compared") else ""
     if check["exact"]:
-        return head + "exact (every caption and every reported number equal)"
+        return head + "exact (every caption and every reported number equal)" + left_out
     big = check["largest"]
     sds = f" = {big['seed_sds']:.2f} seed SDs" if big["seed_sds"] is not None else ""
     return (head + f"differs: largest {big['quantity']} {big['difference']:+.4g}{sds}; {big['captions_changed']} "
-            f"caption(s) changed; differed: {', '.join(check['differed']) or 'nothing recorded'}")
+            f"caption(s) changed; differed: {', '.join(check['differed']) or 'nothing recorded'}" + left_out)
