@@ -175,3 +175,16 @@ def test_a_budget_cell_from_two_code_versions_decides_nothing_until_verified(tmp
     table_runs.verification = [{"exact": True, "fingerprints": ["new", "old"]}]
     cider = next(v for v in budgets.verdicts(table_runs) if v.quantity == "CIDEr")
     assert cider.directions == ["lower", "lower", "lower"] and cider.pattern == "lower at every budget"
+
+
+def test_a_budget_compared_across_machines_names_them(tmp_path):
+    """Runs of one budget from two numerics setups (another CPU family) are named at that budget, not blocked."""
+    table_runs = _synthetic(tmp_path, cider_shift={1: -0.3, 2: -0.3, 4: -0.3}, gap_shift={1: 0.0, 2: 0.0, 4: 0.0})
+    table_runs.runs["numerics"] = np.where(table_runs.runs["variant"] == "meanpool-epochs-4",
+                                           "AVX-512, torch 2, 1 thread(s), cpu fp32", "AVX2, torch 2, 1 thread(s), cpu fp32")
+    cider = next(v for v in budgets.verdicts(table_runs) if v.quantity == "CIDEr")
+    assert list(cider.machines) == [4] and cider.directions[-1] == "lower"  # named, the decision stands
+    sentence = _budget_sentence(cider)
+    assert "At 4 epochs: machines differ" in sentence and "meanpool-epochs-4 on AVX-512" in sentence
+    table_runs.runs["numerics"] = "AVX2, torch 2, 1 thread(s), cpu fp32"  # one machine: nothing to name
+    assert not next(v for v in budgets.verdicts(table_runs) if v.quantity == "CIDEr").machines

@@ -15,7 +15,7 @@ from ablations.report.collect import TableRuns
 import numpy as np
 
 from ablations.decide.stats import Interval, decide, holm, image_floor, welch
-from ablations.decide.verdicts import guard, seed_interval
+from ablations.decide.verdicts import guard, machine_confound, seed_interval
 
 # The quantities plotted and tested at every budget, and the direction each ablation is expected to
 # move them in (from the variant's expectations; other pairs are shown without an expected direction).
@@ -65,6 +65,7 @@ class BudgetVerdict:
     directions: list[str]  # 'lower' / 'higher' / 'undecided' at each budget
     pattern: str
     missing: list[int]  # budgets both have but one side lacks the quantity at
+    machines: dict[int, str]  # budget -> machines-differ confound (verdicts.machine_confound), named, not blocking
 
 
 def direction(i: Interval, p_adjusted: float) -> str:
@@ -125,11 +126,11 @@ def verdicts(table_runs: TableRuns) -> list[BudgetVerdict]:
                     guards[b] = guard(table_runs, by_budget[b], rows[ref][b])  # seeds disagree / confounded
             if diffs:
                 planned.append((variant, quantity, expectation in table_runs.table.variants[variant].expect, diffs,
-                                [b for b in shared if b not in diffs], guards))
+                                [b for b in shared if b not in diffs], guards, by_budget))
     # guarded cells decide nothing and stay out of the family, as in verdicts.decide_family
-    adjusted = iter(adjusted_p([d.p for _, _, _, diffs, _, guards in planned for b, d in diffs.items() if not guards[b]]))
+    adjusted = iter(adjusted_p([d.p for *_, diffs, _, guards, _ in planned for b, d in diffs.items() if not guards[b]]))
     out = []
-    for variant, quantity, expected, diffs, missing, guards in planned:
+    for variant, quantity, expected, diffs, missing, guards, by_budget in planned:
         dirs = [f"not decided ({guards[b].split(':')[0]})" if guards[b] else direction(d, next(adjusted))
                 for b, d in diffs.items()]
         live = [d for d in dirs if not d.startswith("not decided")]  # the pattern of the budgets that could decide
@@ -138,7 +139,9 @@ def verdicts(table_runs: TableRuns) -> list[BudgetVerdict]:
         if len(live) < len(dirs):
             name = name.replace("every budget", "every budget that could decide")
             name += f"; {len(dirs) - len(live)} budget(s) {', '.join(sorted(set(dirs) - set(live)))}"
-        out.append(BudgetVerdict(variant, ref, quantity, expected, list(diffs), list(diffs.values()), dirs, name, missing))
+        machines = {b: c for b in diffs if (c := machine_confound(table_runs, by_budget[b], rows[ref][b]))}
+        out.append(BudgetVerdict(variant, ref, quantity, expected, list(diffs), list(diffs.values()), dirs, name, missing,
+                                 machines))
     return out
 
 

@@ -316,4 +316,6 @@ def _budget_sentence(v) -> str:
     steps = "; ".join(f"{b} epoch{'s' if b != 1 else ''}: {d} {fmt_ci(i)}, {i.n} seeds"
                       for b, d, i in zip(v.budgets, v.directions, v.differences))
     gone = f"; not compared at {', '.join(map(str, v.missing))} epochs (no {label} on one side)" if v.missing else ""
-    return f"{claim}: **{v.pattern}** (Δ{label}, seed-level 95% CI, direction by Holm-adjusted p — {steps}{gone})."
+    machines = "".join(f" At {b} epoch{'s' if b != 1 else ''}: {c}." for b, c in v.machines.items())
+    return (f"{claim}: **{v.pattern}** (Δ{label}, seed-level 95% CI, direction by Holm-adjusted p — {steps}{gone})."
+            + machines)
