@@ -200,4 +200,6 @@ def test_verify_without_java_compares_what_needs_none_and_names_the_rest(made, t
     text = " ".join(result.output.split())
     assert "full seed 0: exact" in text and "not compared (no Java here): BLEU, METEOR, ROUGE-L, CIDEr" in text
     (check,) = json.loads((reports / "micro" / "runs" / "verify.json").read_text())
-    assert check["exact"] and check["not_compared"] == ["BLEU", "METEOR", "ROUGE-L", "CIDEr"]
+    waiting = RunRecord(made["later"] / "full" / "seed-0").metrics()["to_score"]
+    assert check["exact"] and check["not_compared"] == waiting["metrics"] + waiting["probes"]
+    assert "swap_rate" in check["not_compared"]

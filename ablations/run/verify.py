@@ -119,8 +119,9 @@ def verify_cells(table_name: str, n: int, reports_dir: Path, cache_dir: Path, da
             seed_sd = {c: float(rows[c].std(ddof=1)) for c in rows.columns if c not in ("variant", "seed", "fingerprint")
                        and len(rows) > 1 and rows[c].dtype.kind in "fi"}
             result = compare_runs(old, new, seed_sd)
-            if new.metrics().get("to_score"):
-                result["not_compared"] = new.metrics()["to_score"]["metrics"]  # scored only where Java is
+            waiting = new.metrics().get("to_score")
+            if waiting:  # scored only where Java is: the metrics and the probes that read tokenized captions
+                result["not_compared"] = waiting["metrics"] + waiting.get("probes", [])
             differed = provenance_differences(old.provenance(), new.provenance())
             if new.config_hash() != old.config_hash():
                 differed.insert(0, "settings (" + ", ".join(settings) + ")")
